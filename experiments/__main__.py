@@ -1,0 +1,83 @@
+"""Command line: `python -m experiments [NAME --preset P --out DIR --set key=value ...]`.
+
+Parses and dispatches only. Bad input exits 2 with one line on stderr naming the fix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from dynamics.errors import OntogenyError
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        raise OntogenyError(f"{message}; see `python -m experiments {self.prog.split()[-1]} --help`")
+
+
+def list_experiments() -> int:
+    from experiments import registry
+
+    print("Ontogeny experiments (python -m experiments NAME --preset PRESET --out DIR [--set key=value ...]):")
+    for name in registry.available():
+        module = registry.load(name)
+        presets = getattr(module, "PRESETS", None)
+        extra = f"  [presets: {', '.join(presets)}]" if presets else ""
+        print(f"  {name:<15} {module.DESCRIPTION}{extra}")
+    return 0
+
+
+def run_study(name: str, module, argv: list[str]) -> int:
+    from dynamics.runlog import RunFolder, to_jsonable
+    from experiments.config import claim_folder, override
+
+    parser = _Parser(prog=f"python -m experiments {name}", description=module.DESCRIPTION)
+    parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(module.PRESETS)} (default tiny)")
+    parser.add_argument("--out", default=None, help="run folder (default runs/NAME-PRESET)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    flags = getattr(module, "FLAGS", {})
+    for flag, key in flags.items():
+        parser.add_argument(f"--{flag}", action="store_true", help=f"same as --set {key}=true")
+    args = parser.parse_args(argv)
+    if args.preset not in module.PRESETS:
+        raise OntogenyError(f"unknown preset {args.preset!r} for {name}; choose one of: {', '.join(module.PRESETS)}")
+    assignments = list(args.set) + [f"{key}=true" for flag, key in flags.items() if getattr(args, flag.replace('-', '_'))]
+    config = override(module.PRESETS[args.preset], assignments)
+    out = args.out or os.path.join("runs", f"{name}-{args.preset}")
+
+    claim_folder(out, name, args.preset, config)
+    folder = RunFolder(out)
+    summary = module.run(config, folder)
+    folder.write_summary(summary)
+    print(json.dumps(to_jsonable(summary), indent=2))
+    print(f"results in {os.path.abspath(out)} (summary.json, metrics.jsonl, figures/)")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    from experiments import registry
+
+    if not argv or argv[0] in ("-h", "--help", "list"):
+        return list_experiments()
+    name, rest = argv[0], argv[1:]
+    known = registry.available()
+    if name not in known:
+        raise OntogenyError(f"unknown experiment {name!r}; run `python -m experiments` to list: {', '.join(known)}")
+    module = registry.load(name)
+    if hasattr(module, "main"):
+        return module.main(rest)
+    return run_study(name, module, rest)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except OntogenyError as e:
+        sys.exit(_fail(str(e)))

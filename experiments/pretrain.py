@@ -1,0 +1,123 @@
+"""Pretrain a character-level GPT with a Pythia-style checkpoint series."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from dynamics import data as data_lib
+from dynamics import sharding
+from dynamics import train as train_lib
+from dynamics.checkpoints import Series
+from dynamics.runlog import RunFolder, write_json
+from experiments import plots
+from experiments.config import claim_folder, require
+from models import gpt
+
+DESCRIPTION = "train a character-level GPT on Shakespeare, saving a log-spaced checkpoint series"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    model: gpt.GPTConfig = gpt.GPTConfig()
+    train: train_lib.TrainConfig = train_lib.TrainConfig()
+    data: data_lib.DataConfig = data_lib.DataConfig()
+
+    def __post_init__(self):
+        require(self.train.batch_size >= 1, "train.batch_size must be positive")
+
+
+Config = PretrainConfig
+
+PRESETS = {
+    # ~4 minutes on 2 CPU cores; 25 checkpoints.
+    "tiny": PretrainConfig(
+        model=gpt.GPTConfig(context=128, n_layer=4, n_head=4, d_model=128, dropout=0.0),
+        train=train_lib.TrainConfig(steps=1500, batch_size=32, lr=2e-3, min_lr=2e-4, warmup=100,
+                                    weight_decay=0.1, eval_every=250, eval_batches=4,
+                                    log_checkpoints_until=512, checkpoint_every=100)),
+    # nanoGPT shakespeare_char: 6/6/384, context 256, dropout 0.2, 5000 iterations (a GPU job).
+    "shakespeare-char": PretrainConfig(
+        model=gpt.GPTConfig(context=256, n_layer=6, n_head=6, d_model=384, dropout=0.2),
+        train=train_lib.TrainConfig(steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup=100,
+                                    weight_decay=0.1, eval_every=250, eval_batches=20,
+                                    log_checkpoints_until=512, checkpoint_every=500)),
+    # For tests: a few seconds.
+    "micro": PretrainConfig(
+        model=gpt.GPTConfig(context=32, n_layer=2, n_head=2, d_model=32),
+        train=train_lib.TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup=5, eval_every=20, eval_batches=2,
+                                    log_checkpoints_until=16, checkpoint_every=20),
+        data=data_lib.DataConfig(corpus="synthetic", synthetic_chars=20_000)),
+}
+
+
+def resolved_model(config: PretrainConfig, corpus: data_lib.Corpus) -> gpt.GPTConfig:
+    """The model config with the corpus's vocabulary size."""
+    return dataclasses.replace(config.model, vocab_size=corpus.tokenizer.vocab_size)
+
+
+def run(config: PretrainConfig, folder: RunFolder) -> dict:
+    corpus = data_lib.load_corpus(config.data)
+    model_config = resolved_model(config, corpus)
+    corpus.tokenizer.save(folder.root / "tokenizer.json")
+    write_json(folder.root / "model.json", model_config)
+    train_ids, val_ids = corpus.train_ids, corpus.val_ids
+    tc = config.train
+
+    mesh = None
+    if tc.data_parallel and len(jax.devices()) > 1:
+        mesh = sharding.data_mesh()
+        sharding.check_divisible(tc.batch_size, mesh)
+    optimizer = train_lib.make_optimizer(tc)
+    params = gpt.init_params(model_config, jax.random.PRNGKey(tc.seed))
+    state = train_lib.init_state(params, optimizer, tc.seed)
+    loss_fn = train_lib.lm_loss(model_config)
+    train_step = train_lib.make_train_step(loss_fn, optimizer, dropout=model_config.dropout > 0)
+    eval_loss = train_lib.make_eval_fn(loss_fn)
+    val_batches = [dict(zip(("inputs", "targets"), b))
+                   for b in data_lib.eval_batches(val_ids, tc.eval_batches, tc.batch_size, model_config.context)]
+
+    def eval_fn(params):
+        return {"val_loss": float(np.mean([eval_loss(params, b) for b in val_batches]))}
+
+    def batch_fn(step):
+        x, y = data_lib.get_batch(train_ids, tc.seed, step, tc.batch_size, model_config.context)
+        return {"inputs": x, "targets": y}
+
+    t0 = time.perf_counter()
+    state = train_lib.run_training(folder, "pretrain", state, train_step, batch_fn, tc, eval_fn=eval_fn,
+                                   tokens_per_step=tc.batch_size * model_config.context, mesh=mesh)
+    wall = time.perf_counter() - t0
+    records = folder.read_metrics()
+    plots.loss_curve(records, folder.figure("loss"), title=f"pretrain ({model_config.n_layer}L, d={model_config.d_model})")
+    vals = [r["val_loss"] for r in records if r.get("val_loss") is not None and r.get("stage") == "pretrain"]
+    final_val = [r["val_loss"] for r in records if r.get("step") == tc.steps and r.get("val_loss") is not None]
+    tps = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+    return {
+        "val_loss": final_val[-1] if final_val else eval_fn(state["params"])["val_loss"],
+        "best_val_loss": min(vals) if vals else None,
+        "steps": tc.steps,
+        "n_checkpoints": len(Series(folder.root, "pretrain").steps()),
+        "n_params": gpt.n_params(jax.device_get(state["params"])),
+        "tokens_per_s": float(np.median(tps)) if tps else None,
+        "train_wall_s": wall,
+        "train_chars": len(corpus.train_text),
+        "val_chars": len(corpus.val_text),
+        "val_works": list(corpus.val_works),
+    }
+
+
+def ensure_pretrain(path: str | os.PathLike | RunFolder, config: PretrainConfig | None = None,
+                    preset: str = "tiny") -> Path:
+    """Train (or resume, or reuse if finished) a pretrain run at `path`; return its path."""
+    root = Path(path.root if isinstance(path, RunFolder) else path)
+    config = config or PRESETS[preset]
+    claim_folder(root, "pretrain", preset, config)
+    folder = RunFolder(root)
+    if folder.read_summary() is None:
+        folder.write_summary(run(config, folder))
+    return root

@@ -1,0 +1,218 @@
+"""Decoder-only GPT as a pure function of a plain params pytree.
+
+Layout (L layers, D width, F = mlp_ratio * D hidden, V vocab, C context). Every leaf under
+"blocks" has a leading layer axis L, so the blocks run under `lax.scan` (one compiled block
+whatever the depth) and a stacked checkpoint series simply adds one more leading axis T:
+
+    wte: [V, D]   wpe: [C, D]
+    blocks/ln1/{scale,bias}: [L, D]          blocks/attn/w_qkv: [L, D, 3D]  b_qkv: [L, 3D]
+    blocks/attn/w_out: [L, D, D]  b_out: [L, D]   blocks/ln2/{scale,bias}: [L, D]
+    blocks/mlp/w_in: [L, D, F]  b_in: [L, F]  w_out: [L, F, D]  b_out: [L, D]
+    ln_f/{scale,bias}: [D]        lm_head: [D, V]  (absent when embeddings are tied)
+
+`apply(params, tokens_BT, config, capture=...)` returns logits and, on request, the
+intermediates analyses need (names in `CAPTURES`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+
+from experiments.config import require
+
+CAPTURES = {
+    "embed": "[B, T, D] token + position embedding (the residual stream before block 0)",
+    "resid": "[L, B, T, D] residual stream after every block",
+    "attn_out": "[L, B, T, D] attention sublayer output (before it is added to the residual)",
+    "mlp_hidden": "[L, B, T, F] MLP hidden neurons after GELU",
+    "final_hidden": "[B, T, D] final hidden state after the last LayerNorm",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 65
+    context: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    tied_embeddings: bool = True
+
+    def __post_init__(self):
+        require(self.vocab_size >= 2, f"model.vocab_size={self.vocab_size} must be at least 2")
+        for name in ("context", "n_layer", "n_head", "d_model", "mlp_ratio"):
+            require(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)} must be a positive integer")
+        require(self.d_model % self.n_head == 0,
+                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
+                f"choose a width that is a multiple of the head count")
+        require(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def d_mlp(self) -> int:
+        return self.mlp_ratio * self.d_model
+
+
+def init_params(config: GPTConfig, key: jax.Array) -> dict:
+    """nanoGPT's init: N(0, 0.02), residual output projections scaled by 1/sqrt(2L)."""
+    L, D, F, V, C = config.n_layer, config.d_model, config.d_mlp, config.vocab_size, config.context
+    k = iter(jax.random.split(key, 8))
+    std, std_resid = 0.02, 0.02 / math.sqrt(2 * L)
+    normal = lambda key, shape, s: s * jax.random.normal(key, shape, jnp.float32)
+    ln = lambda *lead: {"scale": jnp.ones((*lead, D)), "bias": jnp.zeros((*lead, D))}
+    params = {
+        "wte": normal(next(k), (V, D), std),
+        "wpe": normal(next(k), (C, D), std),
+        "blocks": {
+            "ln1": ln(L),
+            "attn": {"w_qkv": normal(next(k), (L, D, 3 * D), std), "b_qkv": jnp.zeros((L, 3 * D)),
+                     "w_out": normal(next(k), (L, D, D), std_resid), "b_out": jnp.zeros((L, D))},
+            "ln2": ln(L),
+            "mlp": {"w_in": normal(next(k), (L, D, F), std), "b_in": jnp.zeros((L, F)),
+                    "w_out": normal(next(k), (L, F, D), std_resid), "b_out": jnp.zeros((L, D))},
+        },
+        "ln_f": ln(),
+    }
+    if not config.tied_embeddings:
+        params["lm_head"] = normal(next(k), (D, V), std)
+    return params
+
+
+def n_params(params, config: GPTConfig | None = None, *, non_embedding: bool = False) -> int:
+    count = sum(int(x.size) for x in jax.tree.leaves(params))
+    if non_embedding:
+        count -= int(params["wpe"].size)
+    return count
+
+
+def layer_norm(x, p, eps: float = 1e-5):
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _dropout(x, rate, key):
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def causal_attention(q_BHTK, k_BHSK, v_BHSK, mask_TS):
+    """Softmax attention with an explicit [T, S] boolean mask (True = may attend)."""
+    scores = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK) / math.sqrt(q_BHTK.shape[-1])
+    scores = jnp.where(mask_TS, scores, jnp.finfo(scores.dtype).min)
+    return jnp.einsum("bhts,bhsk->bhtk", jax.nn.softmax(scores, axis=-1), v_BHSK)
+
+
+def split_heads(x_BTD, n_head):
+    B, T, D = x_BTD.shape
+    return x_BTD.reshape(B, T, n_head, D // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x_BHTK):
+    B, H, T, K = x_BHTK.shape
+    return x_BHTK.transpose(0, 2, 1, 3).reshape(B, T, H * K)
+
+
+def block(p, x_BTD, config: GPTConfig, key=None):
+    """One pre-LN block. Returns (new residual, attention output, MLP hidden, (k, v))."""
+    k_attn, k_resid1, k_resid2 = (None,) * 3 if key is None else jax.random.split(key, 3)
+    T = x_BTD.shape[1]
+    h = layer_norm(x_BTD, p["ln1"])
+    qkv = h @ p["attn"]["w_qkv"] + p["attn"]["b_qkv"]
+    q, k, v = (split_heads(t, config.n_head) for t in jnp.split(qkv, 3, axis=-1))
+    mask = jnp.tril(jnp.ones((T, T), bool))
+    attn = merge_heads(causal_attention(q, k, v, mask))
+    attn_out = _dropout(attn @ p["attn"]["w_out"] + p["attn"]["b_out"], config.dropout, k_resid1)
+    x_BTD = x_BTD + attn_out
+    hidden = jax.nn.gelu(layer_norm(x_BTD, p["ln2"]) @ p["mlp"]["w_in"] + p["mlp"]["b_in"], approximate=True)
+    x_BTD = x_BTD + _dropout(hidden @ p["mlp"]["w_out"] + p["mlp"]["b_out"], config.dropout, k_resid2)
+    return x_BTD, attn_out, hidden, (k, v)
+
+
+def embed(params, tokens_BT, config: GPTConfig, *, start: int | jax.Array = 0, key=None):
+    T = tokens_BT.shape[1]
+    pos = jax.lax.dynamic_slice_in_dim(params["wpe"], start, T, axis=0)
+    return _dropout(params["wte"][tokens_BT] + pos, config.dropout, key)
+
+
+def unembed(params, h_BTD):
+    """Logits from a final-normalised hidden state."""
+    w = params["lm_head"] if "lm_head" in params else params["wte"].T
+    return h_BTD @ w
+
+
+def unembedding_matrix(params) -> jax.Array:
+    """[V, D]: row y is g(y), the output embedding of token y."""
+    return params["lm_head"].T if "lm_head" in params else params["wte"]
+
+
+def layer_slice(blocks, start: int, stop: int):
+    return jax.tree.map(lambda a: a[start:stop], blocks)
+
+
+def run_blocks(blocks, x_BTD, config: GPTConfig, *, key=None, collect: Iterable[str] = (), unroll: bool = True):
+    """Apply a stack of blocks (leading axis = layers) with `lax.scan`.
+
+    Returns (x_BTD, per-layer outputs dict with leading layer axis for the names in collect).
+    Unrolled by default: on CPU the unrolled program trained ~30% faster than a rolled loop
+    (measured on the tiny shape); `unroll=False` compiles one block body for deep models.
+    """
+    collect = tuple(collect)
+    n = jax.tree.leaves(blocks)[0].shape[0]
+    keys = None if key is None else jax.random.split(key, n)
+
+    def step(x, inputs):
+        p, k = inputs
+        x, attn_out, hidden, _ = block(p, x, config, k)
+        outs = {"resid": x, "attn_out": attn_out, "mlp_hidden": hidden}
+        return x, {name: outs[name] for name in collect}
+
+    return jax.lax.scan(step, x_BTD, (blocks, keys), unroll=unroll)
+
+
+def apply(params, tokens_BT, config: GPTConfig, *, capture: Iterable[str] = (), dropout_key=None):
+    """Logits [B, T, V] and a dict of the requested intermediates (see `CAPTURES`).
+
+    Pure: dropout is active only when `dropout_key` is given (training).
+    """
+    capture = tuple(capture)
+    unknown = set(capture) - set(CAPTURES)
+    if unknown:
+        raise ValueError(f"unknown capture {sorted(unknown)}; choose from {sorted(CAPTURES)}")
+    k_embed, k_blocks = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    x = embed(params, tokens_BT, config, key=k_embed)
+    acts = {"embed": x} if "embed" in capture else {}
+    per_layer = tuple(c for c in capture if c in ("resid", "attn_out", "mlp_hidden"))
+    x, layer_acts = run_blocks(params["blocks"], x, config, key=k_blocks, collect=per_layer)
+    acts.update(layer_acts)
+    h = layer_norm(x, params["ln_f"])
+    if "final_hidden" in capture:
+        acts["final_hidden"] = h
+    return unembed(params, h), acts
+
+
+def logits_from_resid(params, resid_BTD, layer: int, config: GPTConfig):
+    """Finish the forward pass from the residual stream after block `layer` (for splicing)."""
+    x, _ = run_blocks(layer_slice(params["blocks"], layer + 1, config.n_layer), resid_BTD, config)
+    return unembed(params, layer_norm(x, params["ln_f"]))
+
+
+def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
+    """Mean next-token cross-entropy in nats (over positions where mask is true)."""
+    logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
+    if mask_BT is None:
+        return nll.mean()
+    mask = mask_BT.astype(nll.dtype)
+    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)

@@ -1,0 +1,91 @@
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dynamics import checkpoints as ck
+from dynamics.errors import OntogenyError
+from models import gpt
+
+
+def test_save_restore_round_trip(tmp_path):
+    params = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.ones(4, np.float32)}}
+    series = ck.Series(tmp_path, "pretrain")
+    series.save(0, params, {"rng": np.array([1, 2], np.uint32)}, {"val_loss": 1.5})
+    restored, state, meta = series.restore(0, state_target={"rng": np.zeros(2, np.uint32)})
+    np.testing.assert_array_equal(restored["a"], params["a"])
+    np.testing.assert_array_equal(state["rng"], [1, 2])
+    assert meta == {"step": 0, "stage": "pretrain", "val_loss": 1.5}
+    with pytest.raises(OntogenyError, match="never overwritten"):
+        series.save(0, params)
+
+
+def test_load_stack_equals_per_checkpoint_loading(micro_run):
+    steps, stacked = ck.load_stack(micro_run)
+    series = ck.Series(micro_run, "pretrain", create=False)
+    assert list(steps) == series.steps() == [0, 1, 2, 4, 8, 16, 20, 40]
+    for t, step in enumerate(steps):
+        one = series.restore_params(int(step))
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(ck.unstack_tree(stacked, t))):
+            np.testing.assert_array_equal(a, b)
+    sub_steps, sub = ck.load_stack(micro_run, steps=[4, 40])
+    np.testing.assert_array_equal(sub["wte"][1], stacked["wte"][-1])
+    with pytest.raises(OntogenyError, match="not in"):
+        ck.load_stack(micro_run, steps=[3])
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 8])
+def test_map_stack_equals_a_loop(micro_run, chunk):
+    config = ck.load_model_config(micro_run)
+    steps, stacked = ck.load_stack(micro_run)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, config.context)))
+
+    def resid(params, tokens):
+        return gpt.apply(params, tokens, config, capture=("resid",))[1]["resid"]
+
+    vmapped = ck.map_stack(resid, stacked, tokens, chunk_size=chunk)
+    loop = np.stack([resid(ck.unstack_tree(stacked, t), tokens) for t in range(len(steps))])
+    assert vmapped.shape == (len(steps), config.n_layer, 2, config.context, config.d_model)
+    np.testing.assert_allclose(vmapped, loop, atol=2e-5)
+
+
+def test_auto_chunk_respects_the_memory_budget(micro_run):
+    _, stacked = ck.load_stack(micro_run)
+    fn = lambda p: jnp.zeros((1000, 1000))  # 4 MB out per checkpoint
+    param_bytes = sum(x[0].nbytes for x in jax.tree.leaves(stacked))
+    per_checkpoint = param_bytes + 4 * 4_000_000  # params + output + 3 x output of scratch
+    assert ck.auto_chunk_size(fn, stacked, max_bytes=10 * per_checkpoint) == 8  # all T=8 fit
+    assert ck.auto_chunk_size(fn, stacked, max_bytes=3 * per_checkpoint - 1) == 2
+    assert ck.auto_chunk_size(fn, stacked, max_bytes=1) == 1
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(micro_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(micro_run, run)
+    damaged = run / "checkpoints" / "pretrain" / "4" / "params"
+    for f in damaged.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    with pytest.raises(OntogenyError, match=r"checkpoint .*4 is corrupt or unreadable.*delete that step folder"):
+        ck.load_stack(run)
+
+
+def test_missing_series_and_config(tmp_path):
+    with pytest.raises(OntogenyError, match="no 'pretrain' checkpoints"):
+        ck.load_stack(tmp_path)
+    with pytest.raises(OntogenyError, match="not a GPT model config"):
+        ck.load_model_config(tmp_path)
+
+
+def test_stages_concatenate(micro_run, tmp_path):
+    run = tmp_path / "staged"
+    shutil.copytree(micro_run, run)
+    params = ck.Series(run, "pretrain", create=False).restore_params(40)
+    sft = ck.Series(run, "sft")
+    for s in (0, 5):
+        sft.save(s, params)
+    labels, stacked = ck.load_stages(run, ["pretrain", "sft"])
+    assert labels[-3:] == [("pretrain", 40), ("sft", 0), ("sft", 5)]
+    assert stacked["wte"].shape[0] == 10
