@@ -76,8 +76,19 @@ def main(argv: list[str]) -> int:
     return run_study(name, module, rest)
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> int:
+    """`main` with the user-facing error contract: bad input -> one line, exit 2;
+    a signal during training -> checkpoint saved, one line, exit 128 + signal."""
+    from dynamics.train import Interrupted
+
     try:
-        sys.exit(main(sys.argv[1:]))
+        return main(argv)
     except OntogenyError as e:
-        sys.exit(_fail(str(e)))
+        return _fail(str(e))
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

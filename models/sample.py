@@ -42,24 +42,26 @@ def prefill(params, tokens_BT, config: gpt.GPTConfig):
 
 
 def decode_one(params, token_B, position, k_cache, v_cache, config: gpt.GPTConfig):
-    """One new token at `position` against the caches; returns (logits [B, V], caches)."""
+    """One new token at `position` against the caches; returns (logits [B, V], caches).
+
+    The layer loop is unrolled and each layer writes its new key/value into the carried
+    caches with a dynamic_update_slice, which XLA performs in place; routing the caches
+    through a scan over layers instead materialised a fresh copy of them for every token.
+    """
     x = params["wte"][token_B][:, None] + jax.lax.dynamic_slice_in_dim(params["wpe"], position, 1)[None]
     visible = (jnp.arange(config.context) <= position)[None, :]
-
-    def layer(x, inputs):
-        p, k_l, v_l = inputs
+    for layer in range(config.n_layer):
+        p = jax.tree.map(lambda a: a[layer], params["blocks"])
         h = gpt.layer_norm(x, p["ln1"])
         qkv = h @ p["attn"]["w_qkv"] + p["attn"]["b_qkv"]
         q, k, v = (gpt.split_heads(t, config.n_head) for t in jnp.split(qkv, 3, axis=-1))
-        k_l = jax.lax.dynamic_update_slice_in_dim(k_l, k, position, axis=2)
-        v_l = jax.lax.dynamic_update_slice_in_dim(v_l, v, position, axis=2)
-        attn = gpt.merge_heads(gpt.causal_attention(q, k_l, v_l, visible))
+        start = (layer, 0, 0, position, 0)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], start)
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], start)
+        attn = gpt.merge_heads(gpt.causal_attention(q, k_cache[layer], v_cache[layer], visible))
         x = x + attn @ p["attn"]["w_out"] + p["attn"]["b_out"]
         hidden = jax.nn.gelu(gpt.layer_norm(x, p["ln2"]) @ p["mlp"]["w_in"] + p["mlp"]["b_in"], approximate=True)
         x = x + hidden @ p["mlp"]["w_out"] + p["mlp"]["b_out"]
-        return x, (k_l, v_l)
-
-    x, (k_cache, v_cache) = jax.lax.scan(layer, x, (params["blocks"], k_cache, v_cache))
     logits = gpt.unembed(params, gpt.layer_norm(x, params["ln_f"]))[:, 0]
     return logits, k_cache, v_cache
 

