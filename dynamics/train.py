@@ -85,6 +85,9 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def init_state(params, optimizer, seed: int) -> dict:
+    """Fresh training state. Params are copied: the train step donates its state, and the
+    caller's arrays (e.g. a frozen reference model) must survive that."""
+    params = jax.tree.map(jnp.array, params)
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.PRNGKey(seed))}
 
@@ -142,11 +145,14 @@ def _latest(series: Series, resume: Series) -> tuple[int, Series] | None:
 
 def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callable, batch_fn: Callable,
                  config: TrainConfig, *, eval_fn: Callable | None = None, tokens_per_step: int = 0,
-                 meta: dict | None = None, mesh=None) -> dict:
+                 meta: dict | None = None, mesh=None, on_policy: bool = False) -> dict:
     """Run (or resume) `config.steps` steps of one stage, saving its checkpoint schedule.
 
-    `batch_fn(step) -> batch` must be a pure function of the step. `eval_fn(params) -> dict`
-    is evaluated at checkpoints and every `eval_every` steps. Returns the final state.
+    `batch_fn(step) -> batch` must be a pure function of the step (with `on_policy`,
+    `batch_fn(step, params)`, a pure function of both, e.g. samples from the current policy).
+    A batch may carry host figures under "log" (e.g. mean reward), which are logged, not trained on.
+    `eval_fn(params) -> dict` is evaluated at checkpoints and every `eval_every` steps.
+    Returns the final state.
     """
     series = Series(folder.root, stage)
     resume = Series(folder.root, f"_resume/{stage}")
@@ -179,7 +185,8 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
     t_last, n_last, last_good = time.perf_counter(), step, max([s for s in series.steps()], default=None)
     with stop_on_signals() as flag:
         while step < config.steps:
-            batch = batch_fn(step)
+            batch = dict(batch_fn(step, state["params"]) if on_policy else batch_fn(step))
+            host_log = batch.pop("log", {})
             if mesh is not None:
                 batch = sharding.shard_batch(batch, mesh)
             state, metrics = train_step(state, batch)
@@ -194,7 +201,7 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
                 tps = tokens_per_step * (step - n_last) / max(now - t_last, 1e-9)
                 t_last, n_last = now, step
                 folder.log({"stage": stage, "step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                            "lr": float(lr_schedule(config)(step - 1)), "tokens_per_s": tps})
+                            "lr": float(lr_schedule(config)(step - 1)), "tokens_per_s": tps, **host_log})
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             evaluated = None

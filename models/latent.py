@@ -1,0 +1,388 @@
+"""The latent-concept model of Jiang et al. (ICML 2024, arXiv 2403.03867) and its learner.
+
+Generator. m binary concepts C in {0,1}^m with a joint law p(C) from a random DAG Bayes net.
+Token y is one concept vector, indexed y = sum_j C_j 2^j (Y = 2^m tokens). A context x is a
+partial assignment s in {0, 1, ?}^m (code 2 = unknown), indexed x = sum_j s_j 3^j (X = 3^m
+contexts). The next token keeps the fixed concepts and draws the unknown ones from
+p(C_unknown | C_fixed), so p(y|x) = p(C = y | C_S = s_S) exactly, by enumeration.
+Contexts are drawn by sampling C ~ p and hiding each concept with probability 1 - p_fix
+[reconstructed: the paper does not fix the context law], so w(x) = p_fix^|S| (1-p_fix)^(m-|S|)
+p(C_S = s_S).
+
+Bayes net [reconstructed]: a random topological order; edge j -> i (j earlier) with
+probability `edge_density`; logit p(C_i = 1 | parents) = b_i + strength * sum_j w_ij (2 C_j - 1)
+with b_i ~ U(-marginal_scale, marginal_scale), w_ij ~ U(0.5, 1) * random sign. strength = 0
+or `independent=True` gives independent concepts.
+
+Learner. p_hat(y|x) = softmax_y f(x)^T g(y): f is a table [X, d] or an MLP of the context's
+one-hot code [X, 3m] -> d; g is an unembedding table [Y, d]. Trained on the weight matrix
+W[x, y] = w(x) p(y|x) (exact population loss) or an empirical one (finite sample), by full-batch
+gradient descent ("gd"), minibatch SGD ("sgd", batch drawn from W each step) or Adam, with
+optional weight decay. Every training entry point is vmapped over runs (seed, lr, weight
+decay, optimizer, width d, data): a sweep trains all runs of one m in one compiled call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.config import require
+
+UNKNOWN = 2
+
+
+# ----------------------------------------------------------------------------- generator
+@dataclasses.dataclass(frozen=True)
+class LatentConfig:
+    n_concepts: int = 4
+    independent: bool = False
+    edge_density: float = 0.5
+    strength: float = 0.0
+    marginal_scale: float = 0.5
+    p_fix: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        require(1 <= self.n_concepts <= 8,
+                f"n_concepts={self.n_concepts} must be in 1..8 (there are 2^m tokens, 3^m contexts)")
+        require(0.0 <= self.edge_density <= 1.0, f"edge_density={self.edge_density} must be in [0, 1]")
+        require(self.strength >= 0.0, f"strength={self.strength} must be >= 0 (0 = independent concepts)")
+        require(self.marginal_scale >= 0.0, f"marginal_scale={self.marginal_scale} must be >= 0")
+        require(0.0 < self.p_fix < 1.0, f"p_fix={self.p_fix} must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentProblem:
+    """Everything exact about one generator (numpy; Y = 2^m tokens, X = 3^m contexts)."""
+    config: LatentConfig
+    order_M: np.ndarray          # topological order of the concepts
+    weights_MM: np.ndarray       # w[i, j]: effect of parent j on concept i (0 = no edge)
+    bias_M: np.ndarray
+    token_bits_YM: np.ndarray    # C of token y
+    contexts_XM: np.ndarray      # s of context x, values in {0, 1, 2=unknown}
+    joint_Y: np.ndarray          # p(C = y)
+    context_weight_X: np.ndarray # w(x)
+    cond_XY: np.ndarray          # p(y | x)
+
+    @property
+    def n_concepts(self) -> int:
+        return self.config.n_concepts
+
+    @property
+    def weight_XY(self) -> np.ndarray:
+        """The exact (x, y) training law w(x) p(y|x); sums to 1."""
+        return self.context_weight_X[:, None] * self.cond_XY
+
+
+def token_bits(m: int) -> np.ndarray:
+    """[2^m, m] concept vector of each token (bit j of y)."""
+    return ((np.arange(2 ** m)[:, None] >> np.arange(m)) & 1).astype(np.int32)
+
+
+def all_contexts(m: int) -> np.ndarray:
+    """[3^m, m] partial assignments, digit j of x in base 3 (2 = unknown)."""
+    return ((np.arange(3 ** m)[:, None] // 3 ** np.arange(m)) % 3).astype(np.int32)
+
+
+def random_dag(config: LatentConfig):
+    """(order [m], weights [m, m], bias [m]) of the Bayes net, a pure function of the seed."""
+    m, rng = config.n_concepts, np.random.default_rng(config.seed)
+    order = rng.permutation(m)
+    bias = rng.uniform(-config.marginal_scale, config.marginal_scale, m)
+    weights = np.zeros((m, m))
+    if not config.independent:
+        for a, b in itertools.combinations(range(m), 2):  # order[a] comes before order[b]
+            if rng.random() < config.edge_density:
+                weights[order[b], order[a]] = rng.uniform(0.5, 1.0) * rng.choice([-1.0, 1.0])
+    return order, weights * config.strength, bias
+
+
+def joint_law(weights_MM: np.ndarray, bias_M: np.ndarray) -> np.ndarray:
+    """p(C = y) for every token: product of the nodes' conditionals (acyclic, so no normaliser)."""
+    bits = token_bits(len(bias_M))
+    logit_YM = bias_M + (2 * bits - 1) @ weights_MM.T
+    p1 = 1.0 / (1.0 + np.exp(-logit_YM))
+    return np.prod(np.where(bits == 1, p1, 1.0 - p1), axis=1)
+
+
+def consistent(contexts_XM: np.ndarray, bits_YM: np.ndarray) -> np.ndarray:
+    """[X, Y] bool: token y agrees with every concept context x fixes."""
+    c, b = contexts_XM[:, None, :], bits_YM[None, :, :]
+    return np.all((c == UNKNOWN) | (c == b), axis=-1)
+
+
+def build_problem(config: LatentConfig) -> LatentProblem:
+    m = config.n_concepts
+    order, weights, bias = random_dag(config)
+    bits, contexts = token_bits(m), all_contexts(m)
+    joint = joint_law(weights, bias)
+    mask_XY = consistent(contexts, bits)
+    mass_XY = mask_XY * joint[None, :]
+    marginal_X = mass_XY.sum(1)                       # p(C_S = s_S)
+    cond = mass_XY / marginal_X[:, None]
+    n_fixed = (contexts != UNKNOWN).sum(1)
+    weight = config.p_fix ** n_fixed * (1 - config.p_fix) ** (m - n_fixed) * marginal_X
+    return LatentProblem(config, order, weights, bias, bits, contexts, joint, weight / weight.sum(), cond)
+
+
+def sample(problem: LatentProblem, key: jax.Array, n: int):
+    """n draws (x [n], y [n]): x ~ w, then y ~ p(. | x)."""
+    kx, ky = jax.random.split(key)
+    x = jax.random.categorical(kx, jnp.log(jnp.asarray(problem.context_weight_X)), shape=(n,))
+    logp = jnp.log(jnp.asarray(problem.cond_XY))[x]
+    y = jax.random.categorical(ky, logp, axis=-1)
+    return np.asarray(x), np.asarray(y)
+
+
+def empirical_weight(x: np.ndarray, y: np.ndarray, n_contexts: int, n_tokens: int) -> np.ndarray:
+    counts = np.zeros((n_contexts, n_tokens))
+    np.add.at(counts, (x, y), 1.0)
+    return counts / counts.sum()
+
+
+def token_pairs(m: int) -> np.ndarray:
+    """[m, 2^(m-1), 2] counterfactual token pairs (y0, y1): equal except concept i, 0 -> 1."""
+    y0 = np.arange(2 ** m)
+    out = []
+    for i in range(m):
+        base = y0[((y0 >> i) & 1) == 0]
+        out.append(np.stack([base, base + 2 ** i], axis=1))
+    return np.stack(out).astype(np.int32)
+
+
+def context_pairs(m: int) -> np.ndarray:
+    """[m, 3^(m-1), 2] context pairs (x0, x1): equal except concept i fixed to 0 vs fixed to 1."""
+    x = np.arange(3 ** m)
+    out = []
+    for i in range(m):
+        base = x[(x // 3 ** i) % 3 == 0]
+        out.append(np.stack([base, base + 3 ** i], axis=1))
+    return np.stack(out).astype(np.int32)
+
+
+def pair_logodds(problem: LatentProblem):
+    """Exact log p(y1|x) - log p(y0|x) for every concept's token pair and context.
+
+    Returns (logodds [m, P, X], finite [m, P, X]); finite exactly where the context leaves the
+    concept unknown and both tokens are possible (elsewhere the log-odds is +-inf).
+    """
+    pairs = token_pairs(problem.n_concepts)
+    cond = problem.cond_XY.T                                   # [Y, X]
+    p0, p1 = cond[pairs[..., 0]], cond[pairs[..., 1]]          # [m, P, X]
+    finite = (p0 > 0) & (p1 > 0)
+    with np.errstate(divide="ignore"):
+        logodds = np.where(finite, np.log(np.where(finite, p1, 1.0)) - np.log(np.where(finite, p0, 1.0)), 0.0)
+    return logodds, finite
+
+
+def context_inputs(m: int) -> np.ndarray:
+    """[3^m, 3m] one-hot code of each context (concept j's state in slots 3j..3j+2)."""
+    contexts = all_contexts(m)
+    return np.eye(3, dtype=np.float32)[contexts].reshape(len(contexts), 3 * m)
+
+
+# ----------------------------------------------------------------------------- learner
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    d: int = 16
+    f_kind: str = "mlp"          # "mlp" (network of the context code) or "table"
+    hidden: int = 64
+    n_hidden: int = 1            # hidden layers of the MLP (0 = linear map)
+    init_scale: float = 0.01     # std of g and of a table f (small: the learned part dominates)
+
+    def __post_init__(self):
+        require(self.d >= 1, f"d={self.d} must be a positive integer")
+        require(self.f_kind in ("mlp", "table"), f"f_kind={self.f_kind!r} must be mlp or table")
+        require(self.hidden >= 1 and self.n_hidden >= 0,
+                f"hidden={self.hidden}, n_hidden={self.n_hidden} must be >= 1, >= 0")
+        require(self.init_scale > 0, f"init_scale={self.init_scale} must be > 0")
+
+
+def init_learner(config: LearnerConfig, m: int, seed: int, width: int | None = None) -> dict:
+    """{"f": {...}, "g": [Y, d]} drawn on the host with numpy (no compile); MLP: LeCun-normal
+    weights, zero biases.
+
+    `width` < d zeroes the output columns >= width of g and of f's last layer: they get zero
+    gradient (softmax f^T g never sees them) and stay zero under GD, Adam and decay, so the run
+    is a width-`width` learner padded with zeros. That lets runs of different d share one
+    compiled, vmapped training call.
+    """
+    n_ctx, n_tok, d = 3 ** m, 2 ** m, config.d
+    live = (np.arange(d) < (d if width is None else width)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    params = {"g": config.init_scale * normal(n_tok, d) * live}
+    if config.f_kind == "table":
+        params["f"] = {"table": config.init_scale * normal(n_ctx, d) * live}
+        return params
+    sizes = [3 * m] + [config.hidden] * config.n_hidden + [d]
+    params["f"] = {f"layer{i}": {"w": normal(a, b) / np.float32(np.sqrt(a)), "b": np.zeros(b, np.float32)}
+                   for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+    params["f"][f"layer{len(sizes) - 2}"]["w"] *= live
+    return params
+
+
+def embed(params: dict, inputs_XI: jax.Array) -> jax.Array:
+    """f(x) for every context: [X, d]. `inputs_XI` is `context_inputs(m)` (ignored by a table)."""
+    f = params["f"]
+    if "table" in f:
+        return f["table"]
+    h, n = inputs_XI, len(f)
+    for i in range(n):  # dict layers (not a list) so checkpoints restore without a target tree
+        h = h @ f[f"layer{i}"]["w"] + f[f"layer{i}"]["b"]
+        if i < n - 1:
+            h = jax.nn.gelu(h)
+    return h
+
+
+def logits(params: dict, inputs_XI: jax.Array) -> jax.Array:
+    return embed(params, inputs_XI) @ params["g"].T
+
+
+def loss_fn(params: dict, inputs_XI: jax.Array, weight_XY: jax.Array) -> jax.Array:
+    """Cross-entropy under the (x, y) law `weight_XY` (sums to 1)."""
+    logp = jax.nn.log_softmax(logits(params, inputs_XI), axis=-1)
+    return -jnp.sum(jnp.where(weight_XY > 0, weight_XY * logp, 0.0))
+
+
+def conditional_entropy(weight_XY: np.ndarray) -> float:
+    """The loss floor: H(Y | X) under `weight_XY`."""
+    w = np.asarray(weight_XY, dtype=np.float64)
+    cond = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+    return float(-np.sum(np.where(w > 0, w * np.log(np.where(w > 0, cond, 1.0)), 0.0)))
+
+
+# ----------------------------------------------------------------------------- training
+OPTIMIZERS = ("gd", "sgd", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "gd"         # gd: full batch; sgd: minibatch of batch_size; adam: full batch
+    lr: float = 1.0
+    weight_decay: float = 0.0     # decoupled (AdamW); for gd/sgd it equals an L2 penalty
+    n_steps: int = 4096
+    batch_size: int = 64          # used by sgd only
+    n_samples: int = 0            # 0: exact population law; >0: a fixed sample of that size
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.optimizer in OPTIMIZERS, f"optimizer={self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
+        require(self.lr > 0, f"lr={self.lr} must be > 0")
+        require(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
+        require(self.n_steps >= 1, f"n_steps={self.n_steps} must be >= 1")
+        require(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
+        require(self.n_samples >= 0, f"n_samples={self.n_samples} must be >= 0 (0 = exact law)")
+
+
+OPTIMIZER_CODE = {name: i for i, name in enumerate(OPTIMIZERS)}
+ADAM = optax.scale_by_adam()  # optax defaults: b1 0.9, b2 0.999, eps 1e-8
+
+
+def init_state(params, lr, weight_decay, kind_code, seed):
+    """One run's state; lr, weight decay, optimizer code and seed are per-run values (traceable)."""
+    hyper = {"lr": jnp.asarray(lr, jnp.float32), "weight_decay": jnp.asarray(weight_decay, jnp.float32),
+             "kind": jnp.asarray(kind_code, jnp.int32)}
+    return {"params": params, "adam": ADAM.init(params), "key": jax.random.PRNGKey(seed),
+            "step": jnp.zeros((), jnp.int32), "hyper": hyper}
+
+
+def _minibatch_weight(key, weight_XY, batch_size: int):
+    """Empirical law of `batch_size` (x, y) draws from `weight_XY`."""
+    flat = weight_XY.reshape(-1)
+    cdf = jnp.cumsum(flat)  # inverse-CDF sampling: O(B log XY), unlike Gumbel's O(B XY)
+    idx = jnp.minimum(jnp.searchsorted(cdf, jax.random.uniform(key, (batch_size,)) * cdf[-1], side="right"),
+                      flat.size - 1)
+    return (jnp.zeros_like(flat).at[idx].add(1.0) / batch_size).reshape(weight_XY.shape)
+
+
+def train_step(state, inputs_XI, weight_XY, *, batch_size: int):
+    """One update, the optimizer chosen by the run's code so different optimizers share a compile.
+
+    gd / sgd: p -= lr (grad + wd p); adam: p -= lr (adam(grad) + wd p), i.e. optax.adamw. sgd
+    takes the gradient on a minibatch of `batch_size` draws from `weight_XY`, gd and adam on all of it
+    (`batch_size` 0: no run is sgd).
+    """
+    h, key, batch = state["hyper"], state["key"], weight_XY
+    if batch_size:  # static: 0 when no run of the call uses sgd, so gd/adam calls skip the sampling
+        key, sub = jax.random.split(key)
+        batch = jnp.where(h["kind"] == OPTIMIZER_CODE["sgd"], _minibatch_weight(sub, weight_XY, batch_size), weight_XY)
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], inputs_XI, batch)
+    adam_dir, adam_state = ADAM.update(grads, state["adam"])
+    use_adam = h["kind"] == OPTIMIZER_CODE["adam"]
+    params = jax.tree.map(lambda p, g, a: p - h["lr"] * (jnp.where(use_adam, a, g) + h["weight_decay"] * p),
+                          state["params"], grads, adam_dir)
+    return {**state, "params": params, "adam": adam_state, "key": key, "step": state["step"] + 1}, loss
+
+
+@partial(jax.jit, static_argnames=("batch_size",))
+def run_steps(states_R, n_steps, inputs_XI, weights_RXY, *, batch_size: int):
+    """Advance every run R by `n_steps` (a traced count: one compilation for every segment).
+
+    Returns (states, full-law loss [R] of the new parameters)."""
+    def one(state, weight_XY):
+        body = lambda _, s: train_step(s, inputs_XI, weight_XY, batch_size=batch_size)[0]
+        state = jax.lax.fori_loop(0, n_steps, body, state)
+        return state, loss_fn(state["params"], inputs_XI, weight_XY)
+    return jax.vmap(one)(states_R, weights_RXY)
+
+
+@jax.jit
+def init_states(params_R, seeds_R, lrs_R, weight_decays_R, kinds_R):
+    """Initial states of R runs from their stacked initial parameters."""
+    return jax.vmap(init_state)(params_R, lrs_R, weight_decays_R, kinds_R, seeds_R)
+
+
+def train_runs(m: int, learner: LearnerConfig, snapshot_steps, *, seeds, lrs, weight_decays, optimizers, widths=None,
+               weights_RXY, batch_size: int = 64, progress=None):
+    """Train R runs of one m together in one compiled, vmapped loop; snapshot at `snapshot_steps`.
+
+    Per run: seed, lr, weight decay, optimizer name, width (<= learner.d; default learner.d) and
+    training law weights_RXY [R, X, Y]. Returns (params with leaves [R, T, ...] of width
+    learner.d, zero-padded beyond each run's width; losses [R, T]) as numpy.
+    """
+    steps = sorted(set(int(s) for s in snapshot_steps))
+    require(steps[0] >= 0, "snapshot steps must be >= 0")
+    widths = [learner.d] * len(seeds) if widths is None else list(widths)
+    require(all(1 <= w <= learner.d for w in widths), f"run widths {widths} must be in 1..{learner.d}")
+    inputs = jnp.asarray(context_inputs(m))
+    weights = jnp.asarray(weights_RXY, jnp.float32)
+    params = jax.tree.map(lambda *xs: np.stack(xs), *[init_learner(learner, m, s, w) for s, w in zip(seeds, widths)])
+    states = init_states(params, jnp.asarray(seeds, jnp.uint32), jnp.asarray(lrs, jnp.float32),
+                         jnp.asarray(weight_decays, jnp.float32),
+                         jnp.asarray([OPTIMIZER_CODE[o] for o in optimizers], jnp.int32))
+    batch_size = batch_size if "sgd" in optimizers else 0
+    snaps, losses, done = [], [], 0
+    for step in steps:
+        states, loss = run_steps(states, jnp.asarray(step - done, jnp.int32), inputs, weights, batch_size=batch_size)
+        done = step
+        snaps.append(jax.device_get(states["params"]))
+        losses.append(np.asarray(loss))
+        if progress is not None:
+            progress.update(1)
+    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *snaps)
+    return stacked, np.stack(losses, axis=1)
+
+
+def training_weight(problem: LatentProblem, train: TrainConfig) -> np.ndarray:
+    """The (x, y) law a run trains on: exact, or the empirical law of a fixed sample."""
+    if train.n_samples == 0:
+        return problem.weight_XY
+    x, y = sample(problem, jax.random.PRNGKey(10_000 + train.seed), train.n_samples)
+    return empirical_weight(x, y, len(problem.contexts_XM), len(problem.token_bits_YM))
+
+
+def train(problem: LatentProblem, learner: LearnerConfig, train_config: TrainConfig, snapshot_steps, progress=None):
+    """One run: (params with leaves [T, ...], losses [T])."""
+    t = train_config
+    stacked, losses = train_runs(problem.n_concepts, learner, snapshot_steps, seeds=[t.seed], lrs=[t.lr],
+                                 weight_decays=[t.weight_decay], optimizers=[t.optimizer],
+                                 weights_RXY=training_weight(problem, t)[None], batch_size=t.batch_size,
+                                 progress=progress)
+    return jax.tree.map(lambda x: x[0], stacked), losses[0]
