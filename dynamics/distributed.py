@@ -1,0 +1,65 @@
+"""Multi-host runs through JAX's own distributed runtime.
+
+One process per host (or per GPU), each calling `initialize()` before any other JAX call;
+`jax.devices()` then lists the devices of all processes, a Mesh over them is global, and each
+process loads only its own slice of every batch (`local_batch`). On CPU the collectives go
+through gloo, which JAX ships. The environment names the job:
+
+    ONTOGENY_COORDINATOR=host0:8476  ONTOGENY_NUM_PROCESSES=N  ONTOGENY_PROCESS_ID=i
+
+On SLURM or TPU pods `jax.distributed.initialize()` with no arguments discovers them itself;
+`initialize()` falls back to that when the variables are absent and a cluster is detected.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dynamics.errors import OntogenyError
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """Join the distributed job named by the arguments or ONTOGENY_* variables; False if single-process."""
+    coordinator = coordinator or os.environ.get("ONTOGENY_COORDINATOR")
+    if coordinator is None:
+        if "SLURM_JOB_ID" in os.environ or "TPU_WORKER_ID" in os.environ:
+            jax.distributed.initialize()  # cluster auto-detection
+            return True
+        return False
+    try:
+        num_processes = int(num_processes if num_processes is not None else os.environ["ONTOGENY_NUM_PROCESSES"])
+        process_id = int(process_id if process_id is not None else os.environ["ONTOGENY_PROCESS_ID"])
+    except (KeyError, ValueError):
+        raise OntogenyError("ONTOGENY_COORDINATOR is set but ONTOGENY_NUM_PROCESSES / ONTOGENY_PROCESS_ID are "
+                            "missing or not integers; set all three") from None
+    # Only CPU collectives read this (GPUs use NCCL); asking for the backend here would
+    # initialise it, which must not happen before `jax.distributed.initialize`.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    return True
+
+
+def local_batch(global_batch_size: int) -> slice:
+    """This process's rows of a global batch (processes own contiguous, equal slices)."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_batch_size % n:
+        raise OntogenyError(f"train.batch_size={global_batch_size} does not split over {n} processes; "
+                            f"use a multiple of {n}")
+    per = global_batch_size // n
+    return slice(i * per, (i + 1) * per)
+
+
+def global_batch(local_arrays, mesh):
+    """Assemble per-process slices into global arrays sharded along the mesh's data axis."""
+    sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+
+    def one(x):
+        x = np.asarray(x)
+        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree.map(one, local_arrays)
