@@ -4,7 +4,6 @@ Parses and dispatches only. Bad input exits 2 with one line on stderr naming the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -15,11 +14,6 @@ from dynamics.errors import OntogenyError
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other bad input
-        raise OntogenyError(f"{message}; see `python -m experiments {self.prog.split()[-1]} --help`")
 
 
 def list_experiments() -> int:
@@ -36,9 +30,9 @@ def list_experiments() -> int:
 
 def run_study(name: str, module, argv: list[str]) -> int:
     from dynamics.runlog import RunFolder, to_jsonable
-    from experiments.config import claim_folder, override
+    from experiments.config import ArgumentParser, claim_folder, override
 
-    parser = _Parser(prog=f"python -m experiments {name}", description=module.DESCRIPTION)
+    parser = ArgumentParser(prog=f"python -m experiments {name}", description=module.DESCRIPTION)
     parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(module.PRESETS)} (default tiny)")
     parser.add_argument("--out", default=None, help="run folder (default runs/NAME-PRESET)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

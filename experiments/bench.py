@@ -8,7 +8,6 @@ within one run: the machine is shared and noisy.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics.errors import OntogenyError
+from experiments.config import ArgumentParser
 
 DESCRIPTION = "measure matmul peak, training MFU, sampling speed and stacked-vmap speed-up (not a test)"
 
@@ -139,7 +139,7 @@ SECTIONS = {"core": core}
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments bench", description=DESCRIPTION)
+    parser = ArgumentParser(prog="python -m experiments bench", description=DESCRIPTION)
     parser.add_argument("sections", nargs="*", default=["core"], help=f"any of: {', '.join(SECTIONS)}")
     parser.add_argument("--out", help="also write the figures as JSON to this file")
     parser.add_argument("--quick", action="store_true", help="skip the slow shakespeare-char shape")

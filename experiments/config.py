@@ -6,12 +6,20 @@ A config is a frozen dataclass whose `__post_init__` validates it and raises
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import typing
 from typing import Any
 
 from dynamics.errors import OntogenyError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: a usage error raises OntogenyError (one line, exit 2)."""
+
+    def error(self, message):
+        raise OntogenyError(f"{message}; see `{self.prog} --help`")
 
 
 def _parse_scalar(text: str, kind: Any, key: str) -> Any:
