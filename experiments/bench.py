@@ -3,7 +3,7 @@
     python -m experiments bench [SECTION ...] [--out FILE] [--quick]
 
 Sections: core (default: matmul peak, training throughput and MFU, sampling speed, stacked
-vmap vs loop). Studies register more sections in SECTIONS. Ratios are only comparable
+vmap vs loop); probes and crosscoder live with their studies (STUDY_SECTIONS). Ratios are only comparable
 within one run: the machine is shared and noisy.
 """
 from __future__ import annotations
@@ -135,21 +135,35 @@ def core(quick: bool = False) -> dict:
     return results
 
 
-SECTIONS = {"core": core}
+# Sections that live with their study, imported only when asked for.
+STUDY_SECTIONS = {"probes": ("experiments.cognition", "bench_probes"),
+                  "crosscoder": ("experiments.crosscoders", "bench")}
+
+
+def sections() -> dict:
+    import importlib
+    import importlib.util
+
+    found = {"core": core}
+    for name, (module, attr) in STUDY_SECTIONS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (lambda module=module, attr=attr, **kw: getattr(importlib.import_module(module), attr)(**kw))
+    return found
 
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="python -m experiments bench", description=DESCRIPTION)
-    parser.add_argument("sections", nargs="*", default=["core"], help=f"any of: {', '.join(SECTIONS)}")
+    available = sections()
+    parser.add_argument("sections", nargs="*", default=["core"], help=f"any of: {', '.join(available)}")
     parser.add_argument("--out", help="also write the figures as JSON to this file")
     parser.add_argument("--quick", action="store_true", help="skip the slow shakespeare-char shape")
     args = parser.parse_args(argv)
-    unknown = [s for s in args.sections if s not in SECTIONS]
+    unknown = [s for s in args.sections if s not in available]
     if unknown:
-        raise OntogenyError(f"unknown bench section {unknown[0]!r}; choose from: {', '.join(SECTIONS)}")
+        raise OntogenyError(f"unknown bench section {unknown[0]!r}; choose from: {', '.join(available)}")
     results = {}
     for section in args.sections:
-        results.update(SECTIONS[section](quick=args.quick))
+        results.update(available[section](quick=args.quick))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
