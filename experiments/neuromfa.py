@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from dynamics import neuron_network as neunet
 from dynamics import train as train_lib
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
-from experiments.config import from_dict, require
+from experiments.config import require
 from models import gpt
 
 DESCRIPTION = "NeuroMFA: multifractal spectrum and degree of emergence of the neuron network over training and size"
@@ -164,16 +163,9 @@ def _models(config: Config, folder: RunFolder):
     return runs
 
 
-def _model_config(run_dir: Path) -> gpt.GPTConfig:
-    path = run_dir / "model.json"
-    if path.exists():
-        return from_dict(gpt.GPTConfig, json.loads(path.read_text()))
-    return checkpoints.load_model_config(run_dir)
-
-
 def analyse_model(run_dir: Path, config: Config, val_text: str) -> dict:
     """Everything per checkpoint for one model: spectra, control spectra, evaluation."""
-    model_config = _model_config(run_dir)
+    model_config = checkpoints.load_model_config(run_dir)
     tokenizer = data_lib.load_tokenizer(run_dir)
     steps, stacked = checkpoints.load_stack(run_dir)
     if steps[0] != 0:
