@@ -1,0 +1,283 @@
+"""Hidden channels as waves along a passage (Hong, arXiv 2305.05061).
+
+The wave of channel d is x_TD[:, d]: one hidden coordinate read along the T positions of
+a passage (by default the final LayerNorm output; any layer's residual on request). From
+a [T, D] array this module computes
+
+- the cross-channel Pearson matrix C_DD and two coherence scalars: the mean off-diagonal
+  |C| and the top eigenvalue of C over its trace (the share of variance in one mode);
+- autocorrelation A_LD for lags 0..max_lag, coherence time (first lag with |A| < 1/e),
+  and the dominant period from the power spectrum;
+- Pearson correlation of every channel with character-class indicators (space, newline,
+  punctuation, vowel, capital), used to label channel clusters;
+- repeatability of the modes across passages (prompts / sampling seeds).
+
+Everything except clustering is jnp on the trailing [T, D] axes, so `wave_statistics`
+vmaps over any leading axes (checkpoints K, passages P): `stack_wave_statistics`.
+Clustering (scipy average linkage on 1 - |C|) runs on the host, one matrix at a time.
+"""
+from __future__ import annotations
+
+import math
+import string
+from functools import lru_cache, partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CHAR_CLASSES = ("space", "newline", "punctuation", "vowel", "capital")
+_CLASS_TESTS = {
+    "space": lambda c: c == " ",
+    "newline": lambda c: c == "\n",
+    "punctuation": lambda c: c in string.punctuation,
+    "vowel": lambda c: c in "aeiouAEIOU",
+    "capital": lambda c: c.isupper(),
+}
+
+
+def _zscore_columns(x_TD, eps=1e-8):
+    """Centre each column and scale it to unit norm; constant columns become zero."""
+    xc = x_TD - x_TD.mean(axis=0)
+    norm = jnp.sqrt(jnp.sum(xc * xc, axis=0))
+    return xc / jnp.where(norm > eps, norm, jnp.inf)
+
+
+@jax.jit
+def cross_correlation(x_TD, y_TC):
+    """Pearson correlation of every column of x with every column of y: [D, C].
+
+    A constant column (zero variance) correlates 0 with everything.
+    """
+    return _zscore_columns(x_TD).T @ _zscore_columns(y_TC)
+
+
+@jax.jit
+def correlation_matrix(x_TD):
+    """C_DD: Pearson correlation between channels over positions; diagonal set to 1."""
+    D = x_TD.shape[1]
+    eye = jnp.eye(D, dtype=x_TD.dtype)
+    C = cross_correlation(x_TD, x_TD)
+    return C * (1 - eye) + eye
+
+
+@jax.jit
+def coherence_scalars(C_DD):
+    """(mean off-diagonal |C|, top eigenvalue of C / trace C, top eigenvector [D]).
+
+    The eigenvalue ratio is 1/D for independent channels and 1 when all channels move
+    as one mode (up to sign).
+    """
+    D = C_DD.shape[-1]
+    off = jnp.abs(C_DD) * (1 - jnp.eye(D, dtype=C_DD.dtype))
+    mean_abs = off.sum() / (D * (D - 1))
+    evals, evecs = jnp.linalg.eigh(C_DD)
+    return mean_abs, evals[-1] / jnp.trace(C_DD), evecs[:, -1]
+
+
+@partial(jax.jit, static_argnames="max_lag")
+def autocorrelation(x_TD, max_lag: int = 64):
+    """A_LD[tau, d] for tau = 0..max_lag: the standard (biased) estimator
+
+        A(tau) = sum_{t<T-tau} (x_t - m)(x_{t+tau} - m) / sum_t (x_t - m)^2,
+
+    computed with a zero-padded FFT (exact, no wrap-around). Constant channels give 0.
+    """
+    T = x_TD.shape[0]
+    if not 0 <= max_lag < T:
+        raise ValueError(f"max_lag={max_lag} must be in [0, T-1] for a passage of T={T} positions")
+    n = 1 << int(math.ceil(math.log2(2 * T)))
+    xc = x_TD - x_TD.mean(axis=0)
+    f = jnp.fft.rfft(xc, n=n, axis=0)
+    r = jnp.fft.irfft(f * jnp.conj(f), n=n, axis=0)[: max_lag + 1]
+    r0 = r[0]
+    return r / jnp.where(r0 > 1e-12 * T, r0, jnp.inf)
+
+
+@partial(jax.jit, static_argnames="threshold")
+def coherence_time(A_LD, threshold: float = 1 / math.e):
+    """First lag at which |A| drops below `threshold`, per channel [D]; L if it never does."""
+    below = jnp.abs(A_LD) < threshold
+    L = A_LD.shape[0]
+    return jnp.where(below.any(axis=0), jnp.argmax(below, axis=0), L)
+
+
+@jax.jit
+def power_spectrum(x_TD):
+    """|rfft|^2 / T of each standardised channel: [T//2 + 1, D] at frequencies k / T.
+
+    By Wiener-Khinchin this is the Fourier transform of the (circular) autocorrelation.
+    """
+    T = x_TD.shape[0]
+    z = _zscore_columns(x_TD) * math.sqrt(T)  # unit variance per channel
+    f = jnp.fft.rfft(z, axis=0)
+    return (f.real ** 2 + f.imag ** 2) / T
+
+
+@partial(jax.jit, static_argnames=("T", "min_period", "max_period"))
+def dominant_period(spectrum_F, T: int, min_period: float = 2.0, max_period: float = 64.0):
+    """Period T/k (in positions) of the spectral peak, searching periods in [min, max].
+
+    Works on the leading frequency axis of a [F] or [F, D] spectrum. The window excludes
+    k = 0 (the mean) and the slow drifts of a passage (periods beyond `max_period`, by
+    default the longest autocorrelation lag), which would otherwise dominate.
+    """
+    k = jnp.arange(spectrum_F.shape[0])
+    period = T / jnp.maximum(k, 1)
+    ok = (k >= 1) & (period >= min_period) & (period <= max_period)
+    ok = ok.reshape(ok.shape + (1,) * (spectrum_F.ndim - 1))
+    best = jnp.argmax(jnp.where(ok, spectrum_F, -jnp.inf), axis=0)
+    return T / jnp.maximum(best, 1).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("max_lag", "threshold", "min_period", "max_period"))
+def wave_statistics(x_TD, ind_TC=None, *, max_lag: int = 64, threshold: float = 1 / math.e,
+                    min_period: float = 2.0, max_period: float | None = None) -> dict:
+    """All per-passage wave measures of one [T, D] hidden-state array (pure jnp, vmappable).
+
+    `ind_TC` (optional) are character-class indicators aligned with the positions; the
+    result then holds `class_corr` [D, C]. `max_period` defaults to `max_lag`.
+    Keys: corr [D,D], coherence (mean off-diagonal |C|), eig_ratio, top_mode [D],
+    autocorr [L,D], mean_abs_autocorr [L], coherence_time [D], spectrum [F] (channel
+    mean), period (of the channel-mean spectrum), channel_period [D], class_corr.
+    """
+    T = x_TD.shape[0]
+    max_period = float(max_lag if max_period is None else max_period)
+    C = correlation_matrix(x_TD)
+    coherence, eig_ratio, mode = coherence_scalars(C)
+    A = autocorrelation(x_TD, max_lag)
+    S = power_spectrum(x_TD)
+    out = {
+        "corr": C, "coherence": coherence, "eig_ratio": eig_ratio, "top_mode": mode,
+        "autocorr": A, "mean_abs_autocorr": jnp.abs(A).mean(axis=1),
+        "coherence_time": coherence_time(A, threshold),
+        "spectrum": S.mean(axis=1),
+        "period": dominant_period(S.mean(axis=1), T, min_period, max_period),
+        "channel_period": dominant_period(S, T, min_period, max_period),
+    }
+    if ind_TC is not None:
+        out["class_corr"] = cross_correlation(x_TD, ind_TC.astype(x_TD.dtype))
+    return out
+
+
+def stack_wave_statistics(x_NTD, ind_NTC=None, *, n_lead: int = 1, **kwargs) -> dict:
+    """`wave_statistics` vmapped over `n_lead` leading axes (e.g. [K, P, T, D]: n_lead=2)."""
+    fn = _stacked(n_lead, ind_NTC is not None, tuple(sorted(kwargs.items())))
+    return fn(x_NTD) if ind_NTC is None else fn(x_NTD, ind_NTC)
+
+
+@lru_cache(maxsize=None)
+def _stacked(n_lead: int, with_ind: bool, kwargs: tuple):
+    """One jitted vmap per setting, so repeated calls reuse the compiled function."""
+    kw = dict(kwargs)
+    fn = (lambda x, i: wave_statistics(x, i, **kw)) if with_ind else (lambda x: wave_statistics(x, None, **kw))
+    for _ in range(n_lead):
+        fn = jax.vmap(fn)
+    return jax.jit(fn)
+
+
+# ---------------------------------------------------------------- character classes
+
+def class_table(chars: str, classes=CHAR_CLASSES) -> np.ndarray:
+    """[V, C] float32 membership of each vocabulary character in each class.
+
+    Indexing it with token ids, `table[tokens_T]`, gives indicators inside jitted code.
+    """
+    unknown = set(classes) - set(_CLASS_TESTS)
+    if unknown:
+        raise ValueError(f"unknown character classes {sorted(unknown)}; choose from {CHAR_CLASSES}")
+    return np.array([[_CLASS_TESTS[c](ch) for c in classes] for ch in chars], np.float32).reshape(len(chars), len(classes))
+
+
+def class_names(classes=CHAR_CLASSES, offsets=(0, 1)) -> list[str]:
+    return [f"{c}@t" + (f"+{off}" if off else "") for off in offsets for c in classes]
+
+
+def class_indicators(text: str, classes=CHAR_CLASSES, offsets=(0, 1)):
+    """Indicators of character classes at position t + offset, for t = 0..len - 1 - max(offset).
+
+    Returns (ind_TC float32 [len(text) - max(offsets), len(classes) * len(offsets)], names).
+    Offset 0 is the character the hidden state at t has just read; offset 1 the one it
+    predicts. Names read "space@t", "space@t+1".
+    """
+    T = len(text) - max(offsets)
+    table = class_table(text, classes)
+    ind = np.concatenate([table[off: off + T] for off in offsets], axis=1)
+    return ind, class_names(classes, offsets)
+
+
+# ---------------------------------------------------------------- clustering (host)
+
+def cluster_channels(C_DD, n_clusters: int = 6):
+    """Average-linkage hierarchical clustering of channels on the distance 1 - |C|.
+
+    Returns (labels [D] in 0..k-1, leaf order [D] for plotting C with clusters contiguous).
+    """
+    from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    C = np.asarray(C_DD, np.float64)
+    dist = np.clip(1.0 - np.abs(C), 0.0, None)
+    dist = 0.5 * (dist + dist.T)
+    np.fill_diagonal(dist, 0.0)
+    Z = linkage(squareform(dist, checks=False), method="average")
+    labels = fcluster(Z, t=n_clusters, criterion="maxclust") - 1
+    return labels.astype(np.int64), leaves_list(Z).astype(np.int64)
+
+
+def label_clusters(class_corr_DC, labels_D, class_names) -> list[dict]:
+    """Name each cluster by the class its members correlate with most (mean |r| over members).
+
+    Sign-blind because clusters are built on |C|: anti-correlated channels share a cluster.
+    Returned largest cluster first: {cluster, size, label, strength, mean_abs_corr{name: r}}.
+    """
+    R = np.abs(np.asarray(class_corr_DC))
+    labels_D = np.asarray(labels_D)
+    out = []
+    for g in np.unique(labels_D):
+        members = labels_D == g
+        mean = R[members].mean(axis=0)
+        best = int(np.argmax(mean))
+        out.append({"cluster": int(g), "size": int(members.sum()), "label": class_names[best],
+                    "strength": float(mean[best]),
+                    "mean_abs_corr": {n: float(v) for n, v in zip(class_names, mean)}})
+    return sorted(out, key=lambda c: -c["size"])
+
+
+def top_channels(class_corr_DC, class_index: int, k: int = 4):
+    """The k channels with the largest |r| to one class (e.g. the space channels)."""
+    r = np.abs(np.asarray(class_corr_DC)[:, class_index])
+    return np.argsort(-r)[:k]
+
+
+# ---------------------------------------------------------------- repeatability
+
+def _offdiag(C_PDD):
+    D = C_PDD.shape[-1]
+    iu = np.triu_indices(D, 1)
+    return C_PDD[..., iu[0], iu[1]]
+
+
+@jax.jit
+def repeatability(C_PDD, mode_PD):
+    """How stable the modes are across P passages (prompts / seeds) of one checkpoint.
+
+    Returns (mean pairwise Pearson r between the off-diagonal entries of the C matrices,
+    mean pairwise |cos| between top eigenvectors). Pure jnp; vmaps over checkpoints.
+    """
+    P = C_PDD.shape[0]
+    r = jnp.corrcoef(_offdiag(C_PDD))
+    overlap = jnp.abs(mode_PD @ mode_PD.T)
+    pairs = 1 - jnp.eye(P, dtype=r.dtype)
+    denom = max(P * (P - 1), 1)
+    return (r * pairs).sum() / denom, (overlap * pairs).sum() / denom
+
+
+def cluster_agreement(labels_PD) -> float:
+    """Mean pairwise adjusted Rand index between channel clusterings of P passages."""
+    from sklearn.metrics import adjusted_rand_score
+
+    labels_PD = np.asarray(labels_PD)
+    P = len(labels_PD)
+    scores = [adjusted_rand_score(labels_PD[i], labels_PD[j]) for i in range(P) for j in range(i + 1, P)]
+    return float(np.mean(scores)) if scores else float("nan")
