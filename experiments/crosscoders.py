@@ -1,0 +1,426 @@
+"""Crosscoders across training snapshots (Ge et al., arXiv 2509.17196): when do features form?
+
+One sparse dictionary is trained on the residual stream after block `layer` of S snapshots of a
+pretrain run (activations from the vmapped forward pass over the stacked checkpoints, streamed
+through a shuffling buffer, each snapshot normalised to mean norm sqrt(D)). Several
+crosscoders (one per entry of `ks` / `l1s`, same seed) train together in one vmapped program;
+the first is analysed. Analyses:
+
+- per-snapshot explained variance, L0, dead fraction, loss recovered (splice the
+  reconstruction into that snapshot's forward pass; CE_ablated = `ablation` of the residual:
+  "zero" (default) or "mean" over tokens);
+- decoder norm of every feature at every snapshot, emergence step (first snapshot at >=
+  `emergence_frac` of the feature's maximum norm), initialisation features (emerged at
+  snapshot 0 and ending below `init_fade` x max), decoder-direction cosines across snapshots;
+- emergence histogram beside the loss and the KL from the model's next-token distribution to
+  corpus unigram and bigram statistics;
+- attribution attr_i = f_i dm/df_i of an induction metric (log-prob on the repeated half of
+  random-token spans), top-`n_ablate` features ablated vs as many random alive features
+  (selection and ablation use different sequences);
+- complexity: the n-gram order that best predicts each feature's activation, correlated with
+  emergence step (Spearman, p-value); a text file with the top contexts of the top features.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+
+from dynamics import data as data_lib
+from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack
+from dynamics.runlog import RunFolder, write_json
+from experiments.config import require
+from experiments.plots import plt, save
+from models import gpt
+from probes import attribution as attr_lib
+from probes import crosscoder as cc
+from probes import metrics as mt
+
+DESCRIPTION = "crosscoders across training snapshots (Ge et al. 2025): when features form, attribution, ablation"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    pretrain_run: str = ""           # "" = train the pretrain preset into OUT/pretrain
+    pretrain_preset: str = "tiny"
+    layer: int = -1                  # -1 = the middle block, (n_layer - 1) // 2
+    n_snapshots: int = 16            # spread evenly over the series' index (0 and last included)
+    arch: str = "batchtopk"
+    n_features: int = 512
+    ks: tuple[int, ...] = (24,)      # batchtopk: one crosscoder per k, trained together (vmapped)
+    l1s: tuple[float, ...] = (1.0,)  # relu / jumprelu: one crosscoder per sparsity weight
+    seed: int = 0
+    steps: int = 1200
+    batch_size: int = 256
+    lr: float = 2e-3
+    aux_k: int = 64
+    dead_tokens: int = 20_000
+    jump_eps: float = 0.1
+    buffer_tokens: int = 16384
+    windows_per_fetch: int = 16
+    reuse: float = 8.0               # each activation row is drawn about this many times
+    eval_windows: int = 128          # held-out windows (val text) for metrics and analyses
+    ablation: str = "zero"
+    emergence_frac: float = 0.5
+    init_fade: float = 0.5
+    n_induction: int = 64            # induction sequences (half for selection, half for ablation)
+    n_ablate: int = 16
+    n_random: int = 16
+    max_order: int = 6
+    n_text_features: int = 10
+    n_contexts: int = 6
+
+    def __post_init__(self):
+        require(self.n_snapshots >= 2, f"n_snapshots={self.n_snapshots} must be >= 2")
+        require(self.ablation in ("zero", "mean"), f"ablation={self.ablation!r} must be zero or mean")
+        require(0 < self.emergence_frac <= 1 and 0 < self.init_fade <= 1, "emergence_frac and init_fade lie in (0, 1]")
+        require(len(self.ks) >= 1 and min(self.ks) >= 1, "ks must hold positive k values")
+        require(len(self.l1s) >= 1 and min(self.l1s) >= 0, "l1s must hold non-negative sparsity weights")
+        require(self.reuse >= 1 and self.buffer_tokens >= self.batch_size, "reuse >= 1 and buffer_tokens >= batch_size")
+        require(self.eval_windows >= 4 and self.n_induction >= 4 and self.max_order >= 1, "eval sizes too small")
+        self.crosscoder_config()
+
+    def crosscoder_config(self, d_model: int = 128) -> cc.CrosscoderConfig:
+        return cc.CrosscoderConfig(n_snapshots=self.n_snapshots, d_model=d_model, n_features=self.n_features,
+                                   arch=self.arch, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                                   aux_k=self.aux_k, dead_tokens=self.dead_tokens, jump_eps=self.jump_eps)
+
+    def hps(self) -> list[dict]:
+        if self.arch == "batchtopk":
+            return [{"k": k} for k in self.ks]
+        return [{"l1": l1} for l1 in self.l1s]
+
+
+PRESETS = {
+    "tiny": Config(),
+    "full": Config(pretrain_preset="shakespeare-char", n_snapshots=24, n_features=4096, ks=(16, 32, 64, 128),
+                   steps=20000, batch_size=4096, buffer_tokens=1 << 19, windows_per_fetch=64, reuse=4.0,
+                   eval_windows=256, n_induction=256, n_ablate=32, dead_tokens=2_000_000),
+}
+
+
+def choose_snapshots(available: list[int], n: int) -> list[int]:
+    """n steps evenly spread over the series' index (log-spaced series stay log-spaced)."""
+    index = np.unique(np.round(np.linspace(0, len(available) - 1, min(n, len(available)))).astype(int))
+    return [available[i] for i in index]
+
+
+def site_fn(model_config: gpt.GPTConfig, layer: int):
+    """fn(params, tokens_BC) -> residual after block `layer` [B, C, D] (stops the forward there)."""
+    def fn(params, tokens):
+        x = gpt.embed(params, tokens, model_config)
+        x, _ = gpt.run_blocks(gpt.layer_slice(params["blocks"], 0, layer + 1), x, model_config)
+        return x
+    return fn
+
+
+def run_corpus(run_dir) -> data_lib.Corpus:
+    """The corpus the run was trained on (config.json's data section; Shakespeare if absent)."""
+    import json
+    from pathlib import Path
+
+    from experiments.config import from_dict
+
+    try:
+        data = json.loads((Path(run_dir) / "config.json").read_text())["config"]["data"]
+        return data_lib.load_corpus(from_dict(data_lib.DataConfig, data))
+    except (OSError, ValueError, KeyError, TypeError):
+        return data_lib.load_shakespeare()
+
+
+def emergence(norms_FS: np.ndarray, frac: float) -> np.ndarray:
+    """[F] index of the first snapshot at >= frac x the feature's maximum decoder norm."""
+    return (norms_FS >= frac * norms_FS.max(1, keepdims=True)).argmax(1)
+
+
+def consecutive_cosines(w_dec_FSD: np.ndarray) -> np.ndarray:
+    """[F, S-1] cosine of each feature's decoder vectors at consecutive snapshots."""
+    w = w_dec_FSD / np.maximum(np.linalg.norm(w_dec_FSD, axis=-1, keepdims=True), 1e-12)
+    return np.sum(w[:, 1:] * w[:, :-1], axis=-1)
+
+
+def per_snapshot_f(f, S: int) -> np.ndarray:
+    """[S, N, F] latents per snapshot (shared latents repeated)."""
+    return np.broadcast_to(f[None], (S,) + f.shape) if f.ndim == 2 else np.moveaxis(f, 2, 0)
+
+
+def run(config: Config, folder: RunFolder) -> dict:
+    from experiments.pretrain import ensure_pretrain
+
+    t_start = time.perf_counter()
+    run_dir = config.pretrain_run or ensure_pretrain(folder.sub("pretrain"), preset=config.pretrain_preset)
+    model_config = load_model_config(run_dir)
+    layer = (model_config.n_layer - 1) // 2 if config.layer < 0 else config.layer
+    require(layer < model_config.n_layer, f"layer={layer} must be < n_layer={model_config.n_layer}")
+    steps = choose_snapshots(Series(run_dir, "pretrain", create=False).steps(), config.n_snapshots)
+    require(len(steps) == config.n_snapshots,
+            f"the run has only {len(steps)} checkpoints; set n_snapshots <= {len(steps)}")
+    steps, stacked = load_stack(run_dir, steps)
+    S, D, C = len(steps), model_config.d_model, model_config.context
+    ccfg = config.crosscoder_config(D)
+
+    corpus = run_corpus(run_dir)
+    train_ids, val_ids = corpus.train_ids, corpus.val_ids
+    site = site_fn(model_config, layer)
+
+    def source(i):
+        tokens, _ = data_lib.get_batch(train_ids, config.seed + 17, i, config.windows_per_fetch, C)
+        acts = map_stack(site, stacked, tokens)                       # [S, B, C, D]
+        return np.moveaxis(acts.reshape(S, -1, D), 0, 1)              # [B*C, S, D]
+
+    fetch = config.windows_per_fetch * C
+    refresh_every = max(1, int(round(config.reuse * fetch / config.batch_size)))
+    t0 = time.perf_counter()
+    buffer = cc.ShuffleBuffer(source, config.buffer_tokens, config.batch_size, fetch, refresh_every, config.seed)
+    fill_s = time.perf_counter() - t0
+
+    hps = config.hps()
+    t0 = time.perf_counter()
+    state, history = cc.train(ccfg, hps, [config.seed] * len(hps), buffer, progress=True)
+    train_s = time.perf_counter() - t0
+    for row in history:
+        folder.log({"phase": "train", **{k: np.asarray(v).tolist() for k, v in row.items()}})
+
+    # ---------------------------------------------------------------- evaluation on held-out text
+    eval_tokens, eval_targets = data_lib.get_batch(val_ids, config.seed + 1, 0, config.eval_windows, C, stream=1)
+    raw = map_stack(site, stacked, eval_tokens)                       # [S, B, C, D]
+    scale = buffer.scale_S
+    x_eval = np.moveaxis(raw.reshape(S, -1, D), 0, 1) * scale[None, :, None]
+    members = []
+    for m, hp in enumerate(hps):
+        params_m = cc.member(state["params"], m)
+        threshold = state["threshold"][m] if ccfg.arch == "batchtopk" else None
+        ev = mt.evaluate(params_m, x_eval, ccfg, threshold)
+        members.append({"hp": hp, "params": params_m, "threshold": threshold, **ev})
+        folder.log({"phase": "eval", "member": m, "hp": hp, "explained_variance": ev["explained_variance"],
+                    "l0": ev["l0"], "dead_fraction": ev["dead_fraction"]})
+    main = members[0]
+    params, f, x_hat = main["params"], main["f"], main["x_hat"]
+
+    # loss recovered, clean CE and KL to unigram / bigram statistics per snapshot
+    counts = np.bincount(train_ids, minlength=model_config.vocab_size).astype(np.float64) + 1.0
+    log_uni = np.log(counts / counts.sum())
+    bi = np.ones((model_config.vocab_size, model_config.vocab_size))
+    np.add.at(bi, (train_ids[:-1], train_ids[1:]), 1.0)
+    log_bi = np.log(bi / bi.sum(1, keepdims=True))
+    mean_resid = raw.mean(axis=(1, 2))                                 # [S, D]
+
+    def ce_fn(snap, tokens, targets, log_uni, log_bi):
+        p, hat = snap["model"], snap["hat"]
+        logits, _ = gpt.apply(p, tokens, model_config)
+        ablated = jnp.zeros_like(hat) if config.ablation == "zero" else jnp.broadcast_to(snap["mean"], hat.shape)
+        logp = jax.nn.log_softmax(logits, -1)
+        prob = jnp.exp(logp)
+        kl_uni = jnp.sum(prob * (logp - log_uni), -1).mean()
+        kl_bi = jnp.sum(prob * (logp - log_bi[tokens]), -1).mean()
+        return {"clean": gpt.cross_entropy(logits, targets),
+                "spliced": gpt.cross_entropy(gpt.logits_from_resid(p, hat, layer, model_config), targets),
+                "ablated": gpt.cross_entropy(gpt.logits_from_resid(p, ablated, layer, model_config), targets),
+                "kl_unigram": kl_uni, "kl_bigram": kl_bi}
+
+    hat_SBCD = np.moveaxis(x_hat / scale[None, :, None], 1, 0).reshape(S, config.eval_windows, C, D)
+    ce = map_stack(ce_fn, {"model": stacked, "hat": hat_SBCD, "mean": mean_resid}, eval_tokens, eval_targets,
+                   jnp.asarray(log_uni, jnp.float32), jnp.asarray(log_bi, jnp.float32))
+    loss_rec = mt.loss_recovered(ce["clean"], ce["spliced"], ce["ablated"])
+
+    # ---------------------------------------------------------------- decoder norms, emergence, cosines
+    w_dec = np.asarray(params["W_dec"])
+    norms = np.linalg.norm(w_dec, axis=-1)                             # [F, S]
+    alive = mt.fire_counts(f, S) > 0
+    emerge_idx = emergence(norms, config.emergence_frac)
+    emerge_step = steps[emerge_idx]
+    init_feature = (emerge_idx == 0) & (norms[:, -1] <= config.init_fade * norms.max(1)) & alive
+    cos = consecutive_cosines(w_dec)
+
+    # ---------------------------------------------------------------- attribution and ablation
+    rng = np.random.default_rng(config.seed + 3)
+    half = C // 2
+    common = np.argsort(-counts)[:min(40, model_config.vocab_size)]
+    induction = attr_lib.induction_tokens(rng, config.n_induction, half, common)
+    select_tokens, test_tokens = induction[: config.n_induction // 2], induction[config.n_induction // 2:]
+    metric = attr_lib.induction_metric(half)
+    logits_fn = lambda p, resid: gpt.logits_from_resid(p, resid, layer, model_config)
+    threshold = main["threshold"]
+
+    def snapshots_for(tokens):
+        acts = map_stack(site, stacked, tokens)
+        x = np.moveaxis(acts.reshape(S, -1, D), 0, 1) * scale[None, :, None]
+        f_ind, x_hat_ind = mt.encode_all(params, x, ccfg, threshold)
+        return {"model": stacked, "W_dec": np.moveaxis(w_dec, 1, 0), "b_dec": np.asarray(params["b_dec"]),
+                "err": np.moveaxis(x - x_hat_ind, 1, 0), "scale": scale, "f": per_snapshot_f(f_ind, S)}
+
+    sel = snapshots_for(select_tokens)
+    m_clean_sel, attr = map_stack(attr_lib.attribution_fn(metric, logits_fn), sel, select_tokens)  # [S], [S, F]
+    test = snapshots_for(test_tokens)
+    ablate = attr_lib.ablation_fn(metric, logits_fn)
+    F = ccfg.n_features
+    zero_mask = np.zeros((S, F), np.float32)
+    m_clean = map_stack(ablate, {**test, "mask": zero_mask}, test_tokens)
+    top = np.argsort(-attr, axis=1)[:, : config.n_ablate]
+    top_mask = zero_mask.copy()
+    np.put_along_axis(top_mask, top, 1.0, axis=1)
+    m_top = map_stack(ablate, {**test, "mask": top_mask}, test_tokens)
+    alive_ids = np.flatnonzero(alive)
+    m_rand = []
+    for r in range(config.n_random):
+        mask = zero_mask.copy()
+        for s in range(S):
+            mask[s, rng.choice(alive_ids, size=min(config.n_ablate, len(alive_ids)), replace=False)] = 1.0
+        m_rand.append(map_stack(ablate, {**test, "mask": mask}, test_tokens))
+    drop_top, drop_rand = m_clean - m_top, m_clean - np.mean(m_rand, axis=0)
+
+    # ---------------------------------------------------------------- complexity: best n-gram order
+    f_last = per_snapshot_f(f, S)[-1].reshape(config.eval_windows, C, F)
+    half_rows = np.arange(0, config.eval_windows, 2)
+    r2 = attr_lib.ngram_r2(eval_tokens, f_last, config.max_order, half_rows)
+    order = attr_lib.best_order(r2)
+    usable = alive & (r2.max(0) > 0.05) & ~init_feature
+    if usable.sum() >= 3 and np.ptp(order[usable]) > 0 and np.ptp(emerge_idx[usable]) > 0:
+        rho, p_value = scipy.stats.spearmanr(order[usable], emerge_idx[usable])
+    else:
+        rho, p_value = float("nan"), float("nan")
+
+    # ---------------------------------------------------------------- top features as text
+    text_ids = np.argsort(-attr[-1])[: config.n_text_features]
+    f_flat = per_snapshot_f(f, S)[-1]
+    lines = [f"# Top features by attribution to the induction metric (snapshot step {steps[-1]})\n"]
+    for i in text_ids:
+        lines.append(f"## feature {i}: attr {attr[-1, i]:.4f}, emerges at step {emerge_step[i]}, "
+                     f"best n-gram order {order[i]}, fires on {np.mean(f_flat[:, i] > 0):.3%} of tokens")
+        for n in np.argsort(-f_flat[:, i])[: config.n_contexts]:
+            if f_flat[n, i] <= 0:
+                break
+            b, c = divmod(int(n), C)
+            before = corpus.tokenizer.decode(eval_tokens[b, max(0, c - 30): c])
+            lines.append(f"    {f_flat[n, i]:7.2f}  {before!r} [{corpus.tokenizer.decode(eval_tokens[b, c:c + 1])!r}]")
+        lines.append("")
+    (folder.root / "top_features.md").write_text("\n".join(lines))
+
+    # ---------------------------------------------------------------- figures
+    _figures(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, order, usable, init_feature)
+    write_json(folder.root / "features.json", {
+        "steps": steps, "decoder_norms": norms, "emergence_step": emerge_step, "alive": alive,
+        "init_feature": init_feature, "ngram_order": order, "attribution": attr, "consecutive_cos": cos})
+
+    ev_all = main["explained_variance"]
+    after0 = ev_all[1:] if steps[0] == 0 else ev_all
+    return {
+        "n_snapshots": S, "snapshot_steps": steps, "layer": layer, "arch": ccfg.arch, "hp": main["hp"],
+        "n_features": F,
+        "explained_variance_min": float(after0.min()), "explained_variance_mean": float(after0.mean()),
+        "explained_variance_step0": float(ev_all[0]), "explained_variance": ev_all,
+        "l0_mean": float(np.mean(main["l0"])), "dead_fraction": float(1.0 - alive.mean()),
+        "loss_recovered_mean": float(np.mean(loss_rec)), "loss_recovered": loss_rec,
+        "ablation": config.ablation, "ce_clean": ce["clean"], "kl_unigram": ce["kl_unigram"], "kl_bigram": ce["kl_bigram"],
+        "median_emergence_step": float(np.median(emerge_step[alive])),
+        "frac_init_features": float(init_feature.sum() / max(alive.sum(), 1)),
+        "ablation_drop_top": float(drop_top[-1]), "ablation_drop_random": float(drop_rand[-1]),
+        "ablation_drop_top_per_snapshot": drop_top, "ablation_drop_random_per_snapshot": drop_rand,
+        "induction_logprob": m_clean,
+        "complexity_spearman_r": rho, "complexity_p_value": p_value, "complexity_n_features": int(usable.sum()),
+        "members": [{"hp": mm["hp"], "explained_variance_min": float(mm["explained_variance"][1:].min()),
+                     "l0_mean": float(np.mean(mm["l0"])), "dead_fraction": float(np.mean(mm["dead_fraction"]))}
+                    for mm in members],
+        "buffer_fill_s": fill_s, "train_s": train_s,
+        "train_tokens_per_s": config.steps * config.batch_size * len(hps) / train_s,
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+def _figures(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, order, usable, init_feature):
+    rel = norms[alive] / norms[alive].max(1, keepdims=True)
+    sort = np.lexsort((-rel[:, -1], emerge_idx[alive]))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    im = ax.imshow(rel[sort], aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90, fontsize=7)
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("feature (sorted by emergence)")
+    ax.set_title("decoder norm / max norm")
+    fig.colorbar(im)
+    save(fig, folder.figure("decoder_norms"))
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    x = np.maximum(steps, 0.5)
+    counts = np.bincount(emerge_idx[alive & ~init_feature], minlength=len(steps))
+    axes[0].bar(range(len(steps)), counts)
+    axes[0].bar(0, int(init_feature.sum()), color="tab:red", label="init features")
+    axes[0].set_ylabel("features emerging")
+    axes[0].legend()
+    axes[1].plot(range(len(steps)), ce["clean"], "o-", label="val CE")
+    axes[1].set_ylabel("nats")
+    axes[1].legend()
+    axes[2].plot(range(len(steps)), ce["kl_unigram"], "o-", label="KL(model || unigram)")
+    axes[2].plot(range(len(steps)), ce["kl_bigram"], "o-", label="KL(model || bigram)")
+    axes[2].set_ylabel("nats")
+    axes[2].legend()
+    axes[2].set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90, fontsize=7)
+    axes[2].set_xlabel("checkpoint step")
+    save(fig, folder.figure("emergence"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    q = np.percentile(cos[alive], [10, 50, 90], axis=0)
+    ax.plot(range(1, len(steps)), q[1], "o-", label="median")
+    ax.fill_between(range(1, len(steps)), q[0], q[2], alpha=0.3, label="10-90%")
+    ax.set_xticks(range(1, len(steps)), [str(s) for s in steps[1:]], rotation=90, fontsize=7)
+    ax.set_ylabel("cos(decoder_t, decoder_t-1)")
+    ax.legend()
+    save(fig, folder.figure("decoder_cosines"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(steps, drop_top, "o-", label="top features ablated")
+    axes[0].plot(steps, drop_rand, "o-", label="random features ablated")
+    axes[0].set_xscale("symlog", linthresh=10)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("induction log-prob drop")
+    axes[0].legend()
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, usable.sum())
+    axes[1].scatter(emerge_idx[usable], order[usable] + jitter, s=6)
+    axes[1].set_xlabel("emergence snapshot index")
+    axes[1].set_ylabel("best n-gram order")
+    save(fig, folder.figure("ablation_complexity"))
+
+
+# ----------------------------------------------------------------------------- benchmark
+def bench(quick: bool = False) -> dict:
+    """Crosscoder training tokens/s (BatchTopK, random data): one crosscoder; K=4 in one vmapped
+    program; and the same 4 trained one after another with the unvmapped step, in one run."""
+    S, D, F, B = (4, 64, 256, 256) if quick else (16, 128, 512, 512)
+    n_steps, K = (3 if quick else 10), 4
+    rng = np.random.default_rng(0)
+    data = jnp.asarray(rng.normal(size=(B, S, D)).astype(np.float32))
+    ccfg = cc.CrosscoderConfig(n_snapshots=S, d_model=D, n_features=F, arch="batchtopk", steps=1000, batch_size=B)
+    hp1 = cc.one_hp({"k": 16})
+    init1, step1 = cc.make_init(ccfg), cc.make_train_step(ccfg)
+    initK, stepK = cc.make_init(ccfg, K), cc.make_train_step(ccfg, K)
+    hpK = cc.stack_hps([{"k": 16}] * K)
+
+    states = [init1(jax.random.PRNGKey(i), data, hp1) for i in range(K)]
+    states = [step1(s, data, hp1)[0] for s in states]                       # compile + warm up
+    jax.block_until_ready(states)
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        states[0], m = step1(states[0], data, hp1)
+    jax.block_until_ready(m)
+    one = (time.perf_counter() - t0) / n_steps
+    t0 = time.perf_counter()
+    for i in range(K):                                                     # K sequential trainings
+        for _ in range(n_steps):
+            states[i], m = step1(states[i], data, hp1)
+        jax.block_until_ready(m)
+    sequential = (time.perf_counter() - t0) / n_steps
+
+    stateK = initK(jnp.stack([jax.random.PRNGKey(i) for i in range(K)]), data, hpK)
+    stateK, m = stepK(stateK, data, hpK)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        stateK, m = stepK(stateK, data, hpK)
+    jax.block_until_ready(m)
+    vmapped = (time.perf_counter() - t0) / n_steps
+    return {"shape": {"snapshots": S, "d_model": D, "features": F, "batch": B, "k": 16, "members": K},
+            "one_tokens_per_s": B / one, "vmapped4_tokens_per_s": K * B / vmapped,
+            "sequential4_tokens_per_s": K * B / sequential, "vmap_speedup": sequential / vmapped}
