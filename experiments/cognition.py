@@ -5,12 +5,17 @@ A small GPT is pretrained on the plain-sentence facts of a synthetic knowledge w
 trained with GRPO on a verifiable letter reward (RL). Every checkpoint of the three stages is
 measured on the *test* questions:
 
-- cognitive: linear probes on hidden states. For each question and option, the last-token
-  state of the fact sentence with that option filled in ("zorb lives in mik."), after the
-  embedding and after every block. PCA direction of (correct - incorrect) differences on the
-  train split, scored by argmax_k v . h(q, a_k) on test [reconstructed, Yan et al.]; the
-  reported layer is the one with the best *train* accuracy (no selection on test). A logistic
-  probe (per option: true or not, argmax of its logit) cross-checks it.
+- cognitive: linear probes on hidden states, after the embedding and after every block.
+  Headline, the *value probe*: the state at the position just before the value of the fact
+  sentence ("zorb lives in |"), each question in `probe_contexts` contexts of random other
+  facts; one-vs-rest L2 logistic regressions over the (attribute, value) classes, fitted on
+  the train questions; a test item is answered by the option whose class scores highest
+  (scores averaged over the contexts). The layer is chosen on a 2-fold split of the *train*
+  questions (no selection on test). [choice] The probe of Yan et al., the PCA direction of
+  (correct - incorrect) differences of the last-token state of the sentence with each option
+  filled in ("zorb lives in mik."), is reported beside it (`cognitive_pca_*`): in a character
+  model the full stop after a value carries almost nothing about whether the value was
+  right (test accuracy near chance throughout), so it cannot show what the model knows.
 - expressive: the model's own first answer character after "Answer: " (greedy), which names
   one option (answers are option texts by default, letters with answer_format="letter"; see
   dynamics.knowledge); also the best of the K options' first characters (option-constrained)
@@ -61,6 +66,9 @@ class Config:
     grpo: posttrain.GRPOConfig = posttrain.GRPOConfig(group_size=8, prompts_per_step=16, max_new_tokens=1,
                                                       temperature=1.0, clip_eps=0.2, kl_beta=0.02)
     pretrain_chars: int = 200_000
+    sft_replay_rows: int = 16      # pretraining-text rows mixed into each SFT batch (keeps the facts)
+    probe_contexts: int = 4        # contexts of random other facts per question for the value probe
+    context_facts: int = 2         # facts before the probed sentence in each context
     fewshot: tuple[int, ...] = (0, 1, 3, 5)
     pass_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     n_samples: int = 16
@@ -76,6 +84,8 @@ class Config:
         require(0 in self.fewshot and min(self.fewshot) >= 0, f"fewshot={self.fewshot} must contain 0 (the baseline)")
         require(self.sample_temperature > 0, "sample_temperature must be > 0")
         require(self.pretrain_chars >= 1000, "pretrain_chars must be >= 1000")
+        require(self.sft_replay_rows >= 0 and self.probe_contexts >= 1 and self.context_facts >= 0,
+                "sft_replay_rows and context_facts must be >= 0, probe_contexts >= 1")
         require(self.answer_format in kw.FORMATS, f"answer_format={self.answer_format!r}: choose one of {kw.FORMATS}")
         world = kw.make_world(self.world)
         need = kw.prompt_length(world, max(self.fewshot)) + 1
@@ -141,8 +151,15 @@ def train_stages(config: Config, folder: RunFolder, world: kw.World, tok, model_
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), opt, dropout=model_config.dropout > 0)
 
     def sft_batch(s):
+        """SFT items (loss on the answer) plus `sft_replay_rows` windows of pretraining text (loss
+        everywhere): [choice] without the replay, SFT on the train questions erased the test
+        facts (cloze 0.75 -> 0.44), as the PPO-ptx mixing of InstructGPT is meant to prevent."""
         prompts, answers = random_items(s, sc.batch_size, 21)
         tokens, mask = posttrain.pack(list(prompts), [tok.encode(a + "\n") for a in answers], P0 + R - 1)
+        if config.sft_replay_rows:
+            x, y = get_batch(ids, config.seed + 5, s, config.sft_replay_rows, P0 + R - 1)
+            tokens = np.concatenate([tokens, np.concatenate([x, y[:, -1:]], axis=1)])
+            mask = np.concatenate([mask, np.ones(x.shape, np.float32)])
         return posttrain.as_batch(tokens, mask)
 
     t0 = time.perf_counter()
@@ -202,6 +219,58 @@ def option_sentences(world: kw.World, tok, questions, options):
     for n, (t, p) in enumerate(zip(texts, prefixes)):
         mask[n, T - len(t) + p - 1:] = 1.0  # targets: the value and the full stop
     return tokens, mask
+
+
+def value_contexts(world: kw.World, tok, questions, n_contexts: int, n_facts: int, seed: int) -> np.ndarray:
+    """Token rows [Q * n_contexts, T]: n_facts random other facts, then the question's fact
+    sentence cut just before its value ("...\nzorb lives in "), left-padded to one length."""
+    texts = []
+    for q in questions:
+        e, a = world.questions[q]
+        prefix = kw.ATTRIBUTES[a][0].split("{v}")[0].format(e=world.entities[e])
+        others = np.array([i for i in range(len(world.questions)) if i != q])
+        for m in range(n_contexts):
+            rng = np.random.default_rng([seed, 53, int(q), m])
+            facts = [kw.fact_sentence(world, *world.questions[i]) for i in rng.choice(others, n_facts, replace=False)]
+            texts.append("".join(f + kw.PAD for f in facts) + prefix)
+    return kw.left_pad(texts, tok, max(len(t) for t in texts))
+
+
+def last_states(model_config: gpt.GPTConfig):
+    """fn(params, tokens [N, T]) -> last-token states after the embedding and every block [L+1, N, D]."""
+    def fn(params, tokens):
+        _, acts = gpt.apply(params, tokens, model_config, capture=("embed", "resid"))
+        return jnp.concatenate([acts["embed"][None, :, -1], acts["resid"][:, :, -1]], axis=0)
+    return fn
+
+
+def value_probe_grid(H_TLQMD, classes_Q, option_classes_QK, answers_Q, train_idx, test_idx, n_classes: int,
+                     C: float, n_iter: int) -> dict:
+    """Value probes for every (checkpoint, layer): test accuracy [T, L] on test questions, and
+    validation accuracy [T, L] of a 2-fold split of the train questions (for layer choice).
+
+    Each probe: one-vs-rest logistic regressions over the classes on standardised states (all
+    contexts of the fit's questions); an item's answer is the option whose class has the highest
+    log-odds averaged over the question's contexts."""
+    M = H_TLQMD.shape[-2]
+    half = len(train_idx) // 2
+    folds = [(train_idx[:half], train_idx[half:]), (train_idx[half:], train_idx[:half])]
+
+    def accuracy(H_QMD, fit_q, eval_q):
+        D = H_QMD.shape[-1]
+        X_fit, X_eval = linear.standardize(H_QMD[fit_q].reshape(-1, D), H_QMD[eval_q].reshape(-1, D))
+        y_fit = jnp.repeat(jnp.asarray(classes_Q)[fit_q], M)
+        W = linear.fit_one_vs_rest(X_fit, y_fit, n_classes, C, n_iter)
+        scores = (linear._with_intercept(X_eval) @ W).reshape(len(eval_q), M, n_classes).mean(1)
+        option_scores = jnp.take_along_axis(scores, jnp.asarray(option_classes_QK)[eval_q], axis=1)
+        return jnp.mean(jnp.argmax(option_scores, -1) == jnp.asarray(answers_Q)[eval_q])
+
+    def one(H_QMD):
+        val = sum(accuracy(H_QMD, f, e) for f, e in folds) / 2
+        return {"value_val": val, "value_test": accuracy(H_QMD, train_idx, test_idx)}
+
+    out = jax.jit(jax.vmap(jax.vmap(one)))(jnp.asarray(H_TLQMD))
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def probe_grid(H_TLNKD, answers_N, train_idx, test_idx, C: float, n_iter: int) -> dict:
@@ -359,9 +428,19 @@ def run(config: Config, folder: RunFolder) -> dict:
     Q, Kopt = options.shape
     H = states.reshape(T, states.shape[1], Q, Kopt, -1)
     probes = probe_grid(H, answers, world.train, world.test, config.probe_C, config.probe_iters)
-    best_layer = probes["pca_train"].argmax(-1)
-    cognitive = probes["pca_test"][np.arange(T), best_layer]
+    cognitive_pca = probes["pca_test"][np.arange(T), probes["pca_train"].argmax(-1)]
     cognitive_log = probes["logistic_test"][np.arange(T), probes["logistic_train"].argmax(-1)]
+    M = config.probe_contexts
+    ctx = value_contexts(world, tok, np.arange(Q), M, config.context_facts, config.seed)
+    V = world.config.n_values
+    classes = world.questions[:, 1] * V + world.values_EA[world.questions[:, 0], world.questions[:, 1]]
+    option_classes = world.questions[:, 1:2] * V + options
+    vstates = map_stack(last_states(model_config), stack, jnp.asarray(ctx))          # [T, L+1, Q*M, D]
+    vprobe = value_probe_grid(vstates.reshape(T, vstates.shape[1], Q, M, -1), classes, option_classes, answers,
+                              world.train, world.test, world.config.n_attributes * V, config.probe_C,
+                              config.probe_iters)
+    best_layer = vprobe["value_val"].argmax(-1)
+    cognitive = vprobe["value_test"][np.arange(T), best_layer]
     cloze = (loglik.reshape(T, Q, Kopt)[:, world.test].argmax(-1) == answers[world.test]).mean(-1)
 
     test_opts, test_ans = options[world.test], answers[world.test]
@@ -392,18 +471,17 @@ def run(config: Config, folder: RunFolder) -> dict:
     spearman = stats.spearmanr(cognitive, expressive).statistic if np.ptp(expressive) > 0 else np.nan
     for t, (stage, s) in enumerate(labels):
         folder.log({"stage": stage, "step": s, "cognitive": float(cognitive[t]), "cognitive_layer": int(best_layer[t]),
-                    "cognitive_logistic": float(cognitive_log[t]), "expressive": float(expressive[t]),
+                    "cognitive_pca": float(cognitive_pca[t]), "cognitive_option_logistic": float(cognitive_log[t]), "expressive": float(expressive[t]),
                     "expressive_constrained": float(expr["constrained"][t]), "cloze": float(cloze[t]),
                     **{f"pass_at_{k}": float(expr["pass"][k][t]) for k in config.pass_ks}})
 
     chance = world.chance
-    plot_capabilities(labels, {"cognitive (PCA probe)": cognitive, "cognitive (logistic probe)": cognitive_log,
+    plot_capabilities(labels, {"cognitive (value probe)": cognitive, "cognitive (PCA probe, Yan et al.)": cognitive_pca,
                                "expressive (greedy)": expressive, "expressive (best option)": expr["constrained"],
                                f"pass@{max(config.pass_ks)}": expr["pass"][max(config.pass_ks)],
                                "cloze (likelihood of fact)": cloze}, chance, folder.figure("capabilities"))
-    plot_heatmap(labels, probes["pca_test"], folder.figure("probe_layers"), "PCA probe test accuracy per layer")
-    plot_heatmap(labels, probes["logistic_test"], folder.figure("probe_layers_logistic"),
-                 "logistic probe test accuracy per layer")
+    plot_heatmap(labels, vprobe["value_test"], folder.figure("probe_layers"), "value probe test accuracy per layer")
+    plot_heatmap(labels, probes["pca_test"], folder.figure("probe_layers_pca"), "PCA probe test accuracy per layer")
     plot_sampling(end_results, config, chance, folder.figure("passk_fewshot"))
     plot_scatter(labels, cognitive, expressive, float(pearson[0]), float(spearman), folder.figure("cognitive_vs_expressive"))
     plots.loss_curve([r for r in folder.read_metrics() if r.get("loss") is not None], folder.figure("loss"),
@@ -415,7 +493,8 @@ def run(config: Config, folder: RunFolder) -> dict:
     for s, i in ends.items():
         summary[f"cognitive_{s}"] = float(cognitive[i])
         summary[f"expressive_{s}"] = float(expressive[i])
-        summary[f"cognitive_logistic_{s}"] = float(cognitive_log[i])
+        summary[f"cognitive_pca_{s}"] = float(cognitive_pca[i])
+        summary[f"cognitive_option_logistic_{s}"] = float(cognitive_log[i])
         summary[f"expressive_constrained_{s}"] = float(expr["constrained"][i])
         summary[f"cloze_{s}"] = float(cloze[i])
         summary[f"cognitive_layer_{s}"] = int(best_layer[i])

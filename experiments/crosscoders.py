@@ -49,16 +49,17 @@ class Config:
     pretrain_preset: str = "tiny"
     layer: int = -1                  # -1 = the middle block, (n_layer - 1) // 2
     n_snapshots: int = 16            # spread evenly over the series' index (0 and last included)
-    arch: str = "batchtopk"
+    arch: str = "jumprelu"           # the paper's; tiny: batchtopk k=24 left 33% dead, jumprelu 6%
     n_features: int = 512
     ks: tuple[int, ...] = (24,)      # batchtopk: one crosscoder per k, trained together (vmapped)
-    l1s: tuple[float, ...] = (1.0,)  # relu / jumprelu: one crosscoder per sparsity weight
+    l1s: tuple[float, ...] = (0.3,)  # relu / jumprelu: one crosscoder per sparsity weight
     seed: int = 0
-    steps: int = 1200
+    steps: int = 800
     batch_size: int = 256
     lr: float = 2e-3
     aux_k: int = 64
     dead_tokens: int = 20_000
+    resample_every: int = 0          # resample dead features every this many steps (0 = off)
     jump_eps: float = 0.1
     buffer_tokens: int = 16384
     windows_per_fetch: int = 16
@@ -87,7 +88,8 @@ class Config:
     def crosscoder_config(self, d_model: int = 128) -> cc.CrosscoderConfig:
         return cc.CrosscoderConfig(n_snapshots=self.n_snapshots, d_model=d_model, n_features=self.n_features,
                                    arch=self.arch, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                                   aux_k=self.aux_k, dead_tokens=self.dead_tokens, jump_eps=self.jump_eps)
+                                   aux_k=self.aux_k, dead_tokens=self.dead_tokens, jump_eps=self.jump_eps,
+                                   resample_every=self.resample_every)
 
     def hps(self) -> list[dict]:
         if self.arch == "batchtopk":
@@ -97,7 +99,7 @@ class Config:
 
 PRESETS = {
     "tiny": Config(),
-    "full": Config(pretrain_preset="shakespeare-char", n_snapshots=24, n_features=4096, ks=(16, 32, 64, 128),
+    "full": Config(pretrain_preset="shakespeare-char", n_snapshots=24, n_features=4096, l1s=(0.1, 0.3, 1.0, 3.0),
                    steps=20000, batch_size=4096, buffer_tokens=1 << 19, windows_per_fetch=64, reuse=4.0,
                    eval_windows=256, n_induction=256, n_ablate=32, dead_tokens=2_000_000),
 }

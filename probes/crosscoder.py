@@ -25,7 +25,11 @@ Training: init W_enc = W_dec^T with random unit directions scaled by the decoder
 sparsity weight ramps in linearly over `l1_ramp` of the steps; Adam with linear warmup and a
 linear decay to 0 over the last `decay` of the steps. Dead features (no firing for
 `dead_tokens` tokens) are tracked, and AuxK (`aux_k` > 0) reconstructs the residual from
-the top-`aux_k` dead latents. Per-member hyperparameters hp = {"l1", "k"} are traced values,
+the top-`aux_k` dead latents. Every `resample_every` steps (before the final decay) dead
+features are resampled (Bricken et al. 2023): each gets the direction of one batch input drawn
+with probability proportional to its squared reconstruction error, decoder norm = mean alive
+decoder norm, encoder norm = `resample_enc_scale` x mean alive encoder norm, b_enc = 0, Adam
+moments zeroed. Per-member hyperparameters hp = {"l1", "k"} are traced values,
 so `make_train_step(config, n_members=K)` vmaps one compiled step over K crosscoders.
 """
 from __future__ import annotations
@@ -65,6 +69,8 @@ class CrosscoderConfig:
     aux_coef: float = 1.0 / 8
     dead_tokens: int = 100_000    # a feature silent for this many tokens is dead
     threshold_momentum: float = 0.99
+    resample_every: int = 0       # 0 disables resampling of dead features
+    resample_enc_scale: float = 0.2
 
     def __post_init__(self):
         require(self.arch in ARCHS, f"crosscoder arch={self.arch!r}; choose one of {', '.join(ARCHS)}")
@@ -75,6 +81,8 @@ class CrosscoderConfig:
         require(len(self.init_norms) >= 1 and min(self.init_norms) > 0, "init_norms must hold positive norms")
         require(self.jump_eps > 0 and self.jump_init_threshold > 0, "jump_eps and jump_init_threshold must be > 0")
         require(0 <= self.aux_k <= self.n_features, f"aux_k={self.aux_k} must lie in [0, n_features]")
+        require(self.resample_every >= 0 and self.resample_enc_scale > 0,
+                "resample_every must be >= 0 (0 = off) and resample_enc_scale > 0")
 
 
 # ----------------------------------------------------------------------------- data scaling
@@ -119,12 +127,32 @@ def preacts(params, x_NSD):
     return jnp.einsum("nsd,sdf->nf", x_NSD - params["b_dec"], params["W_enc"]) + params["b_enc"]
 
 
+def largest_mask(score, count, axis=None):
+    """Boolean mask of the `count` largest entries of a non-negative `score` (over all entries,
+    or along `axis`); `count` may be traced. Zeros are never kept.
+
+    Exact selection by bisection on the float32 bit pattern (monotone for non-negative floats):
+    32 compare-and-count passes, several times faster on CPU than a sort or `lax.top_k` at
+    crosscoder batch sizes. Ties at the boundary value are all dropped.
+    """
+    bits = jax.lax.bitcast_convert_type(score.astype(jnp.float32), jnp.int32)
+    keep_dims = axis is not None
+    hi = jnp.max(bits, axis=axis, keepdims=keep_dims)          # count(bits > hi) = 0 <= count
+    lo = jnp.full_like(hi, -1)                                 # count(bits > lo) = all
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        ok = jnp.sum(bits > mid, axis=axis, keepdims=keep_dims) <= count
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    _, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    return bits > hi
+
+
 def batch_topk_mask(score_NF, k):
-    """Boolean mask keeping exactly k*N entries of the batch (the largest scores); k may be traced."""
-    flat = score_NF.reshape(-1)
-    order = jnp.argsort(-flat)
-    ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-    return (ranks < k * score_NF.shape[0]).reshape(score_NF.shape)
+    """Boolean mask keeping the k*N largest scores of the batch; k may be traced."""
+    return largest_mask(score_NF, k * score_NF.shape[0])
 
 
 def encode(params, x_NSD, config: CrosscoderConfig, hp=None, threshold=None):
@@ -230,8 +258,7 @@ def aux_loss(params, x_NSD, x_hat_NSD, h_NF, dead_F, config: CrosscoderConfig):
     """AuxK: the top-aux_k dead latents reconstruct the residual x - x_hat."""
     err = jax.lax.stop_gradient(x_NSD - x_hat_NSD)
     dead_h = jnp.where(dead_F[None], jax.nn.relu(h_NF), 0.0)
-    vals, idx = jax.lax.top_k(dead_h, config.aux_k)
-    f_aux = jnp.zeros_like(dead_h).at[jnp.arange(dead_h.shape[0])[:, None], idx].set(vals)
+    f_aux = jnp.where(largest_mask(dead_h, config.aux_k, axis=1), dead_h, 0.0)
     err_hat = jnp.einsum("nf,fsd->nsd", f_aux, params["W_dec"])
     # same units as the reconstruction loss (sum over snapshots and width, mean over tokens), so
     # aux_coef is relative to it as in Gao et al. (whose losses are both MSE)
@@ -274,6 +301,57 @@ def train_step(state, x_NSD, hp, config: CrosscoderConfig):
     new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "since_fired": since,
            "threshold": threshold}
     return new, metrics
+
+
+def _mask_features(tree: dict, dead_F, value=0.0) -> dict:
+    """Set the entries of dead features to `value` in a params-shaped dict."""
+    axes = {"W_enc": (None, None, slice(None)), "W_dec": (slice(None), None, None), "b_enc": (slice(None),),
+            "log_threshold": None}
+    out = dict(tree)
+    for name, index in axes.items():
+        if index is not None and name in tree:
+            out[name] = jnp.where(dead_F[index], value, tree[name])
+    return out
+
+
+def resample_dead(state, x_NSD, key, hp, config: CrosscoderConfig):
+    """Re-initialise dead features on high-error inputs; returns (state, number resampled)."""
+    params = state["params"]
+    dead = state["since_fired"] >= config.dead_tokens
+    x_hat = decode(params, encode(params, x_NSD, config, hp))
+    err_N = jnp.sum((x_NSD - x_hat) ** 2, axis=(1, 2))
+    pick_F = jax.random.categorical(key, 2.0 * jnp.log(err_N + 1e-12), shape=(config.n_features,))
+    v_FSD = x_NSD[pick_F] - params["b_dec"]
+    v_FSD = v_FSD / jnp.maximum(jnp.linalg.norm(v_FSD, axis=(1, 2), keepdims=True), 1e-12)
+    alive = (~dead).astype(x_NSD.dtype)
+    n_alive = jnp.maximum(alive.sum(), 1.0)
+    dec_norm = jnp.sum(jnp.linalg.norm(params["W_dec"], axis=(1, 2)) * alive) / n_alive
+    enc_norm = jnp.sum(jnp.linalg.norm(params["W_enc"], axis=(0, 1)) * alive) / n_alive
+    new = dict(params)
+    new["W_dec"] = jnp.where(dead[:, None, None], v_FSD * dec_norm, params["W_dec"])
+    new["W_enc"] = jnp.where(dead[None, None], jnp.transpose(v_FSD, (1, 2, 0)) * enc_norm * config.resample_enc_scale,
+                             params["W_enc"])
+    new["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
+    opt_state = tuple(s._replace(mu=_mask_features(s.mu, dead), nu=_mask_features(s.nu, dead))
+                      if hasattr(s, "mu") else s for s in state["opt_state"])
+    out = {**state, "params": new, "opt_state": opt_state, "since_fired": jnp.where(dead, 0, state["since_fired"])}
+    return out, dead.sum()
+
+
+@functools.lru_cache(maxsize=32)
+def make_resample(config: CrosscoderConfig, n_members: int | None = None):
+    fn = lambda state, x, key, hp: resample_dead(state, x, key, hp, config)
+    if n_members is None:
+        return jax.jit(fn, donate_argnums=0)
+    return jax.jit(jax.vmap(fn, in_axes=(0, None, 0, 0)), donate_argnums=0)
+
+
+def resample_steps(config: CrosscoderConfig) -> list[int]:
+    """Steps at which dead features are resampled: multiples of resample_every before the decay."""
+    if not config.resample_every:
+        return []
+    end = int((1 - config.decay) * config.steps)
+    return list(range(config.resample_every, end, config.resample_every))
 
 
 @functools.lru_cache(maxsize=32)
@@ -320,8 +398,15 @@ def train(config: CrosscoderConfig, hps: list[dict], seeds: list[int], next_batc
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(iterator, desc="crosscoder", mininterval=2.0)
+    resample_at = set(resample_steps(config))
+    resample = make_resample(config, K) if resample_at else None
+    resample_key = jax.random.PRNGKey(seeds[0] + 7919)
     for i in iterator:
         x = x0 if i == 0 else jnp.asarray(next_batch(i))
+        if i in resample_at:
+            keys_i = jax.random.split(jax.random.fold_in(resample_key, i), K)
+            state, n_resampled = resample(state, x, keys_i, hp)
+            history.append({"step": i, "resampled": np.asarray(n_resampled)})
         state, metrics = step(state, x, hp)
         if callback is not None or i == config.steps - 1 or i % 50 == 0:
             metrics = jax.device_get(metrics)

@@ -41,6 +41,17 @@ def test_logistic_matches_scikit_learn(k, C):
     assert abs(acc_ours - acc_sk) <= 0.005 + 1e-9
 
 
+def test_one_vs_rest_matches_scikit_learn():
+    from sklearn.multiclass import OneVsRestClassifier
+    X, y = data(n=500, d=10, k=5, seed=3)
+    W = np.asarray(linear.fit_one_vs_rest(jnp.asarray(X[:300]), jnp.asarray(y[:300]), 5, C=0.5))
+    sk = OneVsRestClassifier(LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000)).fit(X[:300], y[:300])
+    theirs = np.stack([np.r_[e.coef_[0], e.intercept_[0]] for e in sk.estimators_], axis=1)  # [D+1, K]
+    np.testing.assert_allclose(W, theirs, rtol=2e-3, atol=2e-3)
+    scores = linear._with_intercept(jnp.asarray(X[300:])) @ W
+    assert np.mean(np.argmax(scores, 1) == sk.predict(X[300:])) >= 0.99
+
+
 def test_ridge_matches_scikit_learn():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 6))
