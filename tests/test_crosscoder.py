@@ -46,6 +46,44 @@ def test_batch_topk_keeps_exactly_k_times_batch():
     assert int((f > 0).sum()) == 3 * 16
 
 
+def test_largest_mask_per_row_matches_argsort():
+    rng = np.random.default_rng(5)
+    score = rng.random((9, 30)).astype(np.float32)
+    score[0, :25] = 0.0                      # only 5 positive entries: zeros are never kept
+    mask = np.asarray(cc.largest_mask(jnp.asarray(score), 7, axis=1))
+    for n in range(9):
+        want = set(np.argsort(-score[n])[:7]) if n else set(np.flatnonzero(score[0] > 0))
+        assert set(np.flatnonzero(mask[n])) == want
+
+
+def test_resampling_reinitialises_only_dead_features_on_inputs():
+    rng = np.random.default_rng(6)
+    config = cc.CrosscoderConfig(n_snapshots=2, d_model=5, n_features=6, arch="batchtopk", dead_tokens=10,
+                                 resample_every=1, steps=4)
+    x = jnp.asarray(rng.normal(size=(12, 2, 5)), jnp.float32)
+    hp = cc.one_hp({"k": 2})
+    state = cc.init_state(config, jax.random.PRNGKey(0), x, hp)
+    state, _ = cc.make_train_step(config)(state, x, hp)
+    dead = np.array([True, False, True, False, False, False])
+    state = {**state, "since_fired": jnp.where(jnp.asarray(dead), 100, 0)}
+    before = jax.tree.map(np.asarray, state)
+    new, n = cc.resample_dead(state, x, jax.random.PRNGKey(1), hp, config)
+    assert int(n) == 2 and np.all(np.asarray(new["since_fired"]) == 0)
+    W_dec, W_enc = np.asarray(new["params"]["W_dec"]), np.asarray(new["params"]["W_enc"])
+    np.testing.assert_array_equal(W_dec[~dead], before["params"]["W_dec"][~dead])
+    alive_norm = np.linalg.norm(before["params"]["W_dec"][~dead].reshape(4, -1), axis=1).mean()
+    centred = (np.asarray(x) - before["params"]["b_dec"]).reshape(12, -1)
+    for i in np.flatnonzero(dead):
+        v = W_dec[i].reshape(-1)
+        assert np.linalg.norm(v) == pytest.approx(alive_norm, rel=1e-5)
+        cos = centred @ v / np.linalg.norm(centred, axis=1) / np.linalg.norm(v)
+        assert cos.max() == pytest.approx(1.0, abs=1e-5)          # the direction of one batch input
+        assert np.allclose(W_enc[..., i].reshape(-1) / np.linalg.norm(W_enc[..., i]), v / np.linalg.norm(v), atol=1e-5)
+    adam = new["opt_state"][0]
+    assert np.all(np.asarray(adam.mu["W_dec"])[dead] == 0) and np.any(np.asarray(adam.mu["W_dec"])[~dead] != 0)
+    assert cc.resample_steps(cc.CrosscoderConfig(steps=1000, resample_every=200, decay=0.2)) == [200, 400, 600]
+
+
 def test_jumprelu_threshold_gradient_is_kernel_estimate():
     rng = np.random.default_rng(2)
     z = jnp.asarray(rng.normal(size=2000))

@@ -88,7 +88,7 @@ def test_study_end_to_end_on_micro_run(tmp_path):
     from experiments.pretrain import ensure_pretrain
 
     run_dir = ensure_pretrain(tmp_path / "pre", preset="micro")
-    config = study.Config(pretrain_run=str(run_dir), n_snapshots=4, n_features=32, ks=(4, 8), steps=30,
+    config = study.Config(pretrain_run=str(run_dir), n_snapshots=4, n_features=32, arch="batchtopk", ks=(4, 8), steps=30,
                           batch_size=128, buffer_tokens=512, windows_per_fetch=4, eval_windows=8,
                           n_induction=8, n_ablate=4, n_random=2, max_order=3, aux_k=4, n_text_features=2)
     summary = study.run(config, RunFolder(tmp_path / "cc"))
