@@ -137,7 +137,8 @@ def core(quick: bool = False) -> dict:
 
 # Sections that live with their study, imported only when asked for.
 STUDY_SECTIONS = {"probes": ("experiments.cognition", "bench_probes"),
-                  "crosscoder": ("experiments.crosscoders", "bench")}
+                  "crosscoder": ("experiments.crosscoders", "bench"),
+                  "sweep": ("experiments.sweep", "bench")}
 
 
 def sections() -> dict:

@@ -111,6 +111,60 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
     }
 
 
+def run_group(configs: list[PretrainConfig], folders: list[RunFolder]) -> list[dict]:
+    """Train several pretrain configs that differ only in `dynamics.members.VMAP_KEYS` together,
+    one vmapped program; each folder becomes an ordinary pretrain run. Returns per member a
+    summary, or {"error": message} for a member whose loss diverged."""
+    from dynamics import members
+
+    base = configs[0]
+    require(all(dataclasses.replace(c, train=base.train) == base for c in configs),
+            "a vmapped sweep group may differ only in train.seed, train.lr, train.min_lr, train.weight_decay")
+    members.check_compatible([c.train for c in configs])
+    corpus = data_lib.load_corpus(base.data)
+    model_config = resolved_model(base, corpus)
+    for folder in folders:
+        corpus.tokenizer.save(folder.root / "tokenizer.json")
+        write_json(folder.root / "model.json", model_config)
+    tc = base.train
+    loss_fn = train_lib.lm_loss(model_config)
+    states = members.init_states(lambda seed: gpt.init_params(model_config, jax.random.PRNGKey(seed)),
+                                 [c.train for c in configs])
+    step_fn = members.make_step(loss_fn, tc, dropout=model_config.dropout > 0)
+    eval_loss = jax.jit(jax.vmap(lambda p, b: loss_fn(p, b, None), in_axes=(0, None)))
+    val_batches = [dict(zip(("inputs", "targets"), b))
+                   for b in data_lib.eval_batches(corpus.val_ids, tc.eval_batches, tc.batch_size, model_config.context)]
+
+    def eval_fn(params):
+        return {"val_loss": np.mean([np.asarray(eval_loss(params, b)) for b in val_batches], axis=0)}
+
+    def batch_fn(k, step):
+        x, y = data_lib.get_batch(corpus.train_ids, configs[k].train.seed, step, tc.batch_size, model_config.context)
+        return {"inputs": x, "targets": y}
+
+    t0 = time.perf_counter()
+    states, failures = members.run_members(folders, "pretrain", states, step_fn, batch_fn, members.hyperparams(
+        [c.train for c in configs]), tc, eval_fn=eval_fn, tokens_per_step=tc.batch_size * model_config.context)
+    wall = time.perf_counter() - t0
+    final = np.asarray(eval_fn(states["params"])["val_loss"])
+    out = []
+    for k, folder in enumerate(folders):
+        if k in failures:
+            out.append({"error": failures[k]})
+            continue
+        records = folder.read_metrics()
+        plots.loss_curve(records, folder.figure("loss"), title=f"pretrain member {k} of a vmapped group of {len(folders)}")
+        vals = [r["val_loss"] for r in records if r.get("val_loss") is not None]
+        tps = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+        out.append({"val_loss": float(final[k]), "best_val_loss": min(vals) if vals else None, "steps": tc.steps,
+                    "n_checkpoints": len(Series(folder.root, "pretrain").steps()),
+                    "n_params": gpt.n_params(jax.device_get(jax.tree.map(lambda x: x[0], states["params"]))),
+                    "tokens_per_s": float(np.median(tps)) if tps else None, "train_wall_s": wall,
+                    "group_size": len(folders), "train_chars": len(corpus.train_text),
+                    "val_chars": len(corpus.val_text), "val_works": list(corpus.val_works)})
+    return out
+
+
 def ensure_pretrain(path: str | os.PathLike | RunFolder, config: PretrainConfig | None = None,
                     preset: str = "tiny") -> Path:
     """Train (or resume, or reuse if finished) a pretrain run at `path`; return its path."""
