@@ -152,6 +152,9 @@ def _models(config: Config, folder: RunFolder):
     """[(label, run folder)] for every size, training the missing ones."""
     from experiments.pretrain import PretrainConfig, ensure_pretrain
 
+    if config.pretrain_run:  # check it before minutes of training, not after
+        checkpoints.load_model_config(config.pretrain_run)
+        data_lib.load_tokenizer(config.pretrain_run)
     runs = []
     for width in config.widths:
         pc = PretrainConfig(model=gpt.GPTConfig(context=config.context, n_layer=config.n_layer,

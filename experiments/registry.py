@@ -3,7 +3,7 @@
 A study module defines `DESCRIPTION` (one line), a frozen dataclass `Config`, `PRESETS`
 (name -> Config) and `run(config, folder: RunFolder) -> dict` (the summary). It may define
 `FLAGS` ({flag: config key}) for boolean switches such as `--sweep`.
-A tool module (bench, sweep, report, quickstart) defines `DESCRIPTION` and `main(argv) -> int`.
+A tool module (bench, sweep, report, quickstart, render-check) defines `DESCRIPTION` and `main(argv) -> int`.
 """
 import importlib
 import importlib.util
@@ -19,6 +19,7 @@ MODULES = {
     "sweep": "experiments.sweep",
     "report": "experiments.report",
     "quickstart": "experiments.quickstart",
+    "render-check": "experiments.render_check",
 }
 
 

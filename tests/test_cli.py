@@ -31,11 +31,35 @@ def test_listing(capsys):
     (["pretrain", "--set", "steps"], "write overrides as key=value"),
     (["pretrain", "--bogus"], "unrecognized arguments"),
     (["pretrain", "--set", "data.corpus=wiki"], "data.corpus='wiki' is unknown"),
+    (["sweep", "pretrain", "--grid", "train.nope=1,2"], "unknown config key 'train.nope'"),
+    (["sweep", "pretrain", "--grid", "train.lr"], "write key=v1,v2"),
+    (["sweep", "pretrain", "--random", "3"], "nothing to sweep"),
+    (["sweep", "pretrain", "--grid", "train.steps=1,x"], "expected a value of type int"),
+    (["sweep", "pretrain", "--random", "2", "--range", "train.lr=0:1:log"], "a log range needs positive bounds"),
+    (["sweep", "pretrain", "--file", "/nonexistent.json"], "cannot read a JSON sweep spec"),
+    (["quickstart", "--only", "wavez"], "'wavez' is not a study"),
+    (["bench", "nosection"], "unknown bench section 'nosection'"),
+    (["cognition", "--set", "fewshot=1,3"], "must contain 0"),
+    (["crosscoders", "--set", "arch=topk"], "crosscoder arch='topk'"),
+    (["waves", "--preset", "giant"], "unknown preset 'giant'"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, match, capsys, tmp_path):
     assert cli(argv + ["--out", str(tmp_path / "x")]) == 2
     assert match in error_line(capsys)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("study", ["crosscoders", "waves", "neuromfa"])
+def test_missing_pretrain_run_is_one_line_before_any_training(study, capsys, tmp_path):
+    assert cli([study, "--set", f"pretrain_run={tmp_path / 'nope'}", "--out", str(tmp_path / "x")]) == 2
+    line = error_line(capsys)
+    assert str(tmp_path / "nope") in line and ("pretrain run" in line or "run folder" in line)
+    assert not (tmp_path / "x" / "model-d32").exists()
+
+
+def test_render_check_without_a_report(capsys, tmp_path):
+    assert cli(["render-check", str(tmp_path)]) == 2
+    assert "report.html does not exist" in error_line(capsys)
 
 
 def test_missing_corpus(monkeypatch, capsys, tmp_path):

@@ -1,7 +1,9 @@
 import base64
 import html.parser
+import os
 import shutil
 
+import numpy as np
 import pytest
 
 from dynamics.errors import OntogenyError
@@ -42,3 +44,31 @@ def test_report_on_an_empty_folder_is_a_clear_error(tmp_path, capsys):
         report.write_report(tmp_path)
     assert cli(["report", str(tmp_path)]) == 2
     assert "holds no finished run" in capsys.readouterr().err
+
+
+def test_nonwhite_pixels_of_an_embedded_png(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from experiments.render_check import nonwhite_pixels
+
+    image = np.ones((100, 1040, 3))
+    image[10:30, 100:300] = [0.1, 0.3, 0.8]                  # 20 x 200 coloured pixels
+    plt.imsave(tmp_path / "a.png", image)
+    assert nonwhite_pixels((tmp_path / "a.png").read_bytes()) == pytest.approx(4000 * 0.25)  # shown at half size
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CHROMIUM"),
+                    reason="headless Chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(micro_run, tmp_path):
+    from experiments.render_check import check
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run)
+    report.write_report(run)
+    result = check(run)
+    assert result["ok"] and result["figures_in_html"] >= 1 and (run / "report.png").stat().st_size > 10_000
+    assert result["figure_pixels_drawn"] > 0.5 * result["figure_pixels_expected"] > 0
+    broken = (run / "report.html").read_text().replace("base64,", "base64,AAAA", 1)   # one undecodable figure
+    (run / "report.html").write_text(broken)
+    again = check(run)
+    assert not again["ok"] and again["figures_undecodable"] == 1 and again["figure_pixels_drawn"] < result["figure_pixels_drawn"]

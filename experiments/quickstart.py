@@ -1,0 +1,79 @@
+"""`python -m experiments quickstart --out DIR`: every study's `tiny` preset, end to end, then the report.
+
+One Shakespeare pretrain run (DIR/pretrain) is trained first and reused by the studies that
+analyse a pretrain series (crosscoders, waves); the others train what they study (the knowledge
+world of cognition, the latent-variable model of linear-origins, the width series of neuromfa).
+Each study writes its own run folder DIR/<study>; DIR/report.html gathers them. Running the same
+command again resumes: finished studies are kept, an interrupted one resumes from its
+checkpoints. A study that fails is reported and the others still run (exit status 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dynamics.errors import OntogenyError
+from dynamics.runlog import RunFolder
+from experiments.config import ArgumentParser, claim_folder
+
+DESCRIPTION = "run every study's tiny preset (one shared pretrain run), then write DIR/report.html"
+STUDIES = ("pretrain", "linear-origins", "cognition", "crosscoders", "neuromfa", "waves")
+REUSES_PRETRAIN = ("crosscoders", "waves")
+
+
+def study_config(name: str, module, pretrain_dir: Path):
+    config = module.PRESETS["tiny"]
+    if name in REUSES_PRETRAIN:
+        config = dataclasses.replace(config, pretrain_run=str(pretrain_dir))
+    return config
+
+
+def main(argv: list[str]) -> int:
+    from experiments import registry
+    from experiments.report import write_report
+
+    parser = ArgumentParser(prog="python -m experiments quickstart", description=DESCRIPTION)
+    parser.add_argument("--out", default="runs/quickstart", help="folder for every study's run (default runs/quickstart)")
+    parser.add_argument("--only", default=None, help="comma-separated subset of: " + ", ".join(STUDIES))
+    args = parser.parse_args(argv)
+    names = list(STUDIES)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in STUDIES]
+        if unknown:
+            raise OntogenyError(f"--only {unknown[0]!r} is not a study; choose from: {', '.join(STUDIES)}")
+        if any(n in REUSES_PRETRAIN for n in names) and "pretrain" not in names:
+            names.insert(0, "pretrain")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pretrain_dir = out / "pretrain"
+
+    timings, failed = {}, {}
+    bar = tqdm(names, desc="quickstart", unit="study", dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix(study=name)
+        module = registry.load(name)
+        config = study_config(name, module, pretrain_dir)
+        folder_path = out / name
+        t0 = time.perf_counter()
+        try:
+            claim_folder(folder_path, name, "tiny", config)
+            folder = RunFolder(folder_path)
+            if folder.read_summary() is None:
+                folder.write_summary(module.run(config, folder))
+        except OntogenyError as e:
+            failed[name] = str(e)
+        except Exception:  # one study's crash is reported; the others still run
+            failed[name] = traceback.format_exc().strip().splitlines()[-1]
+            (folder_path / "error.txt").write_text(traceback.format_exc())
+        timings[name] = time.perf_counter() - t0
+        bar.write(f"{name}: {'FAILED: ' + failed[name] if name in failed else 'done'} ({timings[name]:.0f} s)")
+    bar.close()
+    report = write_report(out)
+    total = sum(timings.values())
+    print(f"quickstart: {len(names) - len(failed)}/{len(names)} studies in {total / 60:.1f} min; report: {report.resolve()}")
+    return 1 if failed else 0
