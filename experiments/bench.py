@@ -3,7 +3,9 @@
     python -m experiments bench [SECTION ...] [--out FILE] [--quick]
 
 Sections: core (default: matmul peak, training throughput and MFU, sampling speed, stacked
-vmap vs loop); probes and crosscoder live with their studies (STUDY_SECTIONS). Ratios are only comparable
+vmap vs loop); stacked (32 checkpoints x 8192 tokens, every layer: chunked vmap vs loop, peak
+RSS and compile counts, each in its own process); probes, crosscoder and sweep live with their
+studies and tools (STUDY_SECTIONS). Ratios are only comparable
 within one run: the machine is shared and noisy.
 """
 from __future__ import annotations
@@ -103,6 +105,77 @@ def stacked_vs_loop(model_config, n_checkpoints: int = 16, batch: int = 8) -> di
     return {"loop_s": loop_s, "vmap_s": vmap_s, "loop_over_vmap": loop_s / vmap_s}
 
 
+class CompileCounter:
+    """Counts XLA backend compilations (jax.monitoring events) while active."""
+
+    def __init__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **_):
+        if "backend_compile" in event:
+            self.count += 1
+
+
+def _stacked_child(mode: str, n_checkpoints: int, n_windows: int) -> None:
+    """One measurement in a fresh process (so its peak RSS is its own): every layer's residual
+    stream of `n_checkpoints` tiny-model checkpoints over n_windows x 64 tokens, by the chunked
+    `map_stack` ("vmap") or by a loop of one jitted call per checkpoint ("loop")."""
+    import resource
+
+    from dynamics.checkpoints import auto_chunk_size, map_stack, stack_trees, unstack_tree
+    from experiments.pretrain import PRESETS
+    from models import gpt
+
+    cfg = PRESETS["tiny"].model.__class__(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 84})
+    stacked = stack_trees([gpt.init_params(cfg, jax.random.PRNGKey(i)) for i in range(n_checkpoints)])
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 84, (n_windows, cfg.context)), jnp.int32)
+
+    def every_layer(params, tokens):
+        _, acts = gpt.apply(params, tokens, cfg, capture=("embed", "resid"))
+        return jnp.concatenate([acts["embed"][None], acts["resid"]], axis=0)        # [L+1, B, C, D]
+
+    counter = CompileCounter()
+    t0 = time.perf_counter()
+    if mode == "vmap":
+        chunk = auto_chunk_size(every_layer, stacked, tokens)
+        out = map_stack(every_layer, stacked, tokens)
+    else:
+        chunk = 1
+        one = jax.jit(every_layer)
+        out = np.stack([np.asarray(one(unstack_tree(stacked, t), tokens)) for t in range(n_checkpoints)])
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30      # ru_maxrss is KiB on Linux
+    print(json.dumps({"wall_s": wall, "peak_rss_gib": peak, "compiles": counter.count, "chunk": chunk,
+                      "output_gib": out.nbytes / 2**30, "shape": list(out.shape)}))
+
+
+def stacked_memory(quick: bool = False) -> dict:
+    """32 checkpoints x 8192 tokens, every layer's residual: chunked vmap against a loop, each in
+    its own process (wall time including compilation, peak RSS, compile count)."""
+    import subprocess
+    import sys
+
+    T, windows = (8, 32) if quick else (32, 128)
+    runs = {}
+    for mode in ("vmap", "loop"):
+        code = f"from experiments import bench; bench._stacked_child({mode!r}, {T}, {windows})"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise OntogenyError(f"the stacked-memory measurement failed: {proc.stderr.strip().splitlines()[-1]}")
+        runs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    v, l = runs["vmap"], runs["loop"]
+    result = {"stacked_checkpoints": T, "stacked_tokens": windows * 64, "stacked_output_gib": v["output_gib"],
+              "stacked_vmap_s": v["wall_s"], "stacked_loop_s": l["wall_s"], "stacked_loop_over_vmap": l["wall_s"] / v["wall_s"],
+              "stacked_peak_rss_gib": v["peak_rss_gib"], "stacked_loop_peak_rss_gib": l["peak_rss_gib"],
+              "stacked_chunk": v["chunk"], "stacked_compiles_vmap": v["compiles"], "stacked_compiles_loop": l["compiles"]}
+    print(f"stacked: {T} checkpoints x {windows * 64} tokens, every layer's residual ({v['output_gib']:.2f} GiB out): "
+          f"chunked vmap {v['wall_s']:.1f} s (chunk {v['chunk']}, peak RSS {v['peak_rss_gib']:.2f} GiB, "
+          f"{v['compiles']} compiles), loop {l['wall_s']:.1f} s (peak RSS {l['peak_rss_gib']:.2f} GiB, "
+          f"{l['compiles']} compiles), loop/vmap {result['stacked_loop_over_vmap']:.2f}", flush=True)
+    return result
+
+
 def core(quick: bool = False) -> dict:
     from experiments.pretrain import PRESETS
     from models import gpt
@@ -145,7 +218,7 @@ def sections() -> dict:
     import importlib
     import importlib.util
 
-    found = {"core": core}
+    found = {"core": core, "stacked": stacked_memory}
     for name, (module, attr) in STUDY_SECTIONS.items():
         if importlib.util.find_spec(module) is not None:
             found[name] = (lambda module=module, attr=attr, **kw: getattr(importlib.import_module(module), attr)(**kw))

@@ -62,8 +62,11 @@ def fit_logistic(X, y, n_classes: int = 2, C: float = 1.0, n_iter: int = 25):
         grad = jax.grad(objective)(W).reshape(-1)
         probs = jax.nn.softmax(X1 @ full(W), axis=-1)[:, :K]
         # Hessian of the softmax loss: sum_n (diag(p) - p p^T) kron x x^T, plus the penalty.
-        weights = jnp.einsum("nk,kl->nkl", probs, jnp.eye(K)) - jnp.einsum("nk,nl->nkl", probs, probs)
-        H = jnp.einsum("nkl,ni,nj->ikjl", weights, X1, X1).reshape(D1 * K, D1 * K)
+        if K == 1:  # binary: X^T diag(p (1 - p)) X, one matmul
+            H = (X1 * (probs * (1.0 - probs))).T @ X1
+        else:
+            weights = jnp.einsum("nk,kl->nkl", probs, jnp.eye(K)) - jnp.einsum("nk,nl->nkl", probs, probs)
+            H = jnp.einsum("nkl,ni,nj->ikjl", weights, X1, X1).reshape(D1 * K, D1 * K)
         H = H + jnp.diag(jnp.repeat(penalty, K)) + 1e-8 * jnp.eye(D1 * K)
         step = jnp.linalg.solve(H, grad).reshape(D1, K)
         candidates = jnp.stack([W - s * step for s in (1.0, 0.5, 0.25, 0.125)] + [W])
