@@ -49,7 +49,15 @@ class Series:
         if not create and not self.directory.is_dir():
             raise OntogenyError(f"{self.run_dir} has no '{stage}' checkpoints (looked in {self.directory}); "
                                 f"train that stage first or point at the right run folder")
-        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create, enable_async_checkpointing=False)
+        solo = None
+        if jax.process_count() > 1:  # process 0 writes; every process reads on its own, no barriers
+            solo = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                      active_processes={jax.process_index()})
+            if create:  # orbax leaves the root to us when active_processes is set
+                self.directory.mkdir(parents=True, exist_ok=True)
+            create = False
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create, enable_async_checkpointing=False,
+                                               **({"multiprocessing_options": solo} if solo else {}))
         self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options, item_names=_ITEMS)
 
     def steps(self) -> list[int]:
@@ -58,6 +66,8 @@ class Series:
         return sorted(int(s) for s in self._manager.all_steps())
 
     def save(self, step: int, params, state=None, meta: dict | None = None) -> None:
+        if jax.process_index() != 0:
+            return
         if step in self.steps():
             raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
                                 f"resume from it or use a new run folder")

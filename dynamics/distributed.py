@@ -63,3 +63,18 @@ def global_batch(local_arrays, mesh):
         return jax.make_array_from_process_local_data(sharding, x, shape)
 
     return jax.tree.map(one, local_arrays)
+
+
+def is_primary() -> bool:
+    """True on the process that writes run folders and checkpoints (process 0)."""
+    return jax.process_index() == 0
+
+
+def to_host(tree):
+    """numpy copies of a tree's arrays; a replicated array that spans other processes' devices
+    is read from this process's own copy."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+    return jax.tree.map(one, tree)

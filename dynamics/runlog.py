@@ -39,8 +39,15 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def _primary() -> bool:
+    """In a multi-process job only process 0 writes run folders (all processes compute alike)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 class RunFolder:
-    """One experiment's output folder."""
+    """One experiment's output folder (written by process 0 of a multi-process job)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -61,6 +68,8 @@ class RunFolder:
         return RunFolder(self.root / name)
 
     def log(self, record: dict) -> None:
+        if not _primary():
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
 
@@ -74,6 +83,8 @@ class RunFolder:
         return self.figures / (name if name.endswith(".png") else name + ".png")
 
     def write_summary(self, summary: dict) -> None:
+        if not _primary():
+            return
         write_json(self.root / "summary.json", summary)
 
     def read_summary(self) -> dict | None:

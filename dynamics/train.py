@@ -24,7 +24,7 @@ import optax
 from flax import traverse_util
 from tqdm.auto import tqdm
 
-from dynamics import sharding
+from dynamics import distributed, sharding
 from dynamics.checkpoints import Series
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
@@ -176,7 +176,7 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
         return record
 
     def save(s, state, extra):
-        host = jax.device_get(state)
+        host = distributed.to_host(state)
         series.save(s, host["params"], {k: host[k] for k in ("opt_state", "step", "rng")}, {**(meta or {}), **extra})
 
     if step == 0 and 0 in schedule and 0 not in series.steps():
@@ -187,11 +187,13 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
         while step < config.steps:
             batch = dict(batch_fn(step, state["params"]) if on_policy else batch_fn(step))
             host_log = batch.pop("log", {})
-            if mesh is not None:
-                batch = sharding.shard_batch(batch, mesh)
+            if mesh is not None:  # several processes: each holds its own rows of the global batch
+                batch = (distributed.global_batch(batch, mesh) if jax.process_count() > 1
+                         else sharding.shard_batch(batch, mesh))
             state, metrics = train_step(state, batch)
             step += 1
             if step % config.log_every == 0 or step == config.steps or step in schedule:
+                metrics = distributed.to_host(metrics)
                 loss = float(metrics["loss"])
                 if not math.isfinite(loss):
                     raise OntogenyError(
@@ -212,7 +214,7 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
                 last_good = step
             if flag["signal"] is not None and step < config.steps:
                 if step not in schedule:
-                    save_resume = jax.device_get(state)
+                    save_resume = distributed.to_host(state)
                     for old in resume.steps():
                         resume.delete_after(old - 1)
                     resume.save(step, save_resume["params"],

@@ -56,7 +56,10 @@ def run_study(name: str, module, argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    from dynamics import distributed
     from experiments import registry
+
+    distributed.initialize()  # a no-op unless ONTOGENY_COORDINATOR (or SLURM / a TPU pod) names a job
 
     if not argv or argv[0] in ("-h", "--help", "list"):
         return list_experiments()

@@ -129,6 +129,10 @@ def claim_folder(out, experiment: str, preset: str, config) -> None:
 
     from dynamics.runlog import to_jsonable, write_json
 
+    from dynamics.runlog import _primary
+
+    if not _primary():  # process 0 claims the folder for a multi-process job
+        return
     path = os.path.join(out, "config.json")
     record = {"experiment": experiment, "preset": preset, "config": to_jsonable(config)}
     if os.path.exists(path):

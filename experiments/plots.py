@@ -8,8 +8,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig, path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from dynamics.runlog import _primary
+
+    if _primary():  # one writer in a multi-process job
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from dynamics import data as data_lib
-from dynamics import sharding
+from dynamics import distributed, sharding
 from dynamics import train as train_lib
 from dynamics.checkpoints import Series
 from dynamics.runlog import RunFolder, write_json
@@ -63,15 +63,17 @@ def resolved_model(config: PretrainConfig, corpus: data_lib.Corpus) -> gpt.GPTCo
 def run(config: PretrainConfig, folder: RunFolder) -> dict:
     corpus = data_lib.load_corpus(config.data)
     model_config = resolved_model(config, corpus)
-    corpus.tokenizer.save(folder.root / "tokenizer.json")
-    write_json(folder.root / "model.json", model_config)
+    if distributed.is_primary():
+        corpus.tokenizer.save(folder.root / "tokenizer.json")
+        write_json(folder.root / "model.json", model_config)
     train_ids, val_ids = corpus.train_ids, corpus.val_ids
     tc = config.train
 
-    mesh = None
-    if tc.data_parallel and len(jax.devices()) > 1:
-        mesh = sharding.data_mesh()
+    mesh, rows = None, slice(None)
+    if jax.process_count() > 1 or (tc.data_parallel and len(jax.devices()) > 1):
+        mesh = sharding.data_mesh()                      # every device of every process
         sharding.check_divisible(tc.batch_size, mesh)
+        rows = distributed.local_batch(tc.batch_size)    # this process's rows of each global batch
     optimizer = train_lib.make_optimizer(tc)
     params = gpt.init_params(model_config, jax.random.PRNGKey(tc.seed))
     state = train_lib.init_state(params, optimizer, tc.seed)
@@ -82,11 +84,11 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
                    for b in data_lib.eval_batches(val_ids, tc.eval_batches, tc.batch_size, model_config.context)]
 
     def eval_fn(params):
-        return {"val_loss": float(np.mean([eval_loss(params, b) for b in val_batches]))}
+        return {"val_loss": float(np.mean([distributed.to_host(eval_loss(params, b)) for b in val_batches]))}
 
     def batch_fn(step):
         x, y = data_lib.get_batch(train_ids, tc.seed, step, tc.batch_size, model_config.context)
-        return {"inputs": x, "targets": y}
+        return {"inputs": x[rows], "targets": y[rows]}
 
     t0 = time.perf_counter()
     state = train_lib.run_training(folder, "pretrain", state, train_step, batch_fn, tc, eval_fn=eval_fn,
@@ -102,7 +104,7 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
         "best_val_loss": min(vals) if vals else None,
         "steps": tc.steps,
         "n_checkpoints": len(Series(folder.root, "pretrain").steps()),
-        "n_params": gpt.n_params(jax.device_get(state["params"])),
+        "n_params": gpt.n_params(distributed.to_host(state["params"])),
         "tokens_per_s": float(np.median(tps)) if tps else None,
         "train_wall_s": wall,
         "train_chars": len(corpus.train_text),

@@ -67,3 +67,35 @@ def test_two_process_data_parallel_step_equals_single_process():
     assert all(o["devices"] == 2 for o in outputs)  # a global view: one CPU device per process
     for o in outputs:
         np.testing.assert_allclose(o["losses"], reference, rtol=1e-5)
+
+
+def test_two_process_cli_pretrain_matches_one_process(tmp_path):
+    """`python -m experiments pretrain` launched as a 2-process job (as on a cluster, one
+    process per host): process 0 writes the run folder, and its losses, checkpoints and val
+    loss equal a single process's run of the same command."""
+    base = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    argv = [sys.executable, "-m", "experiments", "pretrain", "--preset", "micro"]
+    single = subprocess.run(argv + ["--out", str(tmp_path / "one")], capture_output=True, text=True, env=base,
+                            timeout=300, cwd=REPO)
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    port = free_port()
+    procs = [subprocess.Popen(argv + ["--out", str(tmp_path / "two")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=REPO,
+                              env={**base, "ONTOGENY_COORDINATOR": f"127.0.0.1:{port}",
+                                   "ONTOGENY_NUM_PROCESSES": "2", "ONTOGENY_PROCESS_ID": str(i)})
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+
+    def read(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return ([r["loss"] for r in rows if r.get("loss") is not None],
+                json.loads((run / "summary.json").read_text()),
+                sorted(p.name for p in (run / "checkpoints" / "pretrain").iterdir()))
+
+    (loss1, sum1, ck1), (loss2, sum2, ck2) = read(tmp_path / "one"), read(tmp_path / "two")
+    assert len(loss2) == len(loss1)                          # one writer: no line logged twice
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-4)
+    assert abs(sum2["val_loss"] - sum1["val_loss"]) < 1e-4 and ck2 == ck1
