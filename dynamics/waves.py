@@ -273,10 +273,23 @@ def repeatability(C_PDD, mode_PD):
     return (r * pairs).sum() / denom, (overlap * pairs).sum() / denom
 
 
+def adjusted_rand_score(a, b) -> float:
+    """Adjusted Rand index of two labelings (Hubert and Arabie 1985; scikit-learn's definition,
+    1.0 when both are the same trivial partition)."""
+    _, ia = np.unique(np.asarray(a), return_inverse=True)
+    _, ib = np.unique(np.asarray(b), return_inverse=True)
+    table = np.zeros((ia.max() + 1, ib.max() + 1), np.int64)
+    np.add.at(table, (ia, ib), 1)
+    pairs = lambda n: n * (n - 1) / 2.0
+    index = pairs(table).sum()
+    rows, cols, total = pairs(table.sum(1)).sum(), pairs(table.sum(0)).sum(), pairs(len(ia))
+    expected = rows * cols / total if total else 0.0
+    best = (rows + cols) / 2.0
+    return 1.0 if best == expected else float((index - expected) / (best - expected))
+
+
 def cluster_agreement(labels_PD) -> float:
     """Mean pairwise adjusted Rand index between channel clusterings of P passages."""
-    from sklearn.metrics import adjusted_rand_score
-
     labels_PD = np.asarray(labels_PD)
     P = len(labels_PD)
     scores = [adjusted_rand_score(labels_PD[i], labels_PD[j]) for i in range(P) for j in range(i + 1, P)]

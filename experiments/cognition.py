@@ -527,7 +527,12 @@ def bench_probes(quick: bool = False) -> dict:
     the objective gap (ours - scikit-learn's, summed over the T x L fits; <= 0 means ours is no
     worse). Data: standardised Gaussian states with a planted direction and 10% label noise.
     """
-    from sklearn.linear_model import LogisticRegression
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        from dynamics.errors import OntogenyError
+        raise OntogenyError("bench probes compares against scikit-learn: pip install scikit-learn "
+                            "(or the test extras, pip install -e '.[test]')") from None
 
     T, L, N, D = (4, 2, 2048, 64) if quick else (16, 8, 8192, 128)
     C, n_iter = 1.0, 12

@@ -137,6 +137,15 @@ def test_vmapped_statistics_equal_a_loop():
     np.testing.assert_allclose(np.asarray(rep[0]), [float(r[0]) for r in loop], atol=1e-5)
 
 
+def test_adjusted_rand_matches_scikit_learn():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a, b = rng.integers(0, rng.integers(1, 6), 40), rng.integers(0, rng.integers(1, 6), 40)
+        assert waves.adjusted_rand_score(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    assert waves.adjusted_rand_score([0, 0, 1, 1], [5, 5, 2, 2]) == 1.0
+    assert waves.adjusted_rand_score([0, 0, 0], [1, 1, 1]) == adjusted_rand_score([0, 0, 0], [1, 1, 1]) == 1.0
+
+
 def test_repeatability_and_cluster_agreement():
     rng = np.random.default_rng(6)
     base = rng.normal(size=(400, 1)) * np.array([1, -1, 1, 0, 0, 0]) + rng.normal(size=(400, 6)) * 0.5
