@@ -127,6 +127,8 @@ def run_points(module, study: str, preset: str, configs: list, folders: list[Pat
             outs = run_group([configs[i] for i in todo], [RunFolder(folders[i]) for i in todo])
         except OntogenyError as e:
             outs = [{"error": str(e)}] * len(todo)
+        except Exception:  # a crash of the shared program fails its members, and is recorded
+            outs = [{"error": traceback.format_exc()}] * len(todo)
         for i, out in zip(todo, outs):
             if "error" in out:
                 results[i] = _record_failure(folders[i], out["error"])
