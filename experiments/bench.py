@@ -62,6 +62,11 @@ def train_throughput(model_config, batch_size: int, steps: int = 5) -> dict:
     rng = np.random.default_rng(0)
     x = rng.integers(0, model_config.vocab_size, (batch_size, model_config.context + 1)).astype(np.int32)
     batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
+    if len(jax.devices()) > 1:  # data parallel over every device, as `pretrain` trains
+        from dynamics import sharding
+
+        mesh = sharding.data_mesh()
+        state, batch = sharding.replicate(state, mesh), sharding.shard_batch(batch, mesh)
     t0 = time.perf_counter()
     state, m = step(state, batch)
     jax.block_until_ready(m)
@@ -176,6 +181,31 @@ def stacked_memory(quick: bool = False) -> dict:
     return result
 
 
+def _train_child(name: str, steps: int) -> None:
+    """Training throughput of a preset's shape in this process (run with a host device count)."""
+    from experiments.pretrain import PRESETS
+
+    cfg = PRESETS[name].model.__class__(**{**PRESETS[name].model.__dict__, "vocab_size": 84})
+    r = train_throughput(cfg, PRESETS[name].train.batch_size, steps=steps)
+    print(json.dumps({**r, "devices": len(jax.devices())}))
+
+
+def train_on_host_devices(name: str, n_devices: int, steps: int) -> dict:
+    """The same measurement in a subprocess with `n_devices` host devices (data parallel)."""
+    import os
+    import subprocess
+    import sys
+
+    flags = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_devices}").strip()
+    code = f"from experiments import bench; bench._train_child({name!r}, {steps})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "XLA_FLAGS": flags})
+    if proc.returncode != 0:
+        raise OntogenyError(f"the {n_devices}-device training measurement failed: "
+                            f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def core(quick: bool = False) -> dict:
     from experiments.pretrain import PRESETS
     from models import gpt
@@ -199,6 +229,15 @@ def core(quick: bool = False) -> dict:
         print(f"train {name} ({cfg.n_layer}L d{cfg.d_model} T{cfg.context} B{batches[name]}): "
               f"{r['tokens_per_s']:,.0f} tokens/s, {r['gflops']:.1f} GFLOP/s, MFU {results[f'mfu_{key}']:.3f}, "
               f"compile {r['compile_s']:.1f} s", flush=True)
+    for name in shapes:  # the same shapes data parallel over 2 host devices (a subprocess each)
+        if quick and name != "tiny":
+            continue
+        key = name.replace("-", "_")
+        r = train_on_host_devices(name, 2, steps=3 if name != "tiny" else 20)
+        results[f"tokens_per_s_{key}_2dev"] = r["tokens_per_s"]
+        results[f"mfu_{key}_2dev"] = r["gflops"] / results["matmul_peak_gflops"]
+        print(f"train {name} on 2 host devices (data parallel, XLA_FLAGS=--xla_force_host_platform_device_count=2): "
+              f"{r['tokens_per_s']:,.0f} tokens/s, MFU {results[f'mfu_{key}_2dev']:.3f}", flush=True)
     results["sample_chars_per_s"] = sampling_speed(shapes["tiny"])
     print(f"sampling (tiny, batch 64, KV cache): {results['sample_chars_per_s']:,.0f} chars/s", flush=True)
     r = stacked_vs_loop(shapes["tiny"])
