@@ -20,14 +20,22 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dynamics.errors import OntogenyError
 
+_JOINED = False
+
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
-    """Join the distributed job named by the arguments or ONTOGENY_* variables; False if single-process."""
+    """Join the distributed job named by the arguments or ONTOGENY_* variables; False if single-process.
+    Idempotent: a second call (e.g. a second CLI command in one process) keeps the first job."""
+    global _JOINED
+    if _JOINED:
+        return True
     coordinator = coordinator or os.environ.get("ONTOGENY_COORDINATOR")
     if coordinator is None:
-        if "SLURM_JOB_ID" in os.environ or "TPU_WORKER_ID" in os.environ:
+        multi_task_slurm = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+        if multi_task_slurm or "TPU_WORKER_ID" in os.environ:
             jax.distributed.initialize()  # cluster auto-detection
+            _JOINED = True
             return True
         return False
     try:
@@ -40,6 +48,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     # initialise it, which must not happen before `jax.distributed.initialize`.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    _JOINED = True
     return True
 
 
