@@ -10,7 +10,8 @@ their own steps; `load_stages` concatenates several into one series.
 
 `load_stack` returns every leaf with a leading checkpoint axis T; `map_stack` runs a function
 written for one checkpoint over that axis with `jax.vmap`, in memory-bounded chunks, sharding
-each chunk over the local devices when there are several.
+each chunk over the devices when there are several (in a multi-process job, over the devices of
+every process).
 """
 from __future__ import annotations
 
@@ -102,6 +103,8 @@ class Series:
 
     def delete_after(self, step: int) -> None:
         """Remove checkpoints newer than `step` (used only when a stage is explicitly re-run)."""
+        if jax.process_index() != 0:
+            return
         for s in self.steps():
             if s > step:
                 shutil.rmtree(self.directory / str(s))
@@ -190,26 +193,52 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
 
     Equals `stack_trees([fn(unstack_tree(stacked, t), *args) for t in range(T)])`. Chunks are
     padded to one size (the last repeats its final checkpoint), so `fn` compiles once; with
-    several local devices each chunk is sharded over them along T. Results come back as numpy
+    several devices each chunk is sharded over them along T. Results come back as numpy
     arrays on the host, so device memory holds one chunk at a time. Pass the same `fn` object
     across calls to reuse its compilation.
+
+    In a multi-process job every process calls this with the same arguments (as all of a
+    study's code runs on every process); each chunk is sharded over the devices of all
+    processes along T, each process puts only its own checkpoints on its devices, and every
+    process gets the whole result back.
     """
+    from dynamics import distributed
+
     T = jax.tree.leaves(stacked)[0].shape[0]
-    devices = jax.local_devices()
+    multi = jax.process_count() > 1
+    devices = jax.devices() if multi else jax.local_devices()
     chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes)
+    if multi:  # free memory differs between hosts; every process must run the same chunks
+        chunk = int(distributed.gather(chunk).min())
     chunk = min(chunk, T)
     if len(devices) > 1:
         chunk = max(len(devices), chunk // len(devices) * len(devices))
         mesh = jax.sharding.Mesh(np.array(devices), ("ckpt",), axis_types=(jax.sharding.AxisType.Auto,))
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("ckpt"))
+        if multi:
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            args = tuple(jax.tree.map(lambda x: _global(np.asarray(x), replicated), a) for a in args)
     compiled = _vmapped(fn, len(args), len(devices))
     outputs = []
     for start in range(0, T, chunk):
         index = np.minimum(np.arange(start, start + chunk), T - 1)
         part = jax.tree.map(lambda x: x[index], stacked)
-        if len(devices) > 1:
+        if multi:
+            part = jax.tree.map(lambda x: _global(np.asarray(x), sharding), part)
+        elif len(devices) > 1:
             part = jax.device_put(part, sharding)
-        result = jax.device_get(compiled(part, *args))
+        result = compiled(part, *args)
+        if multi:
+            from jax.experimental import multihost_utils
+
+            result = multihost_utils.process_allgather(result, tiled=True)
+        result = jax.device_get(result)
         n_real = min(chunk, T - start)
         outputs.append(jax.tree.map(lambda x: np.asarray(x)[:n_real], result))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def _global(x: np.ndarray, sharding) -> jax.Array:
+    """A global array from a value every process holds whole; each process copies only the
+    shards of its own devices."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -69,7 +69,9 @@ class CharTokenizer:
         return "".join(chr(int(c)) for c in self._lookup[np.asarray(ids, dtype=np.int64)])
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps({"chars": self.chars}))
+        from dynamics.runlog import write_json
+
+        write_json(path, {"chars": self.chars})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":

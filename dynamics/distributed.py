@@ -9,6 +9,11 @@ through gloo, which JAX ships. The environment names the job:
 
 On SLURM or TPU pods `jax.distributed.initialize()` with no arguments discovers them itself;
 `initialize()` falls back to that when the variables are absent and a cluster is detected.
+
+Every process runs the whole experiment script with the same arguments, so all host-side
+decisions agree; what may differ between hosts (a signal's arrival, free memory) is agreed
+through `any_process` / `gather`. Process 0 writes; `barrier` makes its files visible to the
+others before they read them.
 """
 from __future__ import annotations
 
@@ -87,3 +92,28 @@ def to_host(tree):
             return np.asarray(x.addressable_data(0))
         return np.asarray(x)
     return jax.tree.map(one, tree)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (a no-op in a single process); e.g. so that
+    readers see the checkpoints process 0 has just written."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather(value) -> np.ndarray:
+    """Every process's `value` (same shape everywhere), stacked: [process_count, ...]."""
+    value = np.asarray(value)
+    if jax.process_count() == 1:
+        return value[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value))
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any: decisions that change the step
+    sequence (stop on a signal) must be taken by all processes at the same step."""
+    return bool(gather(np.int32(bool(flag))).any())

@@ -32,7 +32,10 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file. In a
+    multi-process job only process 0 writes (all compute the same value)."""
+    if not _primary():
+        return
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n")

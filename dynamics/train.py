@@ -153,6 +153,12 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
     A batch may carry host figures under "log" (e.g. mean reward), which are logged, not trained on.
     `eval_fn(params) -> dict` is evaluated at checkpoints and every `eval_every` steps.
     Returns the final state.
+
+    With a `mesh` each global batch is split over its devices. In a multi-process job every
+    process runs this with the same arguments: `batch_fn` returns the whole global batch (a pure
+    function, so every process derives the same one) and each process keeps its own rows; a
+    signal on any process stops all of them at the same step; process 0 writes, and the
+    checkpoints are on disk for every process when this returns.
     """
     series = Series(folder.root, stage)
     resume = Series(folder.root, f"_resume/{stage}")
@@ -167,8 +173,13 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
             raise OntogenyError(f"{folder.root} already holds step {step0} of '{stage}', beyond train.steps="
                                 f"{config.steps}; use a new --out")
     step = int(state["step"])
+    multi = jax.process_count() > 1
+    if multi and mesh is None:
+        raise OntogenyError("a multi-process job needs a mesh over every process's devices; "
+                            "pass mesh=dynamics.train.training_mesh(config)")
     if mesh is not None:
         state = sharding.replicate(state, mesh)
+    distributed.barrier(f"{stage}-start")  # every process has read the series before process 0 writes to it
 
     def evaluate(s, params):
         record = {"stage": stage, "step": s, **(eval_fn(params) if eval_fn else {})}
@@ -185,14 +196,20 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
     t_last, n_last, last_good = time.perf_counter(), step, max([s for s in series.steps()], default=None)
     with stop_on_signals() as flag:
         while step < config.steps:
-            batch = dict(batch_fn(step, state["params"]) if on_policy else batch_fn(step))
+            if on_policy:  # a policy replicated over processes is read back from this process's copy
+                batch = dict(batch_fn(step, distributed.to_host(state["params"]) if multi else state["params"]))
+            else:
+                batch = dict(batch_fn(step))
             host_log = batch.pop("log", {})
-            if mesh is not None:  # several processes: each holds its own rows of the global batch
-                batch = (distributed.global_batch(batch, mesh) if jax.process_count() > 1
-                         else sharding.shard_batch(batch, mesh))
+            if multi:  # each process holds its own rows of the global batch
+                rows = distributed.local_batch(len(jax.tree.leaves(batch)[0]))
+                batch = distributed.global_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh)
+            elif mesh is not None:
+                batch = sharding.shard_batch(batch, mesh)
             state, metrics = train_step(state, batch)
             step += 1
-            if step % config.log_every == 0 or step == config.steps or step in schedule:
+            synced = step % config.log_every == 0 or step == config.steps or step in schedule
+            if synced:  # the host waits for the step here anyway
                 metrics = distributed.to_host(metrics)
                 loss = float(metrics["loss"])
                 if not math.isfinite(loss):
@@ -212,7 +229,10 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
             if step in schedule:
                 save(step, state, evaluated or {})
                 last_good = step
-            if flag["signal"] is not None and step < config.steps:
+            stop = flag["signal"] is not None
+            if multi:  # signals reach processes at different steps; all stop at the same (logged) one
+                stop = synced and distributed.any_process(stop)
+            if stop and step < config.steps:
                 if step not in schedule:
                     save_resume = distributed.to_host(state)
                     for old in resume.steps():
@@ -220,6 +240,20 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
                     resume.save(step, save_resume["params"],
                                 {k: save_resume[k] for k in ("opt_state", "step", "rng")}, meta)
                 bar.close()
-                raise Interrupted(flag["signal"], step)
+                distributed.barrier(f"{stage}-interrupted")
+                raise Interrupted(flag["signal"] or signal.SIGTERM, step)
     bar.close()
+    distributed.barrier(f"{stage}-end")
     return state
+
+
+def training_mesh(config: TrainConfig, batch_sizes: tuple[int, ...] | None = None):
+    """The data mesh a stage trains on: every device of every process in a multi-process job,
+    the local devices when `config.data_parallel` is set and there are several, else None.
+    `batch_sizes` (default config.batch_size) are checked to split over its devices."""
+    if not (jax.process_count() > 1 or (config.data_parallel and len(jax.devices()) > 1)):
+        return None
+    mesh = sharding.data_mesh()
+    for size in batch_sizes or (config.batch_size,):
+        sharding.check_divisible(size, mesh)
+    return mesh

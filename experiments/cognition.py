@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from dynamics import distributed
 from dynamics import knowledge as kw
 from dynamics import posttrain
 from dynamics import train as train_lib
@@ -132,7 +133,7 @@ def train_stages(config: Config, folder: RunFolder, world: kw.World, tok, model_
         return {"inputs": x, "targets": y}
 
     t0 = time.perf_counter()
-    state = train_lib.run_training(folder, "pretrain", state, step, pretrain_batch, pc,
+    state = train_lib.run_training(folder, "pretrain", state, step, pretrain_batch, pc, mesh=train_lib.training_mesh(pc),
                                    tokens_per_step=pc.batch_size * model_config.context)
     times["pretrain_s"] = time.perf_counter() - t0
 
@@ -147,7 +148,7 @@ def train_stages(config: Config, folder: RunFolder, world: kw.World, tok, model_
     # SFT: the answer after "Answer: " (and its newline), loss on the response only
     sc = config.sft
     opt = train_lib.make_optimizer(sc)
-    state = train_lib.init_state(state["params"], opt, config.seed + 1)
+    state = train_lib.init_state(distributed.to_host(state["params"]), opt, config.seed + 1)
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), opt, dropout=model_config.dropout > 0)
 
     def sft_batch(s):
@@ -163,14 +164,15 @@ def train_stages(config: Config, folder: RunFolder, world: kw.World, tok, model_
         return posttrain.as_batch(tokens, mask)
 
     t0 = time.perf_counter()
-    state = train_lib.run_training(folder, "sft", state, step, sft_batch, sc, tokens_per_step=sc.batch_size * P0)
+    state = train_lib.run_training(folder, "sft", state, step, sft_batch, sc, tokens_per_step=sc.batch_size * P0,
+                                   mesh=train_lib.training_mesh(sc, (sc.batch_size + config.sft_replay_rows,)))
     times["sft_s"] = time.perf_counter() - t0
 
     # RL: GRPO against the SFT model, reward 1 when the first answer character is the right one
     rc, g = config.rl, config.grpo
-    ref = jax.tree.map(jnp.array, state["params"])
+    ref = jax.tree.map(jnp.asarray, distributed.to_host(state["params"]))  # this process's copy
     opt = train_lib.make_optimizer(rc)
-    state = train_lib.init_state(state["params"], opt, config.seed + 2)
+    state = train_lib.init_state(distributed.to_host(state["params"]), opt, config.seed + 2)
     step = train_lib.make_train_step(posttrain.grpo_loss(model_config, g), opt, dropout=False)
 
     def prompt_fn(s):
@@ -180,7 +182,8 @@ def train_stages(config: Config, folder: RunFolder, world: kw.World, tok, model_
     reward_fn = lambda completions, answers: (completions[:, 0] == answers).astype(np.float32)
     rollout = posttrain.make_rollout(model_config, g, reward_fn, prompt_fn, config.seed + 3)
     t0 = time.perf_counter()
-    train_lib.run_training(folder, "rl", state, step, lambda s, p: rollout(s, p, ref), rc, on_policy=True)
+    train_lib.run_training(folder, "rl", state, step, lambda s, p: rollout(s, p, ref), rc, on_policy=True,
+                           mesh=train_lib.training_mesh(rc, (g.prompts_per_step * g.group_size,)))
     times["rl_s"] = time.perf_counter() - t0
     return times
 

@@ -56,34 +56,45 @@ def field_types(cls) -> dict[str, Any]:
 
 
 def override(config, assignments: list[str]):
-    """Apply `key=value` strings to a (possibly nested) frozen dataclass config."""
+    """Apply `key=value` strings to a (possibly nested) frozen dataclass config.
+
+    All assignments are applied together and the result is validated once, so overrides
+    that only make sense jointly (n_features=32 with aux_k=4) are accepted in any order.
+    """
+    changes = {}
     for assignment in assignments:
         if "=" not in assignment:
             raise OntogenyError(f"--set {assignment!r}: write overrides as key=value, e.g. --set seed=1")
         key, text = assignment.split("=", 1)
-        config = _set_path(config, key.strip().split("."), text.strip(), key.strip())
-    return config
+        changes[key.strip()] = text.strip()
+    return _apply(config, [(k.split("."), text, k) for k, text in changes.items()])
 
 
-def _set_path(config, path: list[str], text: str, full_key: str):
+def _apply(config, items: list[tuple[list[str], str, str]]):
+    """items: (path below `config`, value text, full key); one dataclasses.replace per level."""
     names = {f.name for f in dataclasses.fields(config)}
-    head = path[0]
-    if head not in names:
-        raise OntogenyError(f"unknown config key {full_key!r}; known keys: {', '.join(sorted(all_keys(config)))}")
-    value = getattr(config, head)
-    if len(path) > 1:
-        if not dataclasses.is_dataclass(value):
-            raise OntogenyError(f"unknown config key {full_key!r}: {head!r} has no sub-keys")
-        new_value = _set_path(value, path[1:], text, full_key)
-    else:
-        if dataclasses.is_dataclass(value):
+    updates, nested = {}, {}
+    for path, text, full_key in items:
+        head = path[0]
+        if head not in names:
+            raise OntogenyError(f"unknown config key {full_key!r}; known keys: {', '.join(sorted(all_keys(config)))}")
+        value = getattr(config, head)
+        if len(path) > 1:
+            if not dataclasses.is_dataclass(value):
+                raise OntogenyError(f"unknown config key {full_key!r}: {head!r} has no sub-keys")
+            nested.setdefault(head, []).append((path[1:], text, full_key))
+        elif dataclasses.is_dataclass(value):
             raise OntogenyError(f"config key {full_key!r} is a group; set one of its keys, e.g. {full_key}."
                                 f"{dataclasses.fields(value)[0].name}=...")
-        new_value = _parse_scalar(text, field_types(type(config))[head], full_key)
+        else:
+            updates[head] = _parse_scalar(text, field_types(type(config))[head], full_key)
+    for head, sub in nested.items():
+        updates[head] = _apply(getattr(config, head), sub)
     try:
-        return dataclasses.replace(config, **{head: new_value})
+        return dataclasses.replace(config, **updates)
     except (TypeError, ValueError) as e:
-        raise OntogenyError(f"--set {full_key}={text}: {e}") from None
+        given = " ".join(f"{k}={t}" for _, t, k in items)
+        raise OntogenyError(f"--set {given}: {e}") from None
 
 
 def all_keys(config, prefix: str = "") -> list[str]:
@@ -129,10 +140,7 @@ def claim_folder(out, experiment: str, preset: str, config) -> None:
 
     from dynamics.runlog import to_jsonable, write_json
 
-    from dynamics.runlog import _primary
-
-    if not _primary():  # process 0 claims the folder for a multi-process job
-        return
+    # Every process of a multi-process job checks (so all refuse alike); process 0 writes.
     path = os.path.join(out, "config.json")
     record = {"experiment": experiment, "preset": preset, "config": to_jsonable(config)}
     if os.path.exists(path):

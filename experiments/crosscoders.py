@@ -31,6 +31,7 @@ import numpy as np
 import scipy.stats
 
 from dynamics import data as data_lib
+from dynamics import distributed
 from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack
 from dynamics.runlog import RunFolder, write_json
 from experiments.config import require
@@ -300,7 +301,8 @@ def run(config: Config, folder: RunFolder) -> dict:
             before = corpus.tokenizer.decode(eval_tokens[b, max(0, c - 30): c])
             lines.append(f"    {f_flat[n, i]:7.2f}  {before!r} [{corpus.tokenizer.decode(eval_tokens[b, c:c + 1])!r}]")
         lines.append("")
-    (folder.root / "top_features.md").write_text("\n".join(lines))
+    if distributed.is_primary():
+        (folder.root / "top_features.md").write_text("\n".join(lines))
 
     # ---------------------------------------------------------------- figures
     _figures(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, order, usable, init_feature)

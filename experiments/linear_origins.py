@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dynamics import distributed
 from dynamics.checkpoints import Series, load_stack, map_stack
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder, write_json
@@ -200,6 +201,7 @@ def train_or_load(problem: latent.LatentProblem, config: Config, folder: RunFold
         params, losses = latent.train(problem, config.learner_config(), config.train_config(), steps, progress=bar)
     for t, step in enumerate(steps):
         series.save(step, jax.tree.map(lambda x: x[t], params), meta={"loss": float(losses[t])})
+    distributed.barrier("latent-series-saved")  # process 0 wrote it; every process may read it next
     return np.asarray(steps), params, losses, True
 
 
@@ -273,6 +275,7 @@ def run_sweep(config: Config, folder: RunFolder) -> list[dict]:
                 row[f"pass_{key}"] = int(pred["passed"])
             rows.append(row)
     write_csv(path, rows)
+    distributed.barrier("linear-origins-sweep-csv")  # process 0 wrote it; all read it back alike
     return read_csv(path)
 
 
@@ -280,6 +283,9 @@ PREDICTION_KEYS = ("linearity", "orthogonality", "concept_specific", "embedding"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """Atomically (temp file + rename); only process 0 of a multi-process job writes."""
+    if not distributed.is_primary():
+        return
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -352,7 +352,6 @@ def plot_all(results, order, folder: RunFolder) -> None:
 
 
 def _save(fig, path):
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from experiments import plots
+
+    plots.save(fig, path)

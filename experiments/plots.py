@@ -7,11 +7,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def save(fig, path) -> None:
+def save(fig, path, tight: bool = True) -> None:
     from dynamics.runlog import _primary
 
     if _primary():  # one writer in a multi-process job
-        fig.tight_layout()
+        if tight:
+            fig.tight_layout()
         fig.savefig(path, dpi=110)
     plt.close(fig)
 

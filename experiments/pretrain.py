@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from dynamics import data as data_lib
-from dynamics import distributed, sharding
+from dynamics import distributed
 from dynamics import train as train_lib
 from dynamics.checkpoints import Series
 from dynamics.runlog import RunFolder, write_json
@@ -69,11 +69,7 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
     train_ids, val_ids = corpus.train_ids, corpus.val_ids
     tc = config.train
 
-    mesh, rows = None, slice(None)
-    if jax.process_count() > 1 or (tc.data_parallel and len(jax.devices()) > 1):
-        mesh = sharding.data_mesh()                      # every device of every process
-        sharding.check_divisible(tc.batch_size, mesh)
-        rows = distributed.local_batch(tc.batch_size)    # this process's rows of each global batch
+    mesh = train_lib.training_mesh(tc)  # every device of every process; each keeps its own rows
     optimizer = train_lib.make_optimizer(tc)
     params = gpt.init_params(model_config, jax.random.PRNGKey(tc.seed))
     state = train_lib.init_state(params, optimizer, tc.seed)
@@ -88,7 +84,7 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
 
     def batch_fn(step):
         x, y = data_lib.get_batch(train_ids, tc.seed, step, tc.batch_size, model_config.context)
-        return {"inputs": x[rows], "targets": y[rows]}
+        return {"inputs": x, "targets": y}
 
     t0 = time.perf_counter()
     state = train_lib.run_training(folder, "pretrain", state, train_step, batch_fn, tc, eval_fn=eval_fn,

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from dynamics import distributed
 from dynamics.errors import OntogenyError
-from dynamics.runlog import RunFolder
+from dynamics.runlog import RunFolder, _primary
 from experiments.config import ArgumentParser, claim_folder
 
 DESCRIPTION = "run every study's tiny preset (one shared pretrain run), then write DIR/report.html"
@@ -69,10 +70,12 @@ def main(argv: list[str]) -> int:
             failed[name] = str(e)
         except Exception:  # one study's crash is reported; the others still run
             failed[name] = traceback.format_exc().strip().splitlines()[-1]
-            (folder_path / "error.txt").write_text(traceback.format_exc())
+            if _primary():
+                (folder_path / "error.txt").write_text(traceback.format_exc())
         timings[name] = time.perf_counter() - t0
         bar.write(f"{name}: {'FAILED: ' + failed[name] if name in failed else 'done'} ({timings[name]:.0f} s)")
     bar.close()
+    distributed.barrier("quickstart-end")  # process 0 has written every summary
     report = write_report(out)
     total = sum(timings.values())
     print(f"quickstart: {len(names) - len(failed)}/{len(names)} studies in {total / 60:.1f} min; report: {report.resolve()}")

@@ -96,7 +96,10 @@ def write_report(root) -> Path:
     if not root.is_dir():
         raise OntogenyError(f"{root} is not a folder; give the folder a study or quickstart wrote")
     path = root / "report.html"
-    path.write_text(render(root))
+    from dynamics.runlog import _primary
+
+    if _primary():  # one writer in a multi-process job
+        path.write_text(render(root))
     return path
 
 

@@ -212,6 +212,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sequential", action="store_true", help="never vmap: run the points one after another")
     parser.add_argument("--out", default=None, help="sweep folder (default runs/sweep-STUDY)")
     args = parser.parse_args(argv)
+    import jax
+
+    if jax.process_count() > 1:
+        raise OntogenyError("sweep runs in one process (its member axis is sharded over that process's devices); "
+                            "launch it without ONTOGENY_COORDINATOR, or launch each point as its own multi-process job")
 
     spec = {}
     if args.file:

@@ -350,8 +350,7 @@ def figures(folder, config, steps, W, records, spell, orders, clusters, names, t
         ax.set_title(f"step {steps[i]}: mean|C|={records[i]['coherence']:.2f}", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(folder.figure("correlation_heatmaps"), dpi=110)
-    plt.close(fig)
+    plots.save(fig, folder.figure("correlation_heatmaps"), tight=False)  # the shared colorbar defeats tight_layout
 
     # coherence, eigen-ratio and repeatability over steps
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))

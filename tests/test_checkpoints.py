@@ -36,8 +36,9 @@ def test_load_stack_equals_per_checkpoint_loading(micro_run):
         ck.load_stack(micro_run, steps=[3])
 
 
-@pytest.mark.parametrize("chunk", [None, 1, 3, 8])
-def test_map_stack_equals_a_loop(micro_run, chunk):
+@pytest.fixture(scope="module")
+def resid_loop(micro_run):
+    """A residual-stream function, the stacked series, and its reference: a jitted loop over T."""
     config = ck.load_model_config(micro_run)
     steps, stacked = ck.load_stack(micro_run)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, config.context)))
@@ -45,9 +46,16 @@ def test_map_stack_equals_a_loop(micro_run, chunk):
     def resid(params, tokens):
         return gpt.apply(params, tokens, config, capture=("resid",))[1]["resid"]
 
+    one = jax.jit(resid)
+    loop = np.stack([one(ck.unstack_tree(stacked, t), tokens) for t in range(len(steps))])
+    return config, stacked, tokens, resid, loop
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 8])
+def test_map_stack_equals_a_loop(resid_loop, chunk):
+    config, stacked, tokens, resid, loop = resid_loop
     vmapped = ck.map_stack(resid, stacked, tokens, chunk_size=chunk)
-    loop = np.stack([resid(ck.unstack_tree(stacked, t), tokens) for t in range(len(steps))])
-    assert vmapped.shape == (len(steps), config.n_layer, 2, config.context, config.d_model)
+    assert vmapped.shape == (len(loop), config.n_layer, 2, config.context, config.d_model)
     np.testing.assert_allclose(vmapped, loop, atol=2e-5)
 
 

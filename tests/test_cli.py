@@ -50,6 +50,18 @@ def test_bad_input_exits_2_with_one_line(argv, match, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_overrides_are_validated_together():
+    """Settings valid only jointly are accepted in either order; a bad result names the key."""
+    from experiments import crosscoders
+    from experiments.config import override
+
+    for order in (["n_features=32", "aux_k=4"], ["aux_k=4", "n_features=32"]):
+        config = override(crosscoders.PRESETS["tiny"], order)
+        assert (config.n_features, config.aux_k) == (32, 4)
+    with pytest.raises(Exception, match="aux_k=64 must lie"):
+        override(crosscoders.PRESETS["tiny"], ["n_features=16", "aux_k=64"])
+
+
 @pytest.mark.parametrize("study", ["crosscoders", "waves", "neuromfa"])
 def test_missing_pretrain_run_is_one_line_before_any_training(study, capsys, tmp_path):
     assert cli([study, "--set", f"pretrain_run={tmp_path / 'nope'}", "--out", str(tmp_path / "x")]) == 2

@@ -1,44 +1,20 @@
-"""Two processes on this machine (coordinator on 127.0.0.1, gloo CPU collectives) take
-data-parallel steps whose losses equal a single process's on the same global batches."""
+"""Multi-host runs, simulated by 2 processes on this machine (coordinator on 127.0.0.1, one CPU
+device each, gloo collectives): data-parallel training steps, their resume after SIGTERM, and a
+whole study (post-training stages and stacked-checkpoint analyses) give what one process gives."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 
 from tests.conftest import REPO
 
-SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    from dynamics import distributed
-    multi = distributed.initialize()
-    import jax, numpy as np
-    from dynamics import data as data_lib, sharding, train as train_lib
-    from models import gpt
-    text = data_lib.synthetic_text(20_000, seed=0); tok = data_lib.CharTokenizer(text); ids = tok.encode(text)
-    cfg = gpt.GPTConfig(vocab_size=tok.vocab_size, context=16, n_layer=2, n_head=2, d_model=32)
-    tc = train_lib.TrainConfig(steps=5, batch_size=8, lr=3e-3, warmup=1)
-    opt = train_lib.make_optimizer(tc)
-    state = train_lib.init_state(gpt.init_params(cfg, jax.random.PRNGKey(0)), opt, 0)
-    step = train_lib.make_train_step(train_lib.lm_loss(cfg), opt, dropout=False)
-    mesh = sharding.data_mesh() if multi else None
-    if mesh is not None:
-        state = sharding.replicate(state, mesh)
-    rows = distributed.local_batch(8) if multi else slice(0, 8)
-    losses = []
-    for s in range(5):
-        x, y = data_lib.get_batch(ids, 0, s, 8, 16)       # every process derives the global batch ...
-        batch = {"inputs": x[rows], "targets": y[rows]}  # ... and keeps only its own rows
-        if mesh is not None:
-            batch = distributed.global_batch(batch, mesh)
-        state, m = step(state, batch)
-        losses.append(float(m["loss"]))
-    print(json.dumps({"process": jax.process_index(), "devices": len(jax.devices()), "losses": losses}))
-""")
+BASE_ENV = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
 
 
 def free_port() -> int:
@@ -47,55 +23,89 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_data_parallel_step_equals_single_process():
-    base = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}
-    single = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=base, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    reference = json.loads(single.stdout.strip().splitlines()[-1])["losses"]
-
+def launch(argv: list[str], n: int = 2) -> list[subprocess.Popen]:
+    """`argv` as an n-process job, as a cluster launcher would start it (one process per host)."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**base, "ONTOGENY_COORDINATOR": f"127.0.0.1:{port}",
-                                   "ONTOGENY_NUM_PROCESSES": "2", "ONTOGENY_PROCESS_ID": str(i)})
-             for i in range(2)]
-    outputs = []
+    return [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             env={**BASE_ENV, "ONTOGENY_COORDINATOR": f"127.0.0.1:{port}",
+                                  "ONTOGENY_NUM_PROCESSES": str(n), "ONTOGENY_PROCESS_ID": str(i)})
+            for i in range(n)]
+
+
+def finish(procs, expect: int = 0) -> list[str]:
+    outs = []
     for p in procs:
         out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
-    assert sorted(o["process"] for o in outputs) == [0, 1]
-    assert all(o["devices"] == 2 for o in outputs)  # a global view: one CPU device per process
-    for o in outputs:
-        np.testing.assert_allclose(o["losses"], reference, rtol=1e-5)
+        assert p.returncode == expect, err[-3000:]
+        outs.append(out)
+    return outs
 
 
-def test_two_process_cli_pretrain_matches_one_process(tmp_path):
-    """`python -m experiments pretrain` launched as a 2-process job (as on a cluster, one
-    process per host): process 0 writes the run folder, and its losses, checkpoints and val
-    loss equal a single process's run of the same command."""
-    base = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    argv = [sys.executable, "-m", "experiments", "pretrain", "--preset", "micro"]
-    single = subprocess.run(argv + ["--out", str(tmp_path / "one")], capture_output=True, text=True, env=base,
+def _losses(run) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {(r.get("stage"), r["step"]): r["loss"] for r in rows if r.get("loss") is not None}
+
+
+def test_two_process_cli_pretrain_survives_sigterm_and_resumes_like_one_process(tmp_path):
+    """`python -m experiments pretrain` as a 2-process job: SIGTERM reaches the processes at
+    different moments, both stop at the same step with a resume checkpoint (exit 143), the
+    same command resumes, and the finished run (written by process 0 alone) has the losses,
+    checkpoints and val loss of one process's uninterrupted run."""
+    argv = [sys.executable, "-m", "experiments", "pretrain", "--preset", "micro", "--set", "train.steps=100"]
+    single = subprocess.run(argv + ["--out", str(tmp_path / "one")], capture_output=True, text=True, env=BASE_ENV,
                             timeout=300, cwd=REPO)
     assert single.returncode == 0, single.stderr[-2000:]
 
-    port = free_port()
-    procs = [subprocess.Popen(argv + ["--out", str(tmp_path / "two")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=REPO,
-                              env={**base, "ONTOGENY_COORDINATOR": f"127.0.0.1:{port}",
-                                   "ONTOGENY_NUM_PROCESSES": "2", "ONTOGENY_PROCESS_ID": str(i)})
-             for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
+    two = tmp_path / "two"
+    procs = launch(argv + ["--out", str(two)])
+    deadline = time.time() + 240
+    while not (two / "checkpoints" / "pretrain" / "8").is_dir():
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "the job ended before step 8"
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    procs[0].send_signal(signal.SIGTERM)
+    finish(procs, expect=128 + signal.SIGTERM)
+    assert not (two / "summary.json").exists()
+    stopped_at = max(_losses(two))[1]
+    assert 8 <= stopped_at < 100
 
-    def read(run):
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return ([r["loss"] for r in rows if r.get("loss") is not None],
-                json.loads((run / "summary.json").read_text()),
-                sorted(p.name for p in (run / "checkpoints" / "pretrain").iterdir()))
+    finish(launch(argv + ["--out", str(two)]))
+    (one_losses, two_losses) = _losses(tmp_path / "one"), _losses(two)
+    assert sorted(two_losses) == sorted(one_losses)  # one writer, no step logged twice or lost
+    np.testing.assert_allclose([two_losses[k] for k in sorted(one_losses)],
+                               [one_losses[k] for k in sorted(one_losses)], rtol=1e-4)
+    s1, s2 = (json.loads((run / "summary.json").read_text()) for run in (tmp_path / "one", two))
+    assert abs(s2["val_loss"] - s1["val_loss"]) < 1e-4
+    ck = lambda run: sorted(int(p.name) for p in (run / "checkpoints" / "pretrain").iterdir())
+    assert ck(two) == ck(tmp_path / "one")
 
-    (loss1, sum1, ck1), (loss2, sum2, ck2) = read(tmp_path / "one"), read(tmp_path / "two")
-    assert len(loss2) == len(loss1)                          # one writer: no line logged twice
-    np.testing.assert_allclose(loss2, loss1, rtol=1e-4)
-    assert abs(sum2["val_loss"] - sum1["val_loss"]) < 1e-4 and ck2 == ck1
+
+STUDY_SCRIPT = textwrap.dedent("""
+    import sys
+    from dynamics import distributed
+    distributed.initialize()
+    from dynamics.runlog import RunFolder
+    from experiments import cognition
+    from tests.test_cognition import MICRO
+    folder = RunFolder(sys.argv[1])
+    folder.write_summary(cognition.run(MICRO, folder))
+""")
+
+
+def test_two_process_study_equals_one_process(tmp_path):
+    """The cognition study (pretrain -> SFT -> on-policy RL, then probes, prompting and sampling
+    over the stacked checkpoints of every stage, via map_stack split across the processes) as a
+    2-process job gives one process's summary."""
+    single = subprocess.run([sys.executable, "-c", STUDY_SCRIPT, str(tmp_path / "one")], capture_output=True,
+                            text=True, env=BASE_ENV, timeout=300, cwd=REPO)
+    assert single.returncode == 0, single.stderr[-2000:]
+    finish(launch([sys.executable, "-c", STUDY_SCRIPT, str(tmp_path / "two")]))
+    s1, s2 = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(l2) == sorted(l1) and {k[0] for k in l1} == {"pretrain", "sft", "rl"}
+    np.testing.assert_allclose([l2[k] for k in sorted(l1)], [l1[k] for k in sorted(l1)], rtol=1e-4, atol=1e-5)
+    assert s2["n_checkpoints"] == s1["n_checkpoints"]
+    for key, value in s1.items():
+        if key.startswith(("cognitive_", "expressive_", "pass_at_")) and isinstance(value, float):
+            assert abs(s2[key] - value) < 1e-6, key

@@ -14,12 +14,19 @@ def params():
     return jax.tree.map(lambda x: 10 * x if x.ndim >= 2 else x, p)  # sharper distributions
 
 
+_full_forward = jax.jit(lambda p, x: gpt.apply(p, x, CFG)[0])
+
+
 def naive_greedy(params, prompt, n_new):
-    """Full forward over the last `context` tokens for every new token (nanoGPT's loop)."""
+    """Full forward over the last `context` tokens for every new token (nanoGPT's loop). The
+    window is right-padded to `context` (causal: the padding cannot reach the last real
+    position), so the reference compiles once."""
     out = np.array(prompt)
     for _ in range(n_new):
-        logits, _ = gpt.apply(params, jnp.array(out[:, -CFG.context:]), CFG)
-        out = np.concatenate([out, np.argmax(np.asarray(logits[:, -1]), -1)[:, None]], 1)
+        window = out[:, -CFG.context:]
+        L = window.shape[1]
+        logits = _full_forward(params, jnp.asarray(np.pad(window, ((0, 0), (0, CFG.context - L)))))
+        out = np.concatenate([out, np.argmax(np.asarray(logits[:, L - 1]), -1)[:, None]], 1)
     return out
 
 
