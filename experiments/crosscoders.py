@@ -23,6 +23,7 @@ the first is analysed. Analyses:
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 
 import jax
@@ -151,6 +152,38 @@ def per_snapshot_f(f, S: int) -> np.ndarray:
     return np.broadcast_to(f[None], (S,) + f.shape) if f.ndim == 2 else np.moveaxis(f, 2, 0)
 
 
+def train_resumable(ccfg: cc.CrosscoderConfig, hps: list[dict], seeds: list[int], buffer, folder: RunFolder):
+    """`cc.train` that survives SIGINT/SIGTERM: it stops after the current step, saves the state
+    and the metrics so far to OUT/_resume/crosscoder.npz and raises `Interrupted`; the same
+    command continues from there (the shuffle buffer replays its draws) to the result of an
+    uninterrupted run. In a multi-process job the processes agree on the stop step (checked
+    every 50 steps, since the buffer's refreshes are collective)."""
+    from dynamics import checkpoints, train as train_lib
+
+    path = folder.root / "_resume" / "crosscoder.npz"
+    resume = None
+    if path.exists():
+        template = cc.state_template(ccfg, len(hps), np.zeros((ccfg.batch_size, ccfg.n_snapshots, ccfg.d_model)))
+        state, record = checkpoints.load_tree(path, template)
+        resume = (record["step"], state, record["history"])
+    multi = jax.process_count() > 1
+    with train_lib.stop_on_signals() as flag:
+        def should_stop(i):
+            if multi:
+                return i % 50 == 49 and distributed.any_process(flag["signal"] is not None)
+            return flag["signal"] is not None
+
+        try:
+            state, history = cc.train(ccfg, hps, seeds, buffer, progress=True, should_stop=should_stop, resume=resume)
+        except cc.Stopped as stopped:
+            checkpoints.save_tree(path, stopped.state, {"step": stopped.step, "history": stopped.history})
+            distributed.barrier("crosscoder-interrupted")
+            raise train_lib.Interrupted(flag["signal"] or signal.SIGTERM, stopped.step) from None
+    if distributed.is_primary() and path.exists():
+        path.unlink()
+    return state, history
+
+
 def run(config: Config, folder: RunFolder) -> dict:
     from experiments.pretrain import ensure_pretrain
 
@@ -183,7 +216,7 @@ def run(config: Config, folder: RunFolder) -> dict:
 
     hps = config.hps()
     t0 = time.perf_counter()
-    state, history = cc.train(ccfg, hps, [config.seed] * len(hps), buffer, progress=True)
+    state, history = train_resumable(ccfg, hps, [config.seed] * len(hps), buffer, folder)
     train_s = time.perf_counter() - t0
     for row in history:
         folder.log({"phase": "train", **{k: np.asarray(v).tolist() for k, v in row.items()}})

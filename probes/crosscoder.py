@@ -379,25 +379,43 @@ def one_hp(hp: dict) -> dict:
     return {"l1": jnp.asarray(float(hp.get("l1", 0.0)), jnp.float32), "k": jnp.asarray(int(hp.get("k", 1)), jnp.int32)}
 
 
+class Stopped(Exception):
+    """Training stopped early by `should_stop`; carries what `train(..., resume=...)` continues from."""
+
+    def __init__(self, step: int, state, history: list):
+        super().__init__(f"crosscoder training stopped after step {step}")
+        self.step, self.state, self.history = step, state, history
+
+
 def train(config: CrosscoderConfig, hps: list[dict], seeds: list[int], next_batch, *, callback=None,
-          progress: bool = False):
+          progress: bool = False, should_stop=None, resume=None):
     """Train len(hps) crosscoders together (one vmapped program) on a shared stream.
 
     `next_batch(i) -> x_NSD` gives batch i (batch 0 also sets the init). Returns the stacked
     final state (leading member axis) and the list of per-step metrics (numpy, [K] each).
+
+    `should_stop(i)`, asked after step i, raises `Stopped` with the state after that step;
+    `resume=(step, state, history)` (from a `Stopped`) continues it. The batches before `step`
+    are drawn again and discarded, so a stateful stream (a `ShuffleBuffer`) is where it was
+    and the result equals an uninterrupted run's.
     """
     require(len(hps) == len(seeds) >= 1, "give one seed per crosscoder hyperparameter set")
     K = len(hps)
     hp = stack_hps(hps)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     x0 = jnp.asarray(next_batch(0))
-    state = make_init(config, K)(keys, x0, hp)
+    start, history = 0, []
+    if resume is None:
+        state = make_init(config, K)(keys, x0, hp)
+    else:
+        start, state, history = resume[0], resume[1], list(resume[2])
+        for i in range(1, start):  # replay the stream's draws (and refreshes) up to `start`
+            next_batch(i)
     step = make_train_step(config, K)
-    history = []
-    iterator = range(config.steps)
+    iterator = range(start, config.steps)
     if progress:
         from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="crosscoder", mininterval=2.0)
+        iterator = tqdm(iterator, desc="crosscoder", mininterval=2.0, initial=start, total=config.steps)
     resample_at = set(resample_steps(config))
     resample = make_resample(config, K) if resample_at else None
     resample_key = jax.random.PRNGKey(seeds[0] + 7919)
@@ -413,7 +431,16 @@ def train(config: CrosscoderConfig, hps: list[dict], seeds: list[int], next_batc
             history.append({"step": i, **{k: np.asarray(v) for k, v in metrics.items()}})
             if callback is not None:
                 callback(i, metrics)
+        if should_stop is not None and i < config.steps - 1 and should_stop(i):
+            raise Stopped(i + 1, state, history)
     return state, history
+
+
+def state_template(config: CrosscoderConfig, n_members: int, x_NSD):
+    """The tree structure and shapes of `train`'s state (what a saved state is restored into)."""
+    keys = jax.ShapeDtypeStruct((n_members, 2), jnp.uint32)
+    hp = {"l1": jax.ShapeDtypeStruct((n_members,), jnp.float32), "k": jax.ShapeDtypeStruct((n_members,), jnp.int32)}
+    return jax.eval_shape(make_init(config, n_members), keys, jax.ShapeDtypeStruct(x_NSD.shape, jnp.float32), hp)
 
 
 def member(tree, index: int):

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dynamics.errors import OntogenyError
 from probes import crosscoder as cc
 from probes import metrics
 
@@ -200,3 +201,36 @@ def test_shuffle_buffer_normalises_and_refreshes():
     assert np.allclose(norms, 4.0, rtol=0.1)
     buf(1), buf(2)
     assert len(calls) == 5
+
+
+def test_stopped_and_resumed_training_equals_uninterrupted(tmp_path):
+    """Stop after step 7, save the state with its metrics, load it into the template and resume
+    on a fresh ShuffleBuffer (which replays its draws): the final state and the metrics equal
+    one uninterrupted run's."""
+    from dynamics import checkpoints
+
+    def make_buffer():
+        source = lambda i: np.random.default_rng(100 + i).normal(size=(64, 2, 8)).astype(np.float32)
+        return cc.ShuffleBuffer(source, size=256, batch_size=32, refresh_rows=64, refresh_every=3, seed=1)
+
+    config = cc.CrosscoderConfig(n_snapshots=2, d_model=8, n_features=16, arch="batchtopk", steps=20, batch_size=32,
+                                 lr=1e-2, aux_k=4, dead_tokens=64, init_norms=(0.1, 1.0), resample_every=10,
+                                 resample_enc_scale=0.2)
+    hps, seeds = [{"k": 2}, {"k": 4}], [0, 1]
+    full, full_history = cc.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None)
+    with pytest.raises(cc.Stopped) as stopped:
+        cc.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None, should_stop=lambda i: i == 6)
+    assert stopped.value.step == 7
+    path = tmp_path / "resume.npz"
+    checkpoints.save_tree(path, stopped.value.state, {"step": 7, "history": stopped.value.history})
+    template = cc.state_template(config, 2, np.zeros((32, 2, 8)))
+    state, record = checkpoints.load_tree(path, template)
+    resumed, history = cc.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None,
+                                resume=(record["step"], state, record["history"]))
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [r["step"] for r in history] == [r["step"] for r in full_history]
+    np.testing.assert_allclose(history[-1]["loss"], full_history[-1]["loss"])
+    path.write_bytes(b"garbage")
+    with pytest.raises(OntogenyError, match="corrupt or unreadable.*delete it"):
+        checkpoints.load_tree(path, template)
