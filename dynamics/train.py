@@ -29,7 +29,7 @@ from dynamics.checkpoints import Series
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from dynamics.schedule import checkpoint_steps
-from experiments.config import require
+from dynamics.errors import require
 from models import gpt
 
 DECAYED = ("w_qkv", "w_out", "w_in", "lm_head")

@@ -12,7 +12,8 @@ import json
 import typing
 from typing import Any
 
-from dynamics.errors import OntogenyError
+from dynamics.errors import OntogenyError, require  # noqa: F401  (re-exported for the studies)
+from dynamics.runlog import field_types, from_dict  # noqa: F401
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -49,10 +50,6 @@ def _parse_scalar(text: str, kind: Any, key: str) -> Any:
         raise OntogenyError(f"--set {key}={text}: expected a value of type {kind.__name__}; give e.g. "
                             f"{key}={'true' if kind is bool else '1' if kind is int else '0.5'}") from None
     return json.loads(text)
-
-
-def field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def override(config, assignments: list[str]):
@@ -106,28 +103,6 @@ def all_keys(config, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + f.name)
     return keys
-
-
-def from_dict(cls, data: dict):
-    """Rebuild a config dataclass from its JSON form (as written to config.json)."""
-    hints = field_types(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        kind, value = hints[f.name], data[f.name]
-        if dataclasses.is_dataclass(kind):
-            value = from_dict(kind, value)
-        elif typing.get_origin(kind) in (tuple,) and value is not None:
-            value = tuple(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
-def require(condition: bool, message: str) -> None:
-    """Validation helper for `__post_init__`: raise the user-facing error when false."""
-    if not condition:
-        raise OntogenyError(message)
 
 
 def claim_folder(out, experiment: str, preset: str, config) -> None:

@@ -22,7 +22,7 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 
-from experiments.config import require
+from models.errors import require
 
 CAPTURES = {
     "embed": "[B, T, D] token + position embedding (the residual stream before block 0)",

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.config import require
+from models.errors import require
 
 UNKNOWN = 2
 

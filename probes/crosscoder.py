@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.config import require
+from dynamics.errors import require
 
 ARCHS = ("relu", "jumprelu", "batchtopk")
 
