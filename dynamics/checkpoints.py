@@ -137,15 +137,17 @@ def load_stages(run_dir: str | os.PathLike, stages: Sequence[str]):
 
 
 def load_model_config(run_dir: str | os.PathLike):
-    """The GPTConfig a run was trained with (model.json: the config with the corpus's vocabulary)."""
-    from dynamics.runlog import from_dict
-    from models.gpt import GPTConfig
+    """The model config a run was trained with or imported as (model.json). Its `family` picks
+    the config class: absent for Ontogeny's GPTConfig, "gpt_neox" / "llama" / "gpt2" for an
+    imported suite (`models.families`)."""
+    from models.families import config_from_dict
 
     path = Path(run_dir) / "model.json"
     try:
-        return from_dict(GPTConfig, json.loads(path.read_text()))
+        return config_from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
-        raise OntogenyError(f"{path} is missing or is not a GPT model config; point at a pretrain run folder") from None
+        raise OntogenyError(f"{path} is missing or is not a GPT model config (nor an imported suite's); point at "
+                            f"a pretrain run folder or one written by `experiments import`") from None
 
 
 # ----------------------------------------------------------------------------- vmap over T

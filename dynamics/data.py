@@ -35,6 +35,16 @@ class DataConfig:
     val_every: int = 10              # shakespeare: every val_every-th work (alphabetical) is validation
     synthetic_chars: int = 200_000   # synthetic: corpus length
 
+    def settings(self) -> dict:
+        """The fields `load_corpus` reads for this corpus."""
+        return {"corpus": self.corpus, **({"val_every": self.val_every} if self.corpus == "shakespeare"
+                                          else {"synthetic_chars": self.synthetic_chars})}
+
+    def unused(self) -> dict[str, str]:
+        """The key the chosen corpus ignores (setting it is refused, see experiments.config)."""
+        other = "synthetic_chars" if self.corpus == "shakespeare" else "val_every"
+        return {other: f"it has no effect with corpus={self.corpus!r}"}
+
     def __post_init__(self):
         require(self.corpus in ("shakespeare", "synthetic"),
                 f"data.corpus={self.corpus!r} is unknown; choose shakespeare or synthetic")

@@ -50,12 +50,12 @@ _VOWELS = "aeiou"
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-    n_entities: int = 48
-    n_attributes: int = 3
+    n_entities: int = 48         # made-up entities with one value per attribute
+    n_attributes: int = 3        # attributes per entity (lives in, likes, ...)
     n_values: int = 6            # values per attribute actually used (<= 8)
     n_options: int = 4           # K: chance is 1/K
-    test_fraction: float = 0.5
-    seed: int = 0
+    test_fraction: float = 0.5   # share of (entity, attribute) questions held out for testing
+    seed: int = 0                # draws the names, the facts and the train/test split
 
     def __post_init__(self):
         require(self.n_entities >= 4, f"world.n_entities={self.n_entities} must be >= 4")

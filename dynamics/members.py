@@ -129,6 +129,9 @@ def run_members(folders: list[RunFolder], stage: str, states: dict, step_fn, bat
     schedule = set(config.checkpoint_schedule())
     states, step = _restore_common(folders, states, stage)
     series = [Series(f.root, stage) for f in folders]
+    resumed_at = step if step > 0 else -1  # from step 0 the loop logs step 0 again
+    for f in folders:  # as in train.run_training: rows past the resume point are replayed, keep them once
+        f.drop_metrics(lambda row: row.get("stage") == stage and row.get("step", -1) > resumed_at)
     failures: dict[int, str] = {}
     states = _shard(states, K)
 

@@ -40,12 +40,12 @@ from dynamics.errors import require
 @dataclasses.dataclass(frozen=True)
 class MFAConfig:
     threshold: float = 150.0     # keep edges with d <= threshold
-    lower: float = 1.0           # ... and d > lower
+    lower: float = 1.0           # ... and d > lower (edge distance window)
     min_degree: int = 10         # use nodes with more than this many kept edges
     digits: int = 0              # distances rounded to this many decimals
-    q_min: float = -3.0
-    q_max: float = 3.0
-    q_step: float = 0.1
+    q_min: float = -3.0          # lowest moment order q of tau(q)
+    q_max: float = 3.0           # highest moment order q
+    q_step: float = 0.1          # spacing of the q grid
     variant: str = "direct"      # "direct" edges (authors' code) or "shortest_path" (paper's text)
 
     def __post_init__(self):

@@ -87,11 +87,11 @@ def reference_logprobs(ref_params, tokens, mask, config: gpt.GPTConfig, batch_si
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     group_size: int = 8          # samples per prompt
-    prompts_per_step: int = 8
-    max_new_tokens: int = 4
-    temperature: float = 1.0
-    clip_eps: float = 0.2
-    kl_beta: float = 0.05
+    prompts_per_step: int = 8    # prompts per GRPO step (the step's batch is prompts x group_size)
+    max_new_tokens: int = 4      # tokens sampled per completion
+    temperature: float = 1.0     # sampling temperature of the rollouts
+    clip_eps: float = 0.2        # PPO-style ratio clipping epsilon
+    kl_beta: float = 0.05        # weight of the KL penalty to the reference (SFT) model
 
     def __post_init__(self):
         require(self.group_size >= 2, f"rl.group_size={self.group_size} must be >= 2 (the group is the baseline)")

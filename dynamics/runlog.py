@@ -52,6 +52,41 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The first non-finite number in a (nested) summary as (dotted path, value), else None.
+    None entries are "undefined" by the study's own choice and pass; NaN or inf never do."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, (np.ndarray, np.generic, float)) or type(value).__module__.startswith("jax"):
+        arr = np.asarray(value)
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            bad = arr.reshape(-1)[~np.isfinite(arr.reshape(-1))][0]
+            index = "" if arr.ndim == 0 else str(list(np.argwhere(~np.isfinite(arr))[0]))
+            return path + index, float(np.real(bad))
+        return None
+    else:
+        return None
+    for sub_path, sub in items:
+        found = non_finite(sub, sub_path)
+        if found is not None:
+            return found
+    return None
+
+
+def require_finite_summary(summary: dict, where: str) -> None:
+    """Refuse a summary holding NaN or inf (one line naming the metric), before it is written."""
+    from dynamics.errors import OntogenyError
+
+    found = non_finite(summary)
+    if found is not None:
+        raise OntogenyError(f"summary metric {found[0]} is {found[1]} in {where}; no summary.json written: a "
+                            f"headline number is undefined, see metrics.jsonl there and change the config")
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file. In a
     multi-process job only process 0 writes (all compute the same value)."""
@@ -96,6 +131,19 @@ class RunFolder:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
+
+    def drop_metrics(self, stale) -> int:
+        """Remove the rows `stale(row)` selects (e.g. steps a resumed stage will replay), atomically:
+        the kept rows go to a new file that replaces the old one. Returns how many rows went."""
+        if not _primary() or not self.metrics_path.exists():
+            return 0
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if not stale(json.loads(line))]
+        if len(kept) < len(lines):
+            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.metrics_path)
+        return len(lines) - len(kept)
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():

@@ -37,22 +37,22 @@ DECAYED = ("w_qkv", "w_out", "w_in", "lm_head")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 250
-    eval_batches: int = 8
-    log_every: int = 10
-    log_checkpoints_until: int = 512
-    checkpoint_every: int = 1000
-    data_parallel: bool = True
+    steps: int = 2000                   # optimizer steps of this stage
+    batch_size: int = 32                # sequences per step
+    lr: float = 1e-3                    # peak learning rate (after warmup; cosine decay to min_lr)
+    min_lr: float = 1e-4                # learning rate at the last step
+    warmup: int = 100                   # linear warmup steps from 0 to lr
+    weight_decay: float = 0.1           # AdamW decoupled decay on matmul weights only
+    beta1: float = 0.9                  # Adam first-moment decay
+    beta2: float = 0.99                 # Adam second-moment decay
+    grad_clip: float = 1.0              # clip the global gradient norm to this (0 = off)
+    seed: int = 0                       # init and batch-order seed
+    eval_every: int = 250               # validation loss every this many steps (and at checkpoints)
+    eval_batches: int = 8               # validation batches per evaluation
+    log_every: int = 10                 # log loss / lr / throughput every this many steps
+    log_checkpoints_until: int = 512    # checkpoints at 0, 1, 2, 4, ... up to this step (Pythia-style)
+    checkpoint_every: int = 1000        # then a checkpoint every this many steps (0 = only the log-spaced ones)
+    data_parallel: bool = True          # split each batch over the local devices when there are several
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "log_every"):
@@ -64,6 +64,19 @@ class TrainConfig:
 
     def checkpoint_schedule(self) -> list[int]:
         return checkpoint_steps(self.steps, self.log_checkpoints_until, self.checkpoint_every)
+
+
+def optimizer_settings(config: TrainConfig) -> dict:
+    """The fields `make_optimizer` (and its schedule) read: a study's resolved run lists these."""
+    return {k: getattr(config, k) for k in ("steps", "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2",
+                                            "grad_clip")}
+
+
+def loop_settings(config: TrainConfig, evaluated: bool) -> dict:
+    """The fields `run_training` and `training_mesh` read (eval_every only when an eval_fn is given).
+    batch_size, seed and eval_batches are read by the caller's batch, init and eval functions."""
+    names = ("steps", "log_every", "log_checkpoints_until", "checkpoint_every", "data_parallel")
+    return {k: getattr(config, k) for k in names + (("eval_every",) if evaluated else ())}
 
 
 def decay_mask(params):
@@ -172,6 +185,9 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
         if step0 > config.steps:
             raise OntogenyError(f"{folder.root} already holds step {step0} of '{stage}', beyond train.steps="
                                 f"{config.steps}; use a new --out")
+    # rows this stage logged past its resume point are replayed below: drop them so each step is logged once
+    resumed_at = latest[0] if latest is not None else -1
+    folder.drop_metrics(lambda row: row.get("stage") == stage and row.get("step", -1) > resumed_at)
     step = int(state["step"])
     multi = jax.process_count() > 1
     if multi and mesh is None:

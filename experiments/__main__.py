@@ -29,10 +29,14 @@ def list_experiments() -> int:
 
 
 def run_study(name: str, module, argv: list[str]) -> int:
-    from dynamics.runlog import RunFolder, to_jsonable
-    from experiments.config import ArgumentParser, claim_folder, override
+    import argparse
 
-    parser = ArgumentParser(prog=f"python -m experiments {name}", description=module.DESCRIPTION)
+    from dynamics.runlog import RunFolder, require_finite_summary, to_jsonable
+    from experiments.config import ArgumentParser, claim_folder, help_text, override
+
+    parser = ArgumentParser(prog=f"python -m experiments {name}", description=module.DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=help_text(module.PRESETS["tiny"], "tiny"))
     parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(module.PRESETS)} (default tiny)")
     parser.add_argument("--out", default=None, help="run folder (default runs/NAME-PRESET)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -46,9 +50,11 @@ def run_study(name: str, module, argv: list[str]) -> int:
     config = override(module.PRESETS[args.preset], assignments)
     out = args.out or os.path.join("runs", f"{name}-{args.preset}")
 
+    module.resolve(config)  # every key and reference (pretrain_run, pretrain_preset, ...) checked before any folder
     claim_folder(out, name, args.preset, config)
     folder = RunFolder(out)
     summary = module.run(config, folder)
+    require_finite_summary(summary, out)  # a NaN headline stops the run (exit 2) before summary.json
     folder.write_summary(summary)
     print(json.dumps(to_jsonable(summary), indent=2))
     print(f"results in {os.path.abspath(out)} (summary.json, metrics.jsonl, figures/)")

@@ -38,6 +38,7 @@ from scipy import stats
 from dynamics import distributed
 from dynamics import knowledge as kw
 from dynamics import posttrain
+from dynamics import stats as dstats
 from dynamics import train as train_lib
 from dynamics.checkpoints import load_stages, map_stack
 from dynamics.data import get_batch
@@ -66,18 +67,18 @@ class Config:
         log_every=4, log_checkpoints_until=64, checkpoint_every=0)
     grpo: posttrain.GRPOConfig = posttrain.GRPOConfig(group_size=8, prompts_per_step=16, max_new_tokens=1,
                                                       temperature=1.0, clip_eps=0.2, kl_beta=0.02)
-    pretrain_chars: int = 200_000
+    pretrain_chars: int = 200_000  # characters of fact sentences in the pretraining text
     sft_replay_rows: int = 16      # pretraining-text rows mixed into each SFT batch (keeps the facts)
     probe_contexts: int = 4        # contexts of random other facts per question for the value probe
     context_facts: int = 2         # facts before the probed sentence in each context
-    fewshot: tuple[int, ...] = (0, 1, 3, 5)
-    pass_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
-    n_samples: int = 16
-    sample_temperature: float = 1.0
-    probe_C: float = 1.0
-    probe_iters: int = 15
+    fewshot: tuple[int, ...] = (0, 1, 3, 5)   # solved examples in the prompt (must contain 0)
+    pass_ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # k of the unbiased pass@k
+    n_samples: int = 16            # samples per test question for pass@k (>= max pass_ks)
+    sample_temperature: float = 1.0  # temperature of those samples
+    probe_C: float = 1.0           # inverse L2 strength of the logistic probes
+    probe_iters: int = 15          # Newton iterations per logistic probe
     answer_format: str = "value"   # "value" (option text) or "letter": see dynamics.knowledge
-    seed: int = 0
+    seed: int = 0                  # seeds every stage (init, batches, rollouts: seed, +1, +2, ...) and the items
 
     def __post_init__(self):
         require(self.n_samples >= max(self.pass_ks, default=1) and min(self.pass_ks, default=1) >= 1,
@@ -93,6 +94,16 @@ class Config:
         require(need <= self.model.context, f"{max(self.fewshot)}-shot prompts need {need} positions but "
                                             f"model.context={self.model.context}; raise it or lower fewshot")
         require(len(world.train) >= max(self.fewshot), "fewer train questions than few-shot examples")
+
+    def unused(self) -> dict[str, str]:
+        """Keys of the embedded configs this study never reads: setting one is refused."""
+        after = "cognition measures its checkpoints after training, with no validation loss during it"
+        why = {"seed": "cognition seeds every stage from the top-level key seed; set seed=N instead",
+               "eval_every": after, "eval_batches": after}
+        keys = {f"{stage}.{k}": reason for stage in STAGES for k, reason in why.items()}
+        keys["rl.batch_size"] = "an RL step's batch is grpo.prompts_per_step x grpo.group_size; set those"
+        keys["model.vocab_size"] = "the vocabulary is the knowledge world's characters"
+        return keys
 
 
 PRESETS = {
@@ -112,14 +123,38 @@ PRESETS = {
 }
 
 
+def response_length(world: kw.World, fmt: str) -> int:
+    """Tokens of the longest SFT response (answer and newline)."""
+    V = world.config.n_values
+    return max(len(kw.answer_text(world, int(q), np.arange(V), k, fmt)) for q in world.train for k in range(V)) + 1
+
+
+def resolve(config: Config) -> dict:
+    """What `run` runs: the world, the model (vocabulary from the world's tokenizer), per stage the
+    settings `dynamics.train` reads (optimizer, loop) and the batch size this module's batch
+    functions read (RL batches are prompts x group), GRPO, and the study's own keys. Keys that
+    `Config.unused` names appear nowhere here (tests/test_config_contract.py checks both ways)."""
+    world = kw.make_world(config.world)
+    model = dataclasses.replace(config.model, vocab_size=kw.tokenizer(world).vocab_size)
+    sft_length = kw.prompt_length(world, 0) + response_length(world, config.answer_format) - 1
+    require(sft_length <= model.context, f"SFT rows need {sft_length} positions but model.context={model.context}; "
+                                         f"raise model.context")  # checked now, not after pretraining
+    stages = {s: {"optimizer": train_lib.optimizer_settings(getattr(config, s)),
+                  "loop": train_lib.loop_settings(getattr(config, s), evaluated=False)} for s in STAGES}
+    for s in ("pretrain", "sft"):
+        stages[s]["batch_size"] = getattr(config, s).batch_size
+    nested = ("world", "model", "grpo", *STAGES)
+    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in nested}
+    return {"world": config.world, "model": model, "stages": stages, "grpo": config.grpo, "study": study}
+
+
 # ------------------------------------------------------------------------------ training
 def train_stages(config: Config, folder: RunFolder, world: kw.World, tok, model_config: gpt.GPTConfig) -> dict:
     """Pretrain -> SFT -> RL into `folder`'s checkpoint series (each resumes or is reused)."""
     P0 = kw.prompt_length(world, 0)
     ids = tok.encode(kw.pretrain_text(world, config.pretrain_chars, config.seed))
     fmt = config.answer_format
-    R = max(len(kw.answer_text(world, int(q), np.arange(world.config.n_values), k, fmt))
-            for q in world.train for k in range(world.config.n_values)) + 1  # longest response + newline
+    R = response_length(world, fmt)
     times = {}
 
     # pretraining: plain next-character loss on the fact sentences
@@ -249,8 +284,9 @@ def last_states(model_config: gpt.GPTConfig):
 
 def value_probe_grid(H_TLQMD, classes_Q, option_classes_QK, answers_Q, train_idx, test_idx, n_classes: int,
                      C: float, n_iter: int) -> dict:
-    """Value probes for every (checkpoint, layer): test accuracy [T, L] on test questions, and
-    validation accuracy [T, L] of a 2-fold split of the train questions (for layer choice).
+    """Value probes for every (checkpoint, layer): test accuracy [T, L] on test questions (and
+    per test question, `value_test_q` [T, L, Q_test], for intervals), and validation accuracy
+    [T, L] of a 2-fold split of the train questions (for layer choice).
 
     Each probe: one-vs-rest logistic regressions over the classes on standardised states (all
     contexts of the fit's questions); an item's answer is the option whose class has the highest
@@ -266,11 +302,12 @@ def value_probe_grid(H_TLQMD, classes_Q, option_classes_QK, answers_Q, train_idx
         W = linear.fit_one_vs_rest(X_fit, y_fit, n_classes, C, n_iter)
         scores = (linear._with_intercept(X_eval) @ W).reshape(len(eval_q), M, n_classes).mean(1)
         option_scores = jnp.take_along_axis(scores, jnp.asarray(option_classes_QK)[eval_q], axis=1)
-        return jnp.mean(jnp.argmax(option_scores, -1) == jnp.asarray(answers_Q)[eval_q])
+        return jnp.argmax(option_scores, -1) == jnp.asarray(answers_Q)[eval_q]   # per question
 
     def one(H_QMD):
-        val = sum(accuracy(H_QMD, f, e) for f, e in folds) / 2
-        return {"value_val": val, "value_test": accuracy(H_QMD, train_idx, test_idx)}
+        val = sum(accuracy(H_QMD, f, e).mean() for f, e in folds) / 2
+        right = accuracy(H_QMD, train_idx, test_idx)
+        return {"value_val": val, "value_test": right.mean(), "value_test_q": right}
 
     out = jax.jit(jax.vmap(jax.vmap(one)))(jnp.asarray(H_TLQMD))
     return {k: np.asarray(v) for k, v in out.items()}
@@ -313,7 +350,8 @@ def sample_correct(logits_NV, answer_ids_N, n: int, temperature: float, seed: in
 
 def expressive_scores(logits_TNV, answer_ids_N, candidates_NK, config: Config, seed: int) -> dict:
     """Greedy, option-constrained (best of the K options' first characters) and pass@k accuracies."""
-    greedy = (logits_TNV.argmax(-1) == answer_ids_N[None]).mean(-1)
+    greedy_q = logits_TNV.argmax(-1) == answer_ids_N[None]      # [T, N] per question
+    greedy = greedy_q.mean(-1)
     option_logits = np.take_along_axis(logits_TNV, np.broadcast_to(candidates_NK, logits_TNV.shape[:1] + candidates_NK.shape), -1)
     constrained = (np.take_along_axis(candidates_NK[None], option_logits.argmax(-1)[..., None], -1)[..., 0]
                    == answer_ids_N[None]).mean(-1)
@@ -322,7 +360,8 @@ def expressive_scores(logits_TNV, answer_ids_N, candidates_NK, config: Config, s
         c = sample_correct(logits, answer_ids_N, config.n_samples, config.sample_temperature, seed + t)
         for k in config.pass_ks:
             passk[k].append(float(np.mean(kw.pass_at_k(config.n_samples, c, k))))
-    return {"greedy": greedy, "constrained": constrained, "pass": {k: np.array(v) for k, v in passk.items()}}
+    return {"greedy": greedy, "greedy_q": greedy_q, "constrained": constrained,
+            "pass": {k: np.array(v) for k, v in passk.items()}}
 
 
 def fewshot_prompts(world: kw.World, tok, questions, options, k: int, seed: int, fmt: str = "value") -> np.ndarray:
@@ -351,14 +390,20 @@ def _stage_axes(ax, labels):
     ax.set_xlabel("checkpoint (step within stage)")
 
 
-def plot_capabilities(labels, curves: dict, chance: float, path) -> None:
-    fig, ax = plots.plt.subplots(figsize=(9, 4.2))
+def plot_capabilities(labels, curves: dict, chance: float, path, n_questions: int = 0,
+                      banded: tuple[str, ...] = ("cognitive (value probe)", "expressive (greedy)")) -> None:
+    """Every curve against checkpoint; the `banded` ones with their Wilson 95% band over the
+    n_questions test questions."""
+    fig, ax = plots.plt.subplots(figsize=(9, 4.6))
     x = np.arange(len(labels))
     for name, y in curves.items():
-        ax.plot(x, y, "o-", ms=3, lw=1.2, label=name)
+        line, = ax.plot(x, y, "o-", ms=3, lw=1.2, label=name)
+        if n_questions and name in banded:
+            band = np.array([dstats.wilson_ci(int(round(v * n_questions)), n_questions) for v in y])
+            ax.fill_between(x, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
     ax.set_ylim(-0.02, 1.25)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (bands: 95% CI)" if n_questions else "test accuracy")
     _stage_axes(ax, labels)
     ax.legend(fontsize=7, loc="upper left", ncol=3)
     ax.grid(alpha=0.3)
@@ -397,7 +442,7 @@ def plot_sampling(ends: dict, config: Config, chance: float, path) -> None:
 
 
 def plot_scatter(labels, cog, expr, r, rho, path) -> None:
-    fig, ax = plots.plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = plots.plt.subplots(figsize=(7, 5.2))
     stages = [s for s, _ in labels]
     for stage in dict.fromkeys(stages):
         m = np.array([s == stage for s in stages])
@@ -416,7 +461,7 @@ def run(config: Config, folder: RunFolder) -> dict:
     cpu0, wall0 = os.times(), time.perf_counter()
     world = kw.make_world(config.world)
     tok = kw.tokenizer(world)
-    model_config = dataclasses.replace(config.model, vocab_size=tok.vocab_size)
+    model_config = resolve(config)["model"]
     tok.save(folder.root / "tokenizer.json")
     write_json(folder.root / "model.json", model_config)
     times = train_stages(config, folder, world, tok, model_config)
@@ -444,6 +489,7 @@ def run(config: Config, folder: RunFolder) -> dict:
                               config.probe_iters)
     best_layer = vprobe["value_val"].argmax(-1)
     cognitive = vprobe["value_test"][np.arange(T), best_layer]
+    cognitive_q = vprobe["value_test_q"][np.arange(T), best_layer]                   # [T, Q_test]
     cloze = (loglik.reshape(T, Q, Kopt)[:, world.test].argmax(-1) == answers[world.test]).mean(-1)
 
     test_opts, test_ans = options[world.test], answers[world.test]
@@ -482,7 +528,8 @@ def run(config: Config, folder: RunFolder) -> dict:
     plot_capabilities(labels, {"cognitive (value probe)": cognitive, "cognitive (PCA probe, Yan et al.)": cognitive_pca,
                                "expressive (greedy)": expressive, "expressive (best option)": expr["constrained"],
                                f"pass@{max(config.pass_ks)}": expr["pass"][max(config.pass_ks)],
-                               "cloze (likelihood of fact)": cloze}, chance, folder.figure("capabilities"))
+                               "cloze (likelihood of fact)": cloze}, chance, folder.figure("capabilities"),
+                      n_questions=len(world.test))
     plot_heatmap(labels, vprobe["value_test"], folder.figure("probe_layers"), "value probe test accuracy per layer")
     plot_heatmap(labels, probes["pca_test"], folder.figure("probe_layers_pca"), "PCA probe test accuracy per layer")
     plot_sampling(end_results, config, chance, folder.figure("passk_fewshot"))
@@ -509,10 +556,72 @@ def run(config: Config, folder: RunFolder) -> dict:
         "pearson_r": float(pearson[0]), "pearson_p": float(pearson[1]), "spearman_rho": float(spearman),
         "fewshot_best_gain": gains["pretrain"], "fewshot_best_gain_per_stage": gains,
         "pass_at_k": {s: r["pass"] for s, r in end_results.items()},
+        **intervals(cognitive_q, expr["greedy_q"], ends, cognitive, expressive),
         **times, "eval_s": eval_s, "wall_s": time.perf_counter() - wall0,
         "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
     })
     return summary
+
+
+# ---------------------------------------------------------------------- intervals, findings
+def intervals(cognitive_TQ, expressive_TQ, ends: dict, cognitive_T, expressive_T, level: float = 0.95) -> dict:
+    """95% intervals of the headline numbers, over the test questions of one training seed.
+
+    [choice] An accuracy (each question right or wrong once) gets the Wilson interval, not the
+    bootstrap, which collapses to [0, 0] at 0 of 48; a difference of two accuracies on the same
+    questions gets the paired bootstrap over questions; Pearson / Spearman get the bootstrap over
+    checkpoints (the correlation's units).
+    """
+    cog, expr = np.asarray(cognitive_TQ, np.float64), np.asarray(expressive_TQ, np.float64)
+    n = cog.shape[1]
+    out = {}
+    for s, i in ends.items():
+        out[f"cognitive_{s}_ci"] = dstats.wilson_ci(int(round(cog[i].sum())), n, level)
+        out[f"expressive_{s}_ci"] = dstats.wilson_ci(int(round(expr[i].sum())), n, level)
+        out[f"cognitive_minus_expressive_{s}"] = float(cog[i].mean() - expr[i].mean())
+        out[f"cognitive_minus_expressive_{s}_ci"] = dstats.mean_ci(cog[i] - expr[i], level=level)
+    stages = list(ends)
+    for a, b in ((stages[0], stages[1]), (stages[0], stages[2]), (stages[1], stages[2])):
+        d = expr[ends[b]] - expr[ends[a]]
+        out[f"expressive_{b}_minus_{a}"] = float(d.mean())
+        out[f"expressive_{b}_minus_{a}_ci"] = dstats.mean_ci(d, level=level)
+    out["pearson_r_ci"] = dstats.correlation_ci(cognitive_T, expressive_T, "pearson", level=level)
+    out["spearman_rho_ci"] = dstats.correlation_ci(cognitive_T, expressive_T, "spearman", level=level)
+    return out
+
+
+def _verdict(summary: dict, key: str, yes: str, no: str) -> str:
+    """'+0.46 [+0.31, +0.60]: <yes>' if the interval excludes 0, else the interval and <no>."""
+    ci = summary.get(f"{key}_ci")
+    text = dstats.ci_text(summary, key, signed=True)
+    return f"{text}: {yes}" if ci is not None and dstats.excludes(ci) else f"{text}, which includes 0: {no}"
+
+
+def findings(summary: dict) -> list[str]:
+    """The conclusions of a cognition summary, with intervals and verdicts."""
+    s, n = summary, summary.get("n_test_questions", "?")
+    gap = _verdict(s, "cognitive_minus_expressive_pretrain", "cognition precedes expression",
+                   "no gap between cognition and expression is shown")
+    rl = _verdict(s, "expressive_rl_minus_pretrain", "post-training taught the model to answer",
+                  "no gain from post-training is shown")
+    sft_rl = _verdict(s, "expressive_rl_minus_sft", "RL changed what SFT reached", "RL did not measurably change it")
+    r_ci = s.get("pearson_r_ci")
+    corr = ("they rise together" if r_ci and r_ci[0] > 0 else "no correlation is shown") if r_ci else "no interval"
+    if s.get("pearson_r") is None or not np.isfinite(s["pearson_r"]):   # NaN is written to JSON as null
+        corr_line = (f"Across {s.get('n_checkpoints', '?')} checkpoints the correlation of cognitive and expressive "
+                     f"accuracy is undefined (one of them never changes).")
+    else:
+        corr_line = (f"Across {s.get('n_checkpoints', '?')} checkpoints cognitive and expressive accuracy correlate "
+                     f"with Pearson r = {dstats.ci_text(s, 'pearson_r')} and Spearman "
+                     f"{dstats.ci_text(s, 'spearman_rho')} (bootstrap over checkpoints): {corr}.")
+    return [
+        f"After pretraining the value probe reads {dstats.ci_text(s, 'cognitive_pretrain')} of {n} held-out questions "
+        f"while the model answers {dstats.ci_text(s, 'expressive_pretrain')} (chance {s['chance']:.2f}); the "
+        f"paired difference is {gap}.",
+        f"The model answers {dstats.ci_text(s, 'expressive_sft')} after SFT and {dstats.ci_text(s, 'expressive_rl')} "
+        f"after RL; RL minus pretraining is {rl}; RL minus SFT is {sft_rl}.",
+        f"{corr_line} Intervals are over questions and checkpoints of one training seed.",
+    ]
 
 
 # ---------------------------------------------------------------------------- benchmark

@@ -52,6 +52,70 @@ def _parse_scalar(text: str, kind: Any, key: str) -> Any:
     return json.loads(text)
 
 
+def field_help(cls) -> dict[str, str]:
+    """One line of meaning per field of a config dataclass: the comment(s) on the field's own
+    line(s) in its class body (`steps: int = 2000  # optimizer steps`). Kept next to the field,
+    with no import, so models/ can document its configs too."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    body = ast.parse(source).body[0].body
+    out = {}
+    for node in body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            lines = range(node.lineno, node.end_lineno + 1)
+            out[node.target.id] = " ".join(comments[n] for n in lines if n in comments)
+    return out
+
+
+def _type_name(kind) -> str:
+    return kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+
+
+def help_rows(config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) for every leaf key of a config, nested keys dotted."""
+    rows, helps, types = [], field_help(type(config)), field_types(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += help_rows(value, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, _type_name(types[f.name]), repr(value), helps.get(f.name, "")))
+    return rows
+
+
+def unused_keys(config, prefix: str = "") -> dict[str, str]:
+    """Keys this config's other settings leave without effect -> why (each config class may define
+    `unused() -> {key: reason}`, keys relative to itself, dotted for nested ones). Setting one of
+    them is refused: nothing is accepted and then ignored."""
+    found = {prefix + k: why for k, why in (config.unused() if hasattr(config, "unused") else {}).items()}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            found.update(unused_keys(value, prefix + f.name + "."))
+    return found
+
+
+def help_text(config, preset: str) -> str:
+    """The `--help` table of a study's keys (defaults of `preset`); keys it ignores are listed apart."""
+    unused = unused_keys(config)
+    rows = [r for r in help_rows(config) if r[0] not in unused]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"config keys (--set KEY=VALUE; defaults of preset {preset}):"]
+    lines += [f"  {key:<{width}}  {kind} = {default}: {meaning}" for key, kind, default, meaning in rows]
+    if unused:
+        lines.append(f"not settable with these settings: {', '.join(sorted(unused))}")
+    return "\n".join(lines)
+
+
 def override(config, assignments: list[str]):
     """Apply `key=value` strings to a (possibly nested) frozen dataclass config.
 
@@ -64,7 +128,12 @@ def override(config, assignments: list[str]):
             raise OntogenyError(f"--set {assignment!r}: write overrides as key=value, e.g. --set seed=1")
         key, text = assignment.split("=", 1)
         changes[key.strip()] = text.strip()
-    return _apply(config, [(k.split("."), text, k) for k, text in changes.items()])
+    result = _apply(config, [(k.split("."), text, k) for k, text in changes.items()])
+    unused = unused_keys(result)
+    for key in changes:
+        if key in unused:
+            raise OntogenyError(f"--set {key}: {unused[key]}; drop this override")
+    return result
 
 
 def _apply(config, items: list[tuple[list[str], str, str]]):
@@ -86,12 +155,26 @@ def _apply(config, items: list[tuple[list[str], str, str]]):
         else:
             updates[head] = _parse_scalar(text, field_types(type(config))[head], full_key)
     for head, sub in nested.items():
-        updates[head] = _apply(getattr(config, head), sub)
+        path, _, full_key = sub[0]
+        typed_prefix = full_key[: len(full_key) - len(".".join(path))]  # "grpo." for grpo.group_size
+        try:
+            updates[head] = _apply(getattr(config, head), sub)
+        except OntogenyError as e:  # the nested class names its keys its own way (train.warmup, rl.*)
+            raise OntogenyError(_as_typed(str(e), getattr(config, head), typed_prefix)) from None
     try:
         return dataclasses.replace(config, **updates)
     except (TypeError, ValueError) as e:
         given = " ".join(f"{k}={t}" for _, t, k in items)
         raise OntogenyError(f"--set {given}: {e}") from None
+
+
+def _as_typed(message: str, nested, typed_prefix: str) -> str:
+    """Rewrite `anything.field` in a nested config's message as the key the user typed
+    (`rl.group_size` -> `grpo.group_size` when the user wrote grpo.group_size)."""
+    import re
+
+    names = "|".join(sorted((f.name for f in dataclasses.fields(nested)), key=len, reverse=True))
+    return re.sub(rf"(?<![\w.])[A-Za-z_]\w*\.({names})\b(?!\.)", lambda m: typed_prefix + m.group(1), message)
 
 
 def all_keys(config, prefix: str = "") -> list[str]:

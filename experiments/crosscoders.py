@@ -33,6 +33,7 @@ import scipy.stats
 
 from dynamics import data as data_lib
 from dynamics import distributed
+from dynamics import stats
 from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack
 from dynamics.runlog import RunFolder, write_json
 from experiments.config import require
@@ -48,34 +49,34 @@ DESCRIPTION = "crosscoders across training snapshots (Ge et al. 2025): when feat
 @dataclasses.dataclass(frozen=True)
 class Config:
     pretrain_run: str = ""           # "" = train the pretrain preset into OUT/pretrain
-    pretrain_preset: str = "tiny"
+    pretrain_preset: str = "tiny"    # pretrain preset trained into OUT/pretrain when pretrain_run is empty
     layer: int = -1                  # -1 = the middle block, (n_layer - 1) // 2
     n_snapshots: int = 16            # spread evenly over the series' index (0 and last included)
-    arch: str = "jumprelu"           # the paper's; tiny: batchtopk k=24 left 33% dead, jumprelu 6%
-    n_features: int = 512
+    arch: str = "jumprelu"           # relu | jumprelu (the paper's) | batchtopk; tiny: batchtopk left 33% dead
+    n_features: int = 512            # dictionary size (features shared by all snapshots)
     ks: tuple[int, ...] = (24,)      # batchtopk: one crosscoder per k, trained together (vmapped)
     l1s: tuple[float, ...] = (0.3,)  # relu / jumprelu: one crosscoder per sparsity weight
-    seed: int = 0
-    steps: int = 800
-    batch_size: int = 256
-    lr: float = 2e-3
-    aux_k: int = 64
-    dead_tokens: int = 20_000
+    seed: int = 0                    # crosscoder init, activation windows and the random ablation draws
+    steps: int = 800                 # crosscoder optimizer steps
+    batch_size: int = 256            # activation rows (tokens) per crosscoder step
+    lr: float = 2e-3                 # crosscoder peak learning rate
+    aux_k: int = 64                  # AuxK: dead latents that reconstruct the residual (0 = off)
+    dead_tokens: int = 20_000        # a feature silent for this many tokens counts as dead
     resample_every: int = 0          # resample dead features every this many steps (0 = off)
-    jump_eps: float = 0.1
-    buffer_tokens: int = 16384
-    windows_per_fetch: int = 16
+    jump_eps: float = 0.1            # jumprelu: straight-through kernel bandwidth
+    buffer_tokens: int = 16384       # activation rows held in the shuffle buffer
+    windows_per_fetch: int = 16      # training-text windows run through the snapshots per buffer refill
     reuse: float = 8.0               # each activation row is drawn about this many times
     eval_windows: int = 128          # held-out windows (val text) for metrics and analyses
-    ablation: str = "zero"
-    emergence_frac: float = 0.5
-    init_fade: float = 0.5
+    ablation: str = "zero"           # ablate features to zero or to their mean activation ("zero" | "mean")
+    emergence_frac: float = 0.5      # a feature emerges at the first snapshot its decoder norm passes this x its max
+    init_fade: float = 0.5           # an initialisation feature ends below this x its max decoder norm
     n_induction: int = 64            # induction sequences (half for selection, half for ablation)
-    n_ablate: int = 16
-    n_random: int = 16
-    max_order: int = 6
-    n_text_features: int = 10
-    n_contexts: int = 6
+    n_ablate: int = 16               # top-attribution features ablated together (and as many random ones)
+    n_random: int = 16               # random draws of features for the ablation baseline
+    max_order: int = 6               # longest n-gram in the n-gram complexity of a feature
+    n_text_features: int = 10        # features shown with their top contexts
+    n_contexts: int = 6              # top contexts shown per feature
 
     def __post_init__(self):
         require(self.n_snapshots >= 2, f"n_snapshots={self.n_snapshots} must be >= 2")
@@ -93,6 +94,19 @@ class Config:
                                    aux_k=self.aux_k, dead_tokens=self.dead_tokens, jump_eps=self.jump_eps,
                                    resample_every=self.resample_every)
 
+    def unused(self) -> dict[str, str]:
+        """Keys the chosen arch (or a given pretrain_run) leaves without effect: setting one is refused."""
+        keys = {}
+        if self.pretrain_run:
+            keys["pretrain_preset"] = "pretrain_run is given, so no pretrain preset is trained"
+        if self.arch == "batchtopk":
+            keys["l1s"] = "arch=batchtopk has no L1 weight; its sparsity is ks"
+        else:
+            keys["ks"] = f"arch={self.arch} has no k; its sparsity weights are l1s"
+        if self.arch != "jumprelu":
+            keys["jump_eps"] = f"jump_eps is the jumprelu kernel bandwidth and arch={self.arch}"
+        return keys
+
     def hps(self) -> list[dict]:
         if self.arch == "batchtopk":
             return [{"k": k} for k in self.ks]
@@ -105,6 +119,29 @@ PRESETS = {
                    steps=20000, batch_size=4096, buffer_tokens=1 << 19, windows_per_fetch=64, reuse=4.0,
                    eval_windows=256, n_induction=256, n_ablate=32, dead_tokens=2_000_000),
 }
+
+
+def resolve(config: Config) -> dict:
+    """What `run` runs, with every reference checked before anything is created: the pretrain
+    series (a given run, or the preset trained into OUT/pretrain), the block, the crosscoder
+    config (at the series' width), one hyperparameter set per crosscoder, the study's keys.
+    Keys `Config.unused` names appear nowhere here."""
+    from experiments.pretrain import pretrain_reference
+
+    ref = pretrain_reference(config.pretrain_run, config.pretrain_preset)
+    n_layer, d_model = (ref["model"][k] if isinstance(ref["model"], dict) else getattr(ref["model"], k)
+                        for k in ("n_layer", "d_model"))
+    layer = (n_layer - 1) // 2 if config.layer < 0 else config.layer
+    require(layer < n_layer, f"layer={config.layer} must be < the pretrain model's n_layer={n_layer} (or -1)")
+    require(config.n_snapshots <= len(ref["steps"]), f"n_snapshots={config.n_snapshots} exceeds the "
+                                                     f"{len(ref['steps'])} checkpoints of the pretrain series")
+    crosscoder = dataclasses.asdict(config.crosscoder_config(d_model))
+    if config.arch != "jumprelu":
+        crosscoder.pop("jump_eps")  # probes.crosscoder reads the kernel width in the jumprelu encoder only
+    folded = set(crosscoder) | {"pretrain_run", "pretrain_preset", "layer", "ks", "l1s"}
+    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
+    pretrain = {k: v for k, v in ref.items() if k != "steps"}
+    return {"pretrain": pretrain, "layer": layer, "crosscoder": crosscoder, "hps": config.hps(), "study": study}
 
 
 def choose_snapshots(available: list[int], n: int) -> list[int]:
@@ -188,10 +225,10 @@ def run(config: Config, folder: RunFolder) -> dict:
     from experiments.pretrain import ensure_pretrain
 
     t_start = time.perf_counter()
+    plan = resolve(config)  # references were checked by the CLI before the folder was claimed
     run_dir = config.pretrain_run or ensure_pretrain(folder.sub("pretrain"), preset=config.pretrain_preset)
     model_config = load_model_config(run_dir)
-    layer = (model_config.n_layer - 1) // 2 if config.layer < 0 else config.layer
-    require(layer < model_config.n_layer, f"layer={layer} must be < n_layer={model_config.n_layer}")
+    layer = plan["layer"]
     steps = choose_snapshots(Series(run_dir, "pretrain", create=False).steps(), config.n_snapshots)
     require(len(steps) == config.n_snapshots,
             f"the run has only {len(steps)} checkpoints; set n_snapshots <= {len(steps)}")
@@ -292,7 +329,7 @@ def run(config: Config, folder: RunFolder) -> dict:
     sel = snapshots_for(select_tokens)
     m_clean_sel, attr = map_stack(attr_lib.attribution_fn(metric, logits_fn), sel, select_tokens)  # [S], [S, F]
     test = snapshots_for(test_tokens)
-    ablate = attr_lib.ablation_fn(metric, logits_fn)
+    ablate = attr_lib.ablation_fn(attr_lib.induction_metric(half, per_sequence=True), logits_fn)  # [B] per sequence
     F = ccfg.n_features
     zero_mask = np.zeros((S, F), np.float32)
     m_clean = map_stack(ablate, {**test, "mask": zero_mask}, test_tokens)
@@ -307,7 +344,8 @@ def run(config: Config, folder: RunFolder) -> dict:
         for s in range(S):
             mask[s, rng.choice(alive_ids, size=min(config.n_ablate, len(alive_ids)), replace=False)] = 1.0
         m_rand.append(map_stack(ablate, {**test, "mask": mask}, test_tokens))
-    drop_top, drop_rand = m_clean - m_top, m_clean - np.mean(m_rand, axis=0)
+    seq_top, seq_rand = m_clean - m_top, m_clean - np.mean(m_rand, axis=0)     # [S, B]: per test sequence
+    drop_top, drop_rand, m_clean = seq_top.mean(-1), seq_rand.mean(-1), m_clean.mean(-1)
 
     # ---------------------------------------------------------------- complexity: best n-gram order
     f_last = per_snapshot_f(f, S)[-1].reshape(config.eval_windows, C, F)
@@ -345,7 +383,10 @@ def run(config: Config, folder: RunFolder) -> dict:
 
     ev_all = main["explained_variance"]
     after0 = ev_all[1:] if steps[0] == 0 else ev_all
+    cis = {**window_intervals(x_eval, x_hat, f, S, config.eval_windows, steps[0] == 0),
+           **feature_intervals(alive, init_feature, emerge_step, order, emerge_idx, usable, seq_top, seq_rand)}
     return {
+        **cis,
         "n_snapshots": S, "snapshot_steps": steps, "layer": layer, "arch": ccfg.arch, "hp": main["hp"],
         "n_features": F,
         "explained_variance_min": float(after0.min()), "explained_variance_mean": float(after0.mean()),
@@ -366,6 +407,74 @@ def run(config: Config, folder: RunFolder) -> dict:
         "train_tokens_per_s": config.steps * config.batch_size * len(hps) / train_s,
         "wall_s": time.perf_counter() - t_start,
     }
+
+
+def window_intervals(x_NSD, x_hat_NSD, f, S: int, n_windows: int, skip_first: bool, level: float = 0.95) -> dict:
+    """Explained variance (min over snapshots) and L0, bootstrap over the held-out windows (the
+    tokens of a window are correlated; windows are drawn apart): each is a ratio of per-window
+    sums, so all resamples are one matrix product. [choice] Windows, not features, are the unit
+    here: EV and L0 are properties of tokens."""
+    N = len(x_NSD)
+    x = np.asarray(x_NSD, np.float32).reshape(n_windows, N // n_windows, S, -1)
+    err = ((x - np.asarray(x_hat_NSD, np.float32).reshape(x.shape)) ** 2).sum((1, 3), dtype=np.float64)  # [W, S]
+    sq, total_x = (x ** 2).sum((1, 3), dtype=np.float64), x.sum(1, dtype=np.float64)                    # [W, S], [W, S, D]
+    counts = stats.resample_counts(n_windows)
+    n_tok = counts.sum(1)[:, None] * (N // n_windows)
+    sums = (counts @ total_x.reshape(n_windows, -1)).reshape(len(counts), S, -1)                       # [B, S, D]
+    total = counts @ sq - (sums ** 2).sum(-1) / n_tok
+    ev = 1.0 - (counts @ err) / total                                                                   # [B, S]
+    l0_w = mt.active(f, S).sum(1).reshape(n_windows, -1).mean(1)                                       # [W]
+    return {"explained_variance_min_ci": stats.quantile_ci(ev[:, 1:].min(1) if skip_first else ev.min(1), level),
+            "l0_mean_ci": stats.mean_ci(l0_w, level=level), "n_eval_windows": int(n_windows)}
+
+
+def feature_intervals(alive, init_feature, emerge_step, order, emerge_idx, usable, seq_top, seq_rand,
+                      level: float = 0.95) -> dict:
+    """Feature-level numbers over the dictionary's features: Wilson for the dead and initial
+    fractions, bootstrap for the median emergence step and the complexity Spearman; ablation
+    drops at the last snapshot over the test induction sequences (top vs random paired)."""
+    n_alive = max(int(alive.sum()), 1)
+    out = {"dead_fraction_ci": stats.wilson_ci(int((~alive).sum()), len(alive), level),
+           "frac_init_features_ci": stats.wilson_ci(int(init_feature.sum()), n_alive, level),
+           "median_emergence_step_ci": stats.bootstrap_ci(emerge_step[alive], np.median, level=level)
+           if alive.any() else None,
+           "complexity_spearman_r_ci": stats.correlation_ci(order[usable], emerge_idx[usable], "spearman", level=level)
+           if usable.sum() >= 3 else None,
+           "ablation_drop_top_ci": stats.mean_ci(seq_top[-1], level=level),
+           "ablation_drop_random_ci": stats.mean_ci(seq_rand[-1], level=level),
+           "ablation_top_minus_random": float((seq_top[-1] - seq_rand[-1]).mean()),
+           "ablation_top_minus_random_ci": stats.mean_ci(seq_top[-1] - seq_rand[-1], level=level),
+           "n_ablation_sequences": int(seq_top.shape[-1])}
+    return out
+
+
+def findings(summary: dict) -> list[str]:
+    """The conclusions of a crosscoders summary, with intervals and verdicts."""
+    s = summary
+    d = s.get("ablation_top_minus_random_ci")
+    diff = stats.ci_text(s, "ablation_top_minus_random", 3, signed=True) if "ablation_top_minus_random" in s else ""
+    if d is None:
+        verdict = "no interval for top minus random"
+    elif d[0] > 0:
+        verdict = f"ablating the features attribution picks hurts induction more than random ones ({diff})"
+    else:
+        verdict = (f"top minus random, {diff}, does not exclude 0: attribution is not shown to pick the features "
+                   f"induction needs")
+    out = [f"One {s.get('arch', '')} crosscoder of {s.get('n_features', '?')} features over {s.get('n_snapshots', '?')} "
+           f"snapshots explains at least {stats.ci_text(s, 'explained_variance_min', 3)} of the variance on every "
+           f"snapshot after step 0 with L0 {stats.ci_text(s, 'l0_mean', 1)} (bootstrap over "
+           f"{s.get('n_eval_windows', '?')} held-out windows); {stats.ci_text(s, 'dead_fraction', 3)} of features are dead.",
+           f"At the last snapshot ablating the top features drops the induction log-prob by "
+           f"{stats.ci_text(s, 'ablation_drop_top', 3)} against {stats.ci_text(s, 'ablation_drop_random', 3)} for random "
+           f"ones (over {s.get('n_ablation_sequences', '?')} test sequences): {verdict}."]
+    third = f"Median emergence step {stats.ci_text(s, 'median_emergence_step', 0)}"
+    if s.get("complexity_spearman_r") is not None and np.isfinite(s["complexity_spearman_r"]):
+        ci = s.get("complexity_spearman_r_ci")
+        rel = ("later features are more complex" if ci[0] > 0 else "later features are simpler") \
+            if ci and stats.excludes(ci) else "no relation between complexity and emergence is shown"
+        third += (f"; n-gram complexity against emergence: Spearman {stats.ci_text(s, 'complexity_spearman_r')} over "
+                  f"{s.get('complexity_n_features')} features: {rel}")
+    return out + [third + ". Intervals are over units of one training seed."]
 
 
 def _figures(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, order, usable, init_feature):

@@ -9,32 +9,37 @@ compiled, vmapped training call per shape group (m, d, optimizer); results go to
 heatmaps. With `gpt_run`, the same unembedding check runs on a character GPT's series, with
 lower/upper-case letter pairs as the concept (our analogue of the paper's LLaMA-2 check).
 
-Predictions (thresholds are config fields; defaults are for GD on independent concepts):
+Predictions (each with a threshold, and judged against two baselines measured in the same run at
+the same d, the untrained step-0 model and random directions, with a bootstrap interval over
+concepts: see experiments/linear_verdicts.py):
   linearity        within-concept cosine of g(y1) - g(y0), mean >= within_threshold
   orthogonality    cross-concept |cosine| of concept directions, mean <= cross_threshold
   concept-specific within-concept mean exceeds the random-pair |cos| baseline by random_margin
   embedding side   within-concept cosine of f(x1) - f(x0), mean >= embedding_threshold
   log-odds match   mean |learned - exact log-odds| (finite cells) <= logodds_threshold nats
+`verdict_table` also runs the checks where the theory says they should and should not hold
+(dependent concepts, Adam, d < m, too few steps, large init) and writes verdicts.md.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from dynamics import distributed
-from dynamics.checkpoints import Series, load_stack, map_stack
-from dynamics.errors import OntogenyError
+from dynamics.checkpoints import Series, load_stack
 from dynamics.runlog import RunFolder, write_json
 from dynamics.schedule import checkpoint_steps
+from experiments import linear_verdicts as lv
 from experiments.config import require
-from experiments.plots import plt, save
+from experiments.linear_figures import (gpt_case_check, plot_concept_matrix, plot_gpt, plot_histograms,
+                                        plot_over_training, plot_sweep)
+from experiments.linear_scenarios import (headline_intervals, read_csv, require_finite, seeds_and_table,
+                                          write_csv)
 from models import latent
 from probes import geometry
 
@@ -45,50 +50,63 @@ STAGE = "latent"
 @dataclasses.dataclass(frozen=True)
 class Config:
     # generator (models.latent.LatentConfig)
-    n_concepts: int = 4
-    independent: bool = True
-    edge_density: float = 0.5
-    strength: float = 0.0
-    marginal_scale: float = 0.5
-    p_fix: float = 0.5
-    dag_seed: int = 0
+    n_concepts: int = 4  # m binary concepts (2^m tokens, 3^m contexts)
+    independent: bool = True  # independent concepts (no DAG); false: a random DAG Bayes net
+    edge_density: float = 0.5  # DAG: probability of each edge
+    strength: float = 0.0  # DAG: coupling strength of parents (0 = independent)
+    marginal_scale: float = 0.5  # concept biases b_i ~ U(-marginal_scale, marginal_scale)
+    p_fix: float = 0.5  # probability that a context fixes each concept
+    dag_seed: int = 0  # draws the DAG and the biases
     # learner (models.latent.LearnerConfig)
-    d: int = 16
-    f_kind: str = "mlp"
-    hidden: int = 64
-    n_hidden: int = 1
-    init_scale: float = 0.01
+    d: int = 16  # representation width of f and g
+    f_kind: str = "mlp"  # context map f: mlp (network of the context code) or table
+    hidden: int = 64  # MLP hidden width
+    n_hidden: int = 1  # MLP hidden layers (0 = linear map)
+    init_scale: float = 0.01  # std of g and of a table f at init
     # training (models.latent.TrainConfig); checkpoints at 0, 1, 2, 4, ..., n_steps
-    optimizer: str = "gd"
-    lr: float = 1.0
-    weight_decay: float = 0.0
-    n_steps: int = 4096
-    batch_size: int = 64
-    n_samples: int = 0
-    seed: int = 0
+    optimizer: str = "gd"  # gd (full batch), sgd (minibatch) or adam (full batch)
+    lr: float = 1.0  # learning rate
+    weight_decay: float = 0.0  # decoupled weight decay
+    n_steps: int = 4096  # training steps (checkpoints at 0, 1, 2, 4, ..., n_steps)
+    batch_size: int = 64  # sgd: minibatch size
+    n_samples: int = 0  # 0: exact population law; >0: a fixed sample of this size
+    seed: int = 0  # learner init and sampling seed
     # measures
-    within_mode: str = "pairwise"
-    n_random_pairs: int = 64
+    within_mode: str = "pairwise"  # within-concept cosine: pairwise or to_mean
+    n_random_pairs: int = 64  # random item pairs of the concept-specific check's random-pair |cos|
     # predictions
-    within_threshold: float = 0.9
-    cross_threshold: float = 0.2
-    random_margin: float = 0.3
-    embedding_threshold: float = 0.9
-    logodds_threshold: float = 0.15
+    within_threshold: float = 0.9  # linearity passes when the within-concept cosine mean >= this
+    cross_threshold: float = 0.2  # orthogonality: cross-concept |cos| mean <= this
+    random_margin: float = 0.3  # concept-specific: within-concept mean beats random pairs by this
+    embedding_threshold: float = 0.9  # embedding side: within-concept cosine of f >= this
+    logodds_threshold: float = 0.15  # log-odds match: mean |learned - exact| <= this (nats)
+    # baselines: a check must beat random directions and the step-0 model by these margins
+    margin_cos: float = 0.05  # a cosine check must beat its baselines by this margin
+    margin_logodds: float = 0.05  # the log-odds check must beat its baselines by this (nats)
+    n_random_draws: int = 8  # draws of random directions and of untrained inits for the two baselines
+    n_seeds: int = 1  # seeds of the configured run (one vmapped call) for the spread over seeds
+    # verdict table: the checks where the theory says they hold and where it says they fail
+    verdict_table: bool = False  # also run the verdict table over the theory's cases
+    table_strength: float = 2.0  # verdict table: DAG strength of the dependent case
+    table_edge_density: float = 1.0  # verdict table: DAG edge density of the dependent case
+    table_adam_lr: float = 0.01  # verdict table: learning rate of the Adam case
+    table_small_d: int = 2  # verdict table: the d < m case's width
+    table_few_steps: int = 16  # verdict table: steps of the too-few-steps case
+    table_init_scale: float = 0.3  # verdict table: init scale of the large-init case (1.0 diverges at lr 1)
     # sweep: m x d x strength x optimizer x weight decay x lr x seed (seed also draws the DAG)
-    sweep: bool = False
-    sweep_steps: int = 1024
-    sweep_m: tuple[int, ...] = (3, 4)
-    sweep_d: tuple[int, ...] = (4, 16)
-    sweep_strength: tuple[float, ...] = (0.0, 2.0)
-    sweep_optimizers: tuple[str, ...] = ("gd", "adam")
-    sweep_weight_decay: tuple[float, ...] = (0.0, 0.01)
-    sweep_lr_gd: tuple[float, ...] = (0.5, 1.0)
-    sweep_lr_sgd: tuple[float, ...] = (0.5, 1.0)
-    sweep_lr_adam: tuple[float, ...] = (0.003, 0.01)
-    sweep_seeds: tuple[int, ...] = (0, 1)
+    sweep: bool = False  # also run the vmapped sweep below (--sweep)
+    sweep_steps: int = 1024  # sweep: training steps per run
+    sweep_m: tuple[int, ...] = (3, 4)  # sweep: concept counts m
+    sweep_d: tuple[int, ...] = (4, 16)  # sweep: widths d
+    sweep_strength: tuple[float, ...] = (0.0, 2.0)  # sweep: DAG strengths
+    sweep_optimizers: tuple[str, ...] = ("gd", "adam")  # sweep: optimizers (gd, sgd, adam)
+    sweep_weight_decay: tuple[float, ...] = (0.0, 0.01)  # sweep: weight decays
+    sweep_lr_gd: tuple[float, ...] = (0.5, 1.0)  # sweep: learning rates of gd runs
+    sweep_lr_sgd: tuple[float, ...] = (0.5, 1.0)  # sweep: learning rates of sgd runs
+    sweep_lr_adam: tuple[float, ...] = (0.003, 0.01)  # sweep: learning rates of adam runs
+    sweep_seeds: tuple[int, ...] = (0, 1)  # sweep: seeds (each also draws the DAG)
     # character GPT run folder for the case-pair check ("" = skip)
-    gpt_run: str = ""
+    gpt_run: str = ""  # character GPT run folder for the case-pair check (empty = skip)
 
     def __post_init__(self):
         self.latent_config()
@@ -100,6 +118,16 @@ class Config:
                 f"within_mode={self.within_mode!r} must be pairwise or to_mean")
         require(self.n_random_pairs >= 2, f"n_random_pairs={self.n_random_pairs} must be >= 2")
         require(self.sweep_steps >= 1, f"sweep_steps={self.sweep_steps} must be >= 1")
+        require(self.margin_cos >= 0 and self.margin_logodds >= 0, "margin_cos and margin_logodds must be >= 0")
+        require(self.n_random_draws >= 1 and self.n_seeds >= 1, "n_random_draws and n_seeds must be >= 1")
+        if self.verdict_table:
+            require(1 <= self.table_small_d < min(self.d, self.n_concepts),
+                    f"table_small_d={self.table_small_d} must be in 1..min(d, n_concepts)-1 (the d < m case)")
+            require(1 <= self.table_few_steps < self.n_steps,
+                    f"table_few_steps={self.table_few_steps} must be in 1..n_steps-1")
+            self.latent_config(strength=self.table_strength, independent=False, edge_density=self.table_edge_density)
+            self.learner_config(init_scale=self.table_init_scale)
+            require(self.table_adam_lr > 0, f"table_adam_lr={self.table_adam_lr} must be > 0")
         for name in ("sweep_m", "sweep_d", "sweep_strength", "sweep_optimizers", "sweep_weight_decay", "sweep_seeds"):
             require(len(getattr(self, name)) >= 1, f"{name} is empty; give at least one value, e.g. --set {name}=1")
         for m in self.sweep_m:
@@ -132,59 +160,92 @@ class Config:
     def sweep_lrs(self, kind: str) -> tuple[float, ...]:
         return getattr(self, f"sweep_lr_{kind}")
 
+    def unused(self) -> dict[str, str]:
+        """Keys the other settings leave without effect (setting one is refused); `resolve` lists the rest."""
+        keys = {}
+        if not self.sweep:
+            keys.update({f.name: "sweep=false; add --sweep" for f in dataclasses.fields(self)
+                         if f.name.startswith("sweep_")})
+        else:
+            keys.update({f"sweep_lr_{k}": f"{k} is not in sweep_optimizers" for k in latent.OPTIMIZERS
+                         if k not in self.sweep_optimizers})
+        if not self.verdict_table:
+            keys.update({f.name: "verdict_table=false; add --verdicts" for f in dataclasses.fields(self)
+                         if f.name.startswith("table_")})
+        if self.independent:
+            keys["strength"] = "independent=true ignores the DAG; set independent=false too"
+        if not _uses_dag_edges(self):
+            keys["edge_density"] = "no run here draws DAG edges (independent or strength 0, no dependent sweep/table)"
+        if not _uses_batches(self):
+            keys["batch_size"] = "only sgd runs use minibatches and no run here uses sgd"
+        if self.f_kind == "table":
+            keys.update(hidden="f_kind=table has no MLP", n_hidden="f_kind=table has no MLP")
+        return keys
+
+
+def _uses_dag_edges(config: Config) -> bool:
+    return ((not config.independent and config.strength > 0)  # the verdict table has table_edge_density
+            or (config.sweep and max(config.sweep_strength) > 0))
+
+
+def _uses_batches(config: Config) -> bool:
+    return config.optimizer == "sgd" or (config.sweep and "sgd" in config.sweep_optimizers)
+
+
+def resolve(config: Config) -> dict:
+    """What `run` runs, references checked before anything is created: the main run's generator,
+    learner and training settings (only the fields they read), the sweep grid and the verdict
+    table when on, the measures, and the GPT run of the case check (its tokenizer checked)."""
+    generator = dataclasses.asdict(config.latent_config())
+    if config.independent:
+        generator.pop("strength")
+    if not _uses_dag_edges(config):
+        generator.pop("edge_density")
+    learner = dataclasses.asdict(config.learner_config())
+    if config.f_kind == "table":
+        learner = {k: v for k, v in learner.items() if k not in ("hidden", "n_hidden")}
+    train = dataclasses.asdict(config.train_config())
+    if not _uses_batches(config):
+        train.pop("batch_size")
+    plan = {"generator": generator, "learner": learner, "train": train, "gpt_run": None}
+    if config.sweep:
+        plan["sweep"] = {"grid": sweep_grid(config), "steps": config.sweep_steps}
+    folded = {"n_concepts", "independent", "edge_density", "strength", "marginal_scale", "p_fix", "dag_seed", "d",
+              "f_kind", "hidden", "n_hidden", "init_scale", "optimizer", "lr", "weight_decay", "n_steps",
+              "batch_size", "n_samples", "seed", "gpt_run", "sweep"}
+    unused = config.unused()
+    plan["study"] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                     if f.name not in folded and not f.name.startswith("sweep_") and f.name not in unused}
+    if config.gpt_run:
+        from dynamics.data import load_tokenizer
+
+        require(Path(config.gpt_run).is_dir(), f"gpt_run={config.gpt_run!r} is not a folder; give a pretrain run "
+                                               f"folder, or leave it empty to skip")
+        pairs = geometry.case_pairs(load_tokenizer(config.gpt_run).chars)
+        require(len(pairs) >= 2, f"{config.gpt_run}'s vocabulary has {len(pairs)} letters in both cases; the "
+                                 f"case check needs 2")
+        plan["gpt_run"] = {"run": str(Path(config.gpt_run).resolve()),
+                           "steps": Series(config.gpt_run, "pretrain", create=False).steps()}
+    return plan
+
 
 PRESETS = {
-    "tiny": Config(sweep=True),
+    # [choice] m = 5, not 4: the verdicts' interval is over concepts, and with 4 the paired step-0
+    # comparison lacks power (orthogonality failed it on 2 of 6 seeds at m = 4, passed 6 of 6 at m = 5)
+    "tiny": Config(n_concepts=5, sweep=True, n_seeds=4),
+    "verdicts": Config(n_concepts=5, verdict_table=True, n_seeds=4),  # where the checks pass and fail (README)
     "full": Config(n_concepts=5, d=32, n_steps=16384, sweep_steps=8192, sweep_m=(3, 4, 5, 6), sweep_d=(4, 8, 16, 64),
                    sweep_strength=(0.0, 0.5, 1.0, 2.0), sweep_optimizers=("gd", "sgd", "adam"),
                    sweep_weight_decay=(0.0, 0.01), sweep_lr_gd=(0.5, 1.0), sweep_lr_sgd=(0.5, 1.0),
                    sweep_lr_adam=(0.003, 0.01), sweep_seeds=(0, 1, 2)),
 }
-FLAGS = {"sweep": "sweep"}
+FLAGS = {"sweep": "sweep", "verdicts": "verdict_table"}
 
 
 # ----------------------------------------------------------------------------- measures
 SCALARS = ("within_cos_mean", "within_cos_min", "cross_abs_cos_mean", "cross_abs_cos_max", "random_abs_cos_mean",
            "emb_within_cos_mean", "emb_within_cos_min", "emb_cross_abs_cos_mean", "emb_random_abs_cos_mean",
            "alignment_mean", "logodds_error", "g_norm_mean")
-
-
-def _checks_pairwise(bundle, inputs, tok_pairs, ctx_pairs, tok_random, ctx_random):
-    return geometry.latent_checks(bundle["params"], inputs, tok_pairs, ctx_pairs, tok_random, ctx_random,
-                                  bundle["logodds"], bundle["finite"], mode="pairwise")
-
-
-def _checks_to_mean(bundle, inputs, tok_pairs, ctx_pairs, tok_random, ctx_random):
-    return geometry.latent_checks(bundle["params"], inputs, tok_pairs, ctx_pairs, tok_random, ctx_random,
-                                  bundle["logodds"], bundle["finite"], mode="to_mean")
-
-
-_CHECKS = {"pairwise": _checks_pairwise, "to_mean": _checks_to_mean}  # one fn object per mode: compiled once
-MEASURE_CHUNK = 16
-
-
-def measure(params_T, logodds_TKPX, finite_TKPX, m: int, config: Config) -> dict:
-    """Every check for a stack of learners (leading axis T: checkpoints or runs), via map_stack."""
-    bundle = {"params": params_T, "logodds": np.asarray(logodds_TKPX, np.float32), "finite": np.asarray(finite_TKPX)}
-    shared = (jnp.asarray(latent.context_inputs(m)), latent.token_pairs(m), latent.context_pairs(m),
-              geometry.random_pairs(2 ** m, config.n_random_pairs, seed=0),
-              geometry.random_pairs(3 ** m, config.n_random_pairs, seed=1))
-    # Everything here is small: a fixed chunk (no memory probing) also gives the main series and
-    # the sweep of the same m one compiled shape (map_stack pads the last chunk).
-    return map_stack(_CHECKS[config.within_mode], bundle, *shared, chunk_size=MEASURE_CHUNK)
-
-
-def predictions(values: dict, config: Config) -> list[dict]:
-    """[{name, measured, threshold, relation, passed}] for one run's final measures."""
-    gap = values["within_cos_mean"] - values["random_abs_cos_mean"]
-    rows = [("linearity: within-concept cos(g(y1)-g(y0))", values["within_cos_mean"], ">=", config.within_threshold),
-            ("orthogonality: cross-concept |cos|", values["cross_abs_cos_mean"], "<=", config.cross_threshold),
-            ("concept-specific: within minus random-pair |cos|", gap, ">=", config.random_margin),
-            ("embedding side: within-concept cos(f(x1)-f(x0))", values["emb_within_cos_mean"], ">=",
-             config.embedding_threshold),
-            ("log-odds matching: mean |error| (nats)", values["logodds_error"], "<=", config.logodds_threshold)]
-    return [{"name": n, "measured": float(v), "relation": r, "threshold": t,
-             "passed": bool(v >= t if r == ">=" else v <= t)} for n, v, r, t in rows]
 
 
 # ----------------------------------------------------------------------------- the default run
@@ -208,10 +269,13 @@ def train_or_load(problem: latent.LatentProblem, config: Config, folder: RunFold
 def run_default(config: Config, folder: RunFolder) -> dict:
     problem = latent.build_problem(config.latent_config())
     steps, params, losses, fresh = train_or_load(problem, config, folder)
-    logodds, finite = latent.pair_logodds(problem)
     T, m = len(steps), problem.n_concepts
-    res = measure(params, np.broadcast_to(logodds, (T,) + logodds.shape),
-                  np.broadcast_to(finite, (T,) + finite.shape), m, config)
+    data = lv.problem_data(problem, config.n_random_pairs)
+    res = lv.measure(params, jax.tree.map(lambda x: np.broadcast_to(x, (T,) + x.shape), data), m, config)
+    data1 = lv.stack_data([data])
+    rand = lv.measure_random(res["embedding"][-1:], np.asarray(params["g"][-1:]), [config.d], data1, m, config)
+    step0 = lv.measure_step0(config.learner_config(), [config.seed], [config.d], [config.init_scale], data1, m, config)
+    verdicts = lv.judge(lv.per_concept(res, T - 1), lv.per_concept(step0, 0), lv.per_concept(rand, 0), config)
     if fresh:
         for t, step in enumerate(steps):
             folder.log({"step": int(step), "loss": float(losses[t]), **{k: float(res[k][t]) for k in SCALARS}})
@@ -221,7 +285,7 @@ def run_default(config: Config, folder: RunFolder) -> dict:
     plot_histograms(np.asarray(params["g"][-1]), res["embedding"][-1], m, config, folder.figure("cosine_histograms"))
     plot_over_training(steps, res, losses, final["loss_floor"], folder.figure("measures_over_training"))
     plot_concept_matrix(res["cross_cos"][-1], folder.figure("concept_cosine_matrix"))
-    return {"steps": steps, "final": final, "per_step": res}
+    return {"steps": steps, "final": final, "per_step": res, "verdicts": verdicts}
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -264,174 +328,23 @@ def run_sweep(config: Config, folder: RunFolder) -> list[dict]:
                                            lrs=[r["lr"] for r in runs], weight_decays=[r["weight_decay"] for r in runs],
                                            optimizers=[r["optimizer"] for r in runs], widths=[r["d"] for r in runs],
                                            weights_RXY=weights, batch_size=config.batch_size)
-        lo = [latent.pair_logodds(p) for p in problems]
-        res = measure(jax.tree.map(lambda x: x[:, -1], params), np.stack([a for a, _ in lo]),
-                      np.stack([b for _, b in lo]), m, config)
+        data = lv.stack_data([lv.problem_data(p, config.n_random_pairs) for p in problems])
+        info = {"learner": learner, "seeds": [r["seed"] for r in runs], "widths": [r["d"] for r in runs],
+                "init_scales": [learner.init_scale] * len(runs)}
+        res, verdicts = lv.evaluate(jax.tree.map(lambda x: x[:, -1], params), info, data, m, config,
+                                    labels=[f" (sweep run {r})" for r in runs])
         for i, (run, problem) in enumerate(zip(runs, problems)):
-            values = {k: float(res[k][i]) for k in SCALARS}
             row = {**run, "loss": float(losses[i, -1]), "loss_floor": latent.conditional_entropy(problem.weight_XY),
-                   **values}
-            for key, pred in zip(PREDICTION_KEYS, predictions(values, config)):
-                row[f"pass_{key}"] = int(pred["passed"])
+                   **{k: float(res[k][i]) for k in SCALARS}}
+            for v in verdicts[i]:
+                row[f"pass_{v['key']}"] = int(v["passed"])
             rows.append(row)
     write_csv(path, rows)
     distributed.barrier("linear-origins-sweep-csv")  # process 0 wrote it; all read it back alike
     return read_csv(path)
 
 
-PREDICTION_KEYS = ("linearity", "orthogonality", "concept_specific", "embedding", "logodds")
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Atomically (temp file + rename); only process 0 of a multi-process job writes."""
-    if not distributed.is_primary():
-        return
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-def read_csv(path: Path) -> list[dict]:
-    def parse(value: str):
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-        return value
-    with open(path, newline="") as f:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-# ----------------------------------------------------------------------------- GPT case pairs
-def _gpt_geometry(params, pairs, mask, random_pairs):
-    from models.gpt import unembedding_matrix
-
-    out = geometry.geometry_measures(unembedding_matrix(params), pairs, mask, random_pairs)
-    return {k: out[k] for k in ("within_mean", "within_min", "random_abs_mean")}
-
-
-def gpt_case_check(run_dir: str, n_random_pairs: int = 64) -> dict:
-    """Within-concept cosine of the lower -> upper case direction over a GPT's checkpoint series."""
-    from dynamics.data import load_tokenizer
-
-    if not Path(run_dir).is_dir():
-        raise OntogenyError(f"gpt_run={run_dir!r} is not a folder; give a pretrain run folder, "
-                            f"or leave it empty to skip")
-    tokenizer = load_tokenizer(run_dir)
-    pairs = geometry.case_pairs(tokenizer.chars)
-    if len(pairs) < 2:
-        raise OntogenyError(f"{run_dir}'s vocabulary has {len(pairs)} letters in both cases; the case check needs 2")
-    steps, params = load_stack(run_dir)
-    packed, mask = geometry.pack_pairs([pairs])
-    res = map_stack(_gpt_geometry, params, packed, mask,
-                    geometry.random_pairs(tokenizer.vocab_size, n_random_pairs, seed=2))
-    return {"steps": np.asarray(steps), "n_pairs": len(pairs), **res}
-
-
-def plot_gpt(result: dict, path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.plot(result["steps"], result["within_mean"], "o-", ms=3, label="case pairs: within cos (mean)")
-    ax.plot(result["steps"], result["within_min"], "--", lw=1, label="case pairs: within cos (min)")
-    ax.plot(result["steps"], result["random_abs_mean"], ":", label="random pairs |cos|")
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cosine")
-    ax.set_title(f"GPT unembedding: lower -> upper case ({result['n_pairs']} letters)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    save(fig, path)
-
-
-# ----------------------------------------------------------------------------- figures
-def plot_histograms(G_YD, F_XD, m: int, config: Config, path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, M, pairs, n, title in ((axes[0], G_YD, latent.token_pairs(m), 2 ** m, "unembedding g(y1) - g(y0)"),
-                                   (axes[1], F_XD, latent.context_pairs(m), 3 ** m, "embedding f(x1) - f(x0)")):
-        s = geometry.cosine_samples(M, pairs, geometry.random_pairs(n, config.n_random_pairs, seed=0))
-        bins = np.linspace(-1, 1, 41)
-        for key, color in (("within", "C0"), ("cross", "C1"), ("random", "C7")):
-            ax.hist(s[key], bins=bins, density=True, alpha=0.55, color=color, label=f"{key}, signed ({len(s[key])})")
-        ax.set_title(title)
-        ax.set_xlabel("cosine")
-        ax.legend()
-    save(fig, path)
-
-
-def plot_over_training(steps, res: dict, losses, loss_floor: float, path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    for key, style in (("within_cos_mean", "o-"), ("within_cos_min", "--"), ("cross_abs_cos_mean", "o-"),
-                       ("random_abs_cos_mean", ":"), ("emb_within_cos_mean", "s-"), ("alignment_mean", "^-")):
-        ax.plot(steps, res[key], style, ms=3, label=key)
-    ax.set_ylabel("cosine")
-    ax.set_title("geometry over training")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    ax.plot(steps, res["logodds_error"], "o-", ms=3, label="log-odds error (nats)")
-    ax.plot(steps, np.maximum(losses - loss_floor, 1e-6), ":", label="loss - H(Y|X) (nats)")
-    ax.set_yscale("log")
-    ax.set_title("log-odds matching")
-    ax.legend(fontsize=8)
-    for ax in axes:
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    save(fig, path)
-
-
-def plot_concept_matrix(cross_KK, path) -> None:
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    im = ax.imshow(cross_KK, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_title("cosine between concept directions")
-    ax.set_xlabel("concept")
-    ax.set_ylabel("concept")
-    fig.colorbar(im, ax=ax)
-    save(fig, path)
-
-
-def plot_sweep(rows: list[dict], x: str, y: str, path, config: Config) -> None:
-    """One row of heatmaps per prediction's metric (mean over the other axes) on x by y, one column
-    per optimizer variant; each cell also shows the fraction of its runs where the prediction passes."""
-    variant = lambda r: f"{r['optimizer']}" + (f" wd={r['weight_decay']:g}" if r["weight_decay"] else "")
-    variants = list(dict.fromkeys(variant(r) for r in rows))
-    fig, axes = plt.subplots(len(SWEEP_FIGURES), len(variants), squeeze=False,
-                             figsize=(2.9 * len(variants) + 0.6, 2.5 * len(SWEEP_FIGURES)))
-    for row_axes, (metric, key, threshold) in zip(axes, SWEEP_FIGURES):
-        for ax, v in zip(row_axes, variants):
-            mine = [r for r in rows if variant(r) == v]  # axes per panel: optimizers have their own lrs
-            xs, ys = sorted({r[x] for r in mine}), sorted({r[y] for r in mine})
-            grid, frac = np.full((len(ys), len(xs)), np.nan), np.full((len(ys), len(xs)), np.nan)
-            for i, yv in enumerate(ys):
-                for j, xv in enumerate(xs):
-                    cell = [r for r in mine if r[x] == xv and r[y] == yv]
-                    if cell:
-                        grid[i, j] = np.nanmean([float(r[metric]) for r in cell])
-                        frac[i, j] = np.mean([r[f"pass_{key}"] for r in cell])
-            ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto",
-                      vmin=np.nanmin([r[metric] for r in rows]), vmax=np.nanmax([r[metric] for r in rows]))
-            for i, j in itertools.product(range(len(ys)), range(len(xs))):
-                if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}\n{frac[i, j]:.0%}", ha="center", va="center", fontsize=7,
-                            color="w")
-            ax.set_xticks(range(len(xs)), [f"{val:g}" for val in xs])
-            ax.set_yticks(range(len(ys)), [f"{val:g}" for val in ys])
-            ax.set_xlabel(x)
-            ax.set_ylabel(y)
-            ax.set_title(f"{metric} ({'<=' if key in ('orthogonality', 'logodds') else '>='} "
-                         f"{getattr(config, threshold):g})\n{v}", fontsize=8)
-    fig.suptitle("sweep: mean value / % of runs passing", fontsize=10)
-    save(fig, path)
-
-
-SWEEP_FIGURES = (("within_cos_mean", "linearity", "within_threshold"),
-                 ("cross_abs_cos_mean", "orthogonality", "cross_threshold"),
-                 ("emb_within_cos_mean", "embedding", "embedding_threshold"),
-                 ("logodds_error", "logodds", "logodds_threshold"))
+PREDICTION_KEYS = lv.PREDICTION_KEYS
 
 
 # ----------------------------------------------------------------------------- the study
@@ -439,13 +352,14 @@ def run(config: Config, folder: RunFolder) -> dict:
     gpt = gpt_case_check(config.gpt_run, config.n_random_pairs) if config.gpt_run else None  # bad input fails fast
     main = run_default(config, folder)
     final = main["final"]
-    preds = predictions(final, config)
-    print(f"Jiang et al. predictions ({config.optimizer}, m={config.n_concepts}, d={config.d}, "
-          f"{'independent' if config.independent or config.strength == 0 else f'strength {config.strength:g}'}, "
-          f"{config.n_steps} steps):")
+    preds = main["verdicts"]
+    setting = (f"{config.optimizer}, m={config.n_concepts}, d={config.d}, "
+               f"{'independent' if config.independent or config.strength == 0 else f'strength {config.strength:g}'}, "
+               f"{config.n_steps} steps")
+    print(f"Jiang et al. predictions ({setting}), each against random directions and the step-0 model at "
+          f"d={config.d}, 95% bootstrap interval over concepts:")
     for p in preds:
-        verdict = "PASS" if p["passed"] else "FAIL"
-        print(f"  {verdict}  {p['name']:<52} {p['measured']:.3f} {p['relation']} {p['threshold']:g}")
+        print("  " + lv.format_verdict(p))
     summary = {
         "within_concept_cos_mean": final["within_cos_mean"],
         "within_concept_cos_min": final["within_cos_min"],
@@ -460,7 +374,11 @@ def run(config: Config, folder: RunFolder) -> dict:
         "predictions_passed": sum(p["passed"] for p in preds),
         "predictions_total": len(preds),
         "predictions": preds,
+        "setting": setting,
     }
+    summary.update(headline_intervals(preds, main["per_step"]))
+    if config.verdict_table or config.n_seeds > 1:
+        summary.update(seeds_and_table(config, folder, final, preds))
     if config.sweep:
         rows = run_sweep(config, folder)
         plot_sweep(rows, "d", "strength", folder.figure("sweep_d_strength"), config)
@@ -475,4 +393,34 @@ def run(config: Config, folder: RunFolder) -> dict:
         summary["gpt_case_random_abs_cos_last"] = float(gpt["random_abs_mean"][-1])
         summary["gpt_case_pairs"] = gpt["n_pairs"]
         summary["gpt_case_steps"] = [int(gpt["steps"][0]), int(gpt["steps"][-1])]
+    require_finite(summary)
     return summary
+
+
+def findings(summary: dict) -> list[str]:
+    """One to three sentences: the headline numbers with their intervals and the verdicts
+    against the two baselines (the report opens with them)."""
+    s, ci = summary, lambda k: f"[{summary[k + '_ci'][0]:.3f}, {summary[k + '_ci'][1]:.3f}]"
+    seeds = ""
+    if "within_concept_cos_mean_seed_ci" in s:
+        lo_, hi_ = s["within_concept_cos_mean_seed_ci"]
+        seeds = f"; [{lo_:.2f}, {hi_:.2f}] over {s['n_seeds']} seeds"
+    out = [f"Latent-concept learner ({s.get('setting', '')}): within-concept cosine "
+           f"{s['within_concept_cos_mean']:.3f} {ci('within_concept_cos_mean')} over concepts{seeds}, against "
+           f"{s['within_concept_cos_mean_random']:.3f} for random directions and "
+           f"{s['within_concept_cos_mean_step0']:.3f} untrained; cross-concept |cos| "
+           f"{s['cross_concept_abs_cos_mean']:.3f} {ci('cross_concept_abs_cos_mean')} against "
+           f"{s['cross_concept_abs_cos_mean_random']:.3f} random and {s['cross_concept_abs_cos_mean_step0']:.3f} "
+           f"untrained at the same d."]
+    failed = [p["key"] for p in s["predictions"] if not p["passed"]]
+    out.append(f"{s['predictions_passed']}/{s['predictions_total']} predictions pass, each only if its "
+               f"95% interval beats both baselines by its margin" + (f" (failing: {', '.join(failed)})" if failed
+                                                                      else "")
+               + f"; embedding side {s['embedding_within_cos_mean']:.3f} {ci('embedding_within_cos_mean')} vs "
+               f"{s['embedding_within_cos_mean_step0']:.3f} untrained, log-odds error {s['logodds_error']:.3f} "
+               f"{ci('logodds_error')} nats vs {s['logodds_error_step0']:.3f} untrained.")
+    if "verdict_table_predicted" in s:
+        out.append(f"Over the cases where the theory says the checks hold or fail (dependent concepts, Adam, d < m, "
+                   f"too few steps, large init), {s['verdict_table_agree']} of {s['verdict_table_predicted']} "
+                   f"predicted verdicts come out as predicted (verdicts.md).")
+    return out

@@ -27,6 +27,7 @@ from dynamics import checkpoints
 from dynamics import data as data_lib
 from dynamics import multifractal as mf
 from dynamics import neuron_network as neunet
+from dynamics import stats
 from dynamics import train as train_lib
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
@@ -39,18 +40,18 @@ DESCRIPTION = "NeuroMFA: multifractal spectrum and degree of emergence of the ne
 @dataclasses.dataclass(frozen=True)
 class Config:
     widths: tuple[int, ...] = (32, 64, 128)   # d_model of the models trained here, smallest first
-    n_layer: int = 2
-    n_head: int = 4
-    context: int = 64
+    n_layer: int = 2                          # blocks of every model trained here
+    n_head: int = 4                           # attention heads of every model (must divide each width)
+    context: int = 64                         # context of every model trained here
     train: train_lib.TrainConfig = train_lib.TrainConfig()
     data: data_lib.DataConfig = data_lib.DataConfig()
     mfa: mf.MFAConfig = mf.MFAConfig()
     n_samples: int = 4          # network samples per checkpoint (paper: 10)
     n_resid: int = 32           # sampled neurons per residual/attention layer (paper: 32)
     n_mlp: int = 64             # sampled MLP neurons (paper: 64)
-    sample_seed: int = 0
+    sample_seed: int = 0        # draws the sampled neurons
     eval_windows: int = 64      # val windows (of `context` chars) for loss and accuracies
-    control_seed: int = 1
+    control_seed: int = 1       # draws the Gaussian-control weights
     control_draws: int = 3      # Gaussian-control draws per checkpoint (averaged with the samples)
     pretrain_run: str = ""      # optional: an existing pretrain run, analysed as one more size
 
@@ -140,6 +141,28 @@ def evaluate_series(stacked, model_config, tokenizer, val_text, n_windows, conte
 
 
 # ----------------------------------------------------------------------------- study
+def resolve(config: Config) -> dict:
+    """What `run` runs, references checked before anything is created: one pretrain run per width
+    (as `experiments.pretrain.resolve` sees it: model, every training key, corpus settings), the
+    optional extra run (checked: model, tokenizer, a step-0 checkpoint, width >= n_resid), the
+    multifractal settings and the study's own keys."""
+    from experiments import pretrain
+
+    runs = {f"d{w}": pretrain.resolve(pretrain.PretrainConfig(
+        model=gpt.GPTConfig(context=config.context, n_layer=config.n_layer, n_head=config.n_head, d_model=w),
+        train=config.train, data=config.data)) for w in config.widths}
+    if config.pretrain_run:
+        ref = pretrain.pretrain_reference(config.pretrain_run, "")
+        require(ref["steps"][0] == 0, f"pretrain_run={config.pretrain_run!r} has no step-0 checkpoint; E(t) "
+                                      f"is defined relative to initialisation")
+        require(config.n_resid <= ref["model"].d_model,
+                f"n_resid={config.n_resid} exceeds d_model={ref['model'].d_model} of pretrain_run")
+        runs["pretrain_run"] = {k: v for k, v in ref.items() if k != "steps"}
+    folded = ("widths", "n_layer", "n_head", "context", "train", "data", "mfa", "pretrain_run")
+    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
+    return {"runs": runs, "mfa": config.mfa, "study": study}
+
+
 def _spearman(a, b) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = np.isfinite(a) & np.isfinite(b)
@@ -184,7 +207,7 @@ def analyse_model(run_dir: Path, config: Config, val_text: str) -> dict:
     first = checkpoints.unstack_tree(stacked, 0)
     n_params = gpt.n_params(first, non_embedding=True) - first["wte"].size  # blocks + final norm
     return {"steps": steps, "model": model_config, "n_params": int(n_params), "spectra": spectra,
-            "summary": mf.summarize(spectra), "control": mf.summarize(control),
+            "summary": mf.summarize(spectra), "control": mf.summarize(control), "control_spectra": control,
             "eval": {k: np.asarray(v, float) for k, v in evals.items()}}
 
 
@@ -242,10 +265,48 @@ def _rows(res_list) -> dict:
             **{k: cat(lambda r, k=k: r["eval"][k]) for k in ("val_loss", "word_acc", "char_acc")}}
 
 
+def _resampled_means(series_TS, counts_BS) -> np.ndarray:
+    """[B, T] means over the resampled samples (NaN samples of a checkpoint left out)."""
+    x = np.asarray(series_TS, np.float64)
+    ok = np.isfinite(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts_BS @ np.where(ok, x, 0.0).T) / (counts_BS @ ok.T)
+
+
+def intervals(res: dict, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Intervals for one model's headline numbers, bootstrap over its network samples (the
+    same sampled neurons at every checkpoint, so first/last comparisons are paired); the
+    Gaussian control's pooled draws are resampled independently. [choice] E is recomputed
+    from the resampled sample-mean alpha0 and width, as `mf.summarize` forms it."""
+    sp = res["spectra"]
+    counts = stats.resample_counts(np.asarray(sp["alpha0"]).shape[1], n_boot, seed)
+    a, w = _resampled_means(sp["alpha0"], counts), _resampled_means(sp["width"], counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = (w / w[:, :1]) * np.log(a[:, :1] / a)
+    out = {"n_network_samples": int(counts.shape[1]),
+           "alpha0_first_ci": stats.quantile_ci(a[:, 0], level), "alpha0_last_ci": stats.quantile_ci(a[:, -1], level),
+           "alpha0_change_ci": stats.quantile_ci(a[:, -1] - a[:, 0], level),
+           "width_first_ci": stats.quantile_ci(w[:, 0], level), "width_last_ci": stats.quantile_ci(w[:, -1], level),
+           "width_change_ci": stats.quantile_ci(w[:, -1] - w[:, 0], level), "emergence_last_ci": stats.quantile_ci(e[:, -1], level)}
+    cs = res.get("control_spectra")
+    if cs is not None:
+        cc = stats.resample_counts(np.asarray(cs["alpha0"]).shape[1], n_boot, seed + 1)
+        ca, cw = _resampled_means(cs["alpha0"], cc), _resampled_means(cs["width"], cc)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ce = (cw[:, -1] / cw[:, 0]) * np.log(ca[:, 0] / ca[:, -1])
+        out.update({"emergence_control_last_ci": stats.quantile_ci(ce, level),
+                    "emergence_minus_control_last_ci": stats.quantile_ci(e[:, -1] - ce, level)})
+    rows = _rows([res])
+    out["spearman_emergence_vs_val_loss_ci"] = stats.correlation_ci(rows["emergence"], rows["val_loss"],
+                                                                    "spearman", n_boot=n_boot, level=level)
+    return out
+
+
 def _summary(results, order, largest) -> dict:
     s, c, e = largest["summary"], largest["control"], largest["eval"]
     corr = _correlations(_rows([largest]))
     pooled = _correlations(_rows([results[k] for k in order]))
+    rows = _rows([results[k] for k in order])
     last_E = [float(results[k]["summary"]["emergence"][-1]) for k in order]
     sizes = [results[k]["n_params"] for k in order]
     return {
@@ -273,6 +334,11 @@ def _summary(results, order, largest) -> dict:
         "word_acc_last_by_size": [float(results[k]["eval"]["word_acc"][-1]) for k in order],
         "val_loss_last": float(e["val_loss"][-1]), "word_acc_last": float(e["word_acc"][-1]),
         "n_used_nodes_last": float(s["n_used"][-1]),
+        "largest_model": order[-1], "largest_n_params": int(largest["n_params"]),
+        "emergence_minus_control_last": float(s["emergence"][-1] - c["emergence"][-1]),
+        "alpha0_change": float(s["alpha0"][-1] - s["alpha0"][0]), "width_change": float(s["width"][-1] - s["width"][0]),
+        **intervals(largest),
+        "spearman_pooled_emergence_vs_val_loss_ci": stats.correlation_ci(rows["emergence"], rows["val_loss"], "spearman"),
     }
 
 
@@ -307,6 +373,7 @@ def plot_all(results, order, folder: RunFolder) -> None:
             ax.plot(xstep(r["steps"]), r["control"][key], "--", color=col, alpha=0.6)
     for ax, key in zip(axes, ("alpha0 (regularity)", "width w (heterogeneity)")):
         ax.set(xscale="log", xlabel="step (0 at 0.5)", ylabel=key, title=f"{key}; dashed: Gaussian control")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide at legible sizes
         ax.legend(fontsize=8)
     _save(fig, folder.figure("alpha0_width"))
 
@@ -319,11 +386,13 @@ def plot_all(results, order, folder: RunFolder) -> None:
     axes[0].set(xscale="log", xlabel="step", ylabel="E(t)", title="degree of emergence; dashed: Gaussian control")
     axes[1].set(xscale="log", xlabel="step", ylabel="next-word accuracy", title="downstream: next-word accuracy")
     for ax in axes:
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in axes:
         ax.legend(fontsize=8)
     _save(fig, folder.figure("emergence"))
 
     sizes = [results[k]["n_params"] for k in order]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(sizes, [results[k]["summary"]["emergence"][-1] for k in order], "o-", label="E (trained weights)")
     ax.plot(sizes, [results[k]["control"]["emergence"][-1] for k in order], "s--", label="E (Gaussian control)")
     ax.axhline(0, color="gray", lw=0.5)
@@ -355,3 +424,39 @@ def _save(fig, path):
     from experiments import plots
 
     plots.save(fig, path)
+
+
+def findings(summary: dict) -> list[str]:
+    """The conclusions of a NeuroMFA summary, with intervals and verdicts."""
+    n = summary.get("n_network_samples", "?")
+    model = f"{summary.get('largest_model', 'the largest model')} ({summary.get('largest_n_params', 0):,} params)"
+
+    def change(key, rises_word, falls_word):
+        ci = summary.get(f"{key}_change_ci")
+        if ci is None:
+            return "no interval for the change"
+        return (rises_word if ci[0] > 0 else falls_word) if stats.excludes(ci) else "the change is within the noise"
+
+    out = [f"In {model}, alpha0 went {stats.ci_text(summary, 'alpha0_first', 3)} -> "
+           f"{stats.ci_text(summary, 'alpha0_last', 3)} ({change('alpha0', 'it rose', 'it fell: more regular')}) and "
+           f"the spectrum width {stats.ci_text(summary, 'width_first', 3)} -> {stats.ci_text(summary, 'width_last', 3)} "
+           f"({change('width', 'it widened: more heterogeneous', 'it narrowed')}); bootstrap over {n} network "
+           f"samples of one training seed per size, so the intervals are coarse."]
+    d = summary.get("emergence_minus_control_last_ci")
+    if d is None:
+        verdict = "no interval for the difference"
+    elif d[0] > 0:
+        verdict = f"E exceeds the control by {summary['emergence_minus_control_last']:.3f} [{d[0]:.3f}, {d[1]:.3f}]"
+    else:
+        verdict = (f"the difference {summary['emergence_minus_control_last']:.3f} [{d[0]:.3f}, {d[1]:.3f}] does not "
+                   f"exclude 0: weight-scale growth alone (what the control has) may explain E")
+    out.append(f"Degree of emergence E = {stats.ci_text(summary, 'emergence_last', 3)} against "
+               f"{stats.ci_text(summary, 'emergence_control_last', 3)} for Gaussian weights of the same scales: {verdict}.")
+    rho = summary.get("spearman_emergence_vs_val_loss")
+    if rho is not None and np.isfinite(rho):
+        ci = summary.get("spearman_emergence_vs_val_loss_ci")
+        sign = ("E falls with validation loss" if ci[1] < 0 else "E rises with validation loss") \
+            if ci is not None and stats.excludes(ci) else "no monotone relation with validation loss is shown"
+        out.append(f"Across checkpoints, Spearman of E with validation loss is "
+                   f"{stats.ci_text(summary, 'spearman_emergence_vs_val_loss')} (bootstrap over checkpoints): {sign}.")
+    return out

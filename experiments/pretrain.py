@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dynamics import data as data_lib
 from dynamics import distributed
+from dynamics import stats
 from dynamics import train as train_lib
 from dynamics.checkpoints import Series
 from dynamics.runlog import RunFolder, write_json
@@ -29,6 +31,9 @@ class PretrainConfig:
 
     def __post_init__(self):
         require(self.train.batch_size >= 1, "train.batch_size must be positive")
+
+    def unused(self) -> dict[str, str]:
+        return {"model.vocab_size": "the vocabulary is the corpus's characters"}
 
 
 Config = PretrainConfig
@@ -53,6 +58,34 @@ PRESETS = {
                                     log_checkpoints_until=16, checkpoint_every=20),
         data=data_lib.DataConfig(corpus="synthetic", synthetic_chars=20_000)),
 }
+
+
+def resolve(config: PretrainConfig) -> dict:
+    """What `run` runs: the model (its vocabulary is the corpus's, not a key), every training
+    field (run reads them all: optimizer, loop with evaluation, batch size, seed, eval batches)
+    and the corpus settings `load_corpus` reads."""
+    model = {**dataclasses.asdict(config.model), "vocab_size": "the corpus's"}
+    return {"model": model, "train": config.train, "data": config.data.settings()}
+
+
+def pretrain_reference(run: str, preset: str) -> dict:
+    """The pretrain series a study analyses, checked before anything is created: the run folder
+    `run` when given (it must hold model.json, tokenizer.json and a pretrain series), else the
+    `preset` the study would train. Returns {"run" or "preset", "model", "steps"} (checkpoint steps)."""
+    from dynamics import checkpoints
+
+    if run:
+        require(Path(run).is_dir(), f"pretrain_run={run!r} is not a run folder; give a pretrain run folder, "
+                                    f"or leave pretrain_run empty to train pretrain_preset")
+        model = checkpoints.load_model_config(run)
+        data_lib.load_tokenizer(run)
+        steps = Series(run, "pretrain", create=False).steps()
+        require(len(steps) >= 1, f"pretrain run {run} holds no pretrain checkpoints; point at a finished run")
+        return {"run": str(Path(run).resolve()), "model": model, "steps": steps}
+    require(preset in PRESETS, f"pretrain_preset={preset!r} is unknown; choose one of {', '.join(PRESETS)} "
+                               f"or give pretrain_run")
+    config = PRESETS[preset]
+    return {"preset": preset, "model": resolve(config)["model"], "steps": config.train.checkpoint_schedule()}
 
 
 def resolved_model(config: PretrainConfig, corpus: data_lib.Corpus) -> gpt.GPTConfig:
@@ -95,8 +128,11 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
     vals = [r["val_loss"] for r in records if r.get("val_loss") is not None and r.get("stage") == "pretrain"]
     final_val = [r["val_loss"] for r in records if r.get("step") == tc.steps and r.get("val_loss") is not None]
     tps = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+    window_loss = val_window_losses(distributed.to_host(state["params"]), model_config, val_batches)
     return {
         "val_loss": final_val[-1] if final_val else eval_fn(state["params"])["val_loss"],
+        "val_loss_ci": stats.mean_ci(window_loss), "n_val_windows": int(window_loss.size),
+        "vocab_size": model_config.vocab_size,
         "best_val_loss": min(vals) if vals else None,
         "steps": tc.steps,
         "n_checkpoints": len(Series(folder.root, "pretrain").steps()),
@@ -107,6 +143,35 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
         "val_chars": len(corpus.val_text),
         "val_works": list(corpus.val_works),
     }
+
+
+def val_window_losses(params, model_config: gpt.GPTConfig, val_batches: list[dict]) -> np.ndarray:
+    """Mean loss of every held-out window [N] (their mean is the reported val loss).
+
+    [choice] The interval of the val loss is a bootstrap over these windows: blocks of
+    `context` characters at fixed random offsets in the held-out plays, the text's natural
+    unit (characters within a block are strongly dependent). One training seed: the spread
+    over seeds is not in it (a tiny run costs ~5 min)."""
+    def per_window(p, x, y):
+        logp = jax.nn.log_softmax(gpt.apply(p, x, model_config)[0].astype(jnp.float32), -1)
+        return -jnp.take_along_axis(logp, y[..., None], -1)[..., 0].mean(-1)
+
+    fn = jax.jit(per_window)
+    return np.concatenate([np.asarray(fn(params, b["inputs"], b["targets"])) for b in val_batches])
+
+
+def findings(summary: dict) -> list[str]:
+    """The conclusions of a pretrain summary, with the interval of its val loss."""
+    s = summary
+    uniform = f" (a uniform guess over {s['vocab_size']} symbols scores {np.log(s['vocab_size']):.2f})" \
+        if s.get("vocab_size") else ""
+    out = [f"A {s['n_params']:,}-parameter GPT trained for {s['steps']} steps reached validation loss "
+           f"{stats.ci_text(s, 'val_loss', 3)} nats/char on held-out text{uniform}, saving {s['n_checkpoints']} "
+           f"checkpoints."]
+    if s.get("val_loss_ci") is not None:
+        out.append(f"The interval is a bootstrap over {s['n_val_windows']} held-out windows of one training seed; "
+                   f"seed-to-seed spread is not in it.")
+    return out
 
 
 def run_group(configs: list[PretrainConfig], folders: list[RunFolder]) -> list[dict]:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from dynamics import distributed
 from dynamics.errors import OntogenyError
-from dynamics.runlog import RunFolder, _primary
+from dynamics.runlog import RunFolder, _primary, require_finite_summary
 from experiments.config import ArgumentParser, claim_folder
 
 DESCRIPTION = "run every study's tiny preset (one shared pretrain run), then write DIR/report.html"
@@ -62,10 +62,13 @@ def main(argv: list[str]) -> int:
         folder_path = out / name
         t0 = time.perf_counter()
         try:
+            module.resolve(config)  # the shared pretrain run exists by now (it is trained first)
             claim_folder(folder_path, name, "tiny", config)
             folder = RunFolder(folder_path)
             if folder.read_summary() is None:
-                folder.write_summary(module.run(config, folder))
+                summary = module.run(config, folder)
+                require_finite_summary(summary, str(folder_path))
+                folder.write_summary(summary)
         except OntogenyError as e:
             failed[name] = str(e)
         except Exception:  # one study's crash is reported; the others still run

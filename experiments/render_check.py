@@ -49,15 +49,33 @@ def screenshot(html: Path, png: Path, width: int = 1200, height: int = 8000) -> 
     return (matplotlib.image.imread(png)[..., :3] * 255).astype(np.uint8)
 
 
-def nonwhite_pixels(png_bytes: bytes, max_width: int = 520) -> float:
-    """Pixels of a PNG that differ from white, at the size the report displays it."""
+def _image(png_bytes: bytes) -> np.ndarray:
     import io
 
     import matplotlib.image
 
-    image = matplotlib.image.imread(io.BytesIO(png_bytes))[..., :3]
-    scale = min(1.0, max_width / image.shape[1])
+    return matplotlib.image.imread(io.BytesIO(png_bytes))[..., :3]
+
+
+def nonwhite_pixels(png_bytes: bytes, width: int | None = None) -> float:
+    """Pixels of a PNG that differ from white, at the size the report displays it (every
+    figure scaled to `width`, the report's FIGURE_WIDTH_PX)."""
+    from experiments.report import FIGURE_WIDTH_PX
+
+    image = _image(png_bytes)
+    scale = (width or FIGURE_WIDTH_PX) / image.shape[1]
     return float((image < 0.96).any(-1).sum()) * scale ** 2
+
+
+def shown_height(png_bytes: bytes) -> int:
+    """Height in CSS pixels of a figure shown at the report's width (0 if undecodable)."""
+    from experiments.report import FIGURE_WIDTH_PX
+
+    try:
+        h, w = _image(png_bytes).shape[:2]
+    except Exception:
+        return 0
+    return int(np.ceil(h * FIGURE_WIDTH_PX / w))
 
 
 def check(directory: Path) -> dict:
@@ -69,8 +87,8 @@ def check(directory: Path) -> dict:
         raise OntogenyError(f"{html} does not exist; run `python -m experiments report {directory}` first")
     text = html.read_text()
     pngs = [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', text)]
-    n_sections = len(re.findall(r"<section>", text))
-    height = min(32000, 1500 + 900 * n_sections + 320 * len(pngs))   # a window taller than the page
+    n_sections = len(re.findall(r"<section[ >]", text))
+    height = min(32000, 1500 + 600 * n_sections + sum(shown_height(p) + 60 for p in pngs))  # taller than the page
     shown = screenshot(html, directory / "report.png", height=height)
     hidden_html = directory / ".report_hidden.html"
     hidden_png = directory / ".report_hidden.png"

@@ -1,9 +1,11 @@
 """`python -m experiments report DIR`: one self-contained HTML page for a folder of study runs.
 
 DIR holds one run folder per study (as `quickstart` writes them: DIR/pretrain, DIR/waves, ...),
-or is itself one run folder. For each run the page shows the headline numbers of its
-summary.json, a sentence on what the study shows (from the numbers, not canned), and its
-figures embedded as base64 PNGs, so the page reads offline from a single file.
+or is itself one run folder. The page opens with every run's findings (its study module's
+`findings(summary)`, found through the registry: sentences with intervals and verdicts); then
+each run's section shows its figures at page width (`FIGURE_WIDTH_PX`), embedded as base64
+PNGs so the page reads offline from a single file, and every raw summary key folded away in a
+<details> block.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import json
 from pathlib import Path
 
 from dynamics.errors import OntogenyError
+from experiments import plots, registry
 from experiments.config import ArgumentParser
 
-DESCRIPTION = "write DIR/report.html: every study's headline numbers and figures on one offline page"
+DESCRIPTION = "write DIR/report.html: every study's findings, figures and headline numbers on one offline page"
+FIGURE_WIDTH_PX = plots.SHOWN_WIDTH_PX   # figures are shown this wide; plots.py sizes fonts for it
 
 
 def _fmt(value) -> str:
@@ -23,38 +27,22 @@ def _fmt(value) -> str:
         return f"{value:.4g}"
     if isinstance(value, list):
         return "[" + ", ".join(_fmt(v) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+    if isinstance(value, dict):
+        text = json.dumps(value, default=str)
+        return html.escape(text[:300] + (" ..." if len(text) > 300 else ""))
     return html.escape(str(value))
 
 
-def _sentence(experiment: str, s: dict) -> str:
-    """What the run shows, in one sentence built from its own numbers."""
+def findings_html(experiment: str, summary: dict) -> str:
+    """The study's findings as a list; a summary the study cannot read says so instead."""
     try:
-        if experiment == "pretrain":
-            return (f"A {s['n_params']:,}-parameter GPT trained for {s['steps']} steps reached validation loss "
-                    f"{s['val_loss']:.3f} nats/char on held-out plays, saving {s['n_checkpoints']} checkpoints.")
-        if experiment == "linear-origins":
-            return (f"Within-concept cosine {s['within_concept_cos_mean']:.3f} against cross-concept |cos| "
-                    f"{s['cross_concept_abs_cos_mean']:.3f}: {s['predictions_passed']} of {s['predictions_total']} "
-                    f"predictions of the theory hold.")
-        if experiment == "neuromfa":
-            return (f"alpha0 went {s['alpha0_first']:.3f} -> {s['alpha0_last']:.3f} and spectrum width "
-                    f"{s['width_first']:.3f} -> {s['width_last']:.3f}; degree of emergence {s['emergence_last']:.3f} "
-                    f"against {s['emergence_control_last']:.3f} for the Gaussian control.")
-        if experiment == "waves":
-            return (f"Channel coherence {s['coherence_first']:.3f} -> {s['coherence_last']:.3f}; fraction of correct "
-                    f"words {s['fraction_correct_first']:.2f} -> {s['fraction_correct_last']:.2f}; the sub-Poisson "
-                    f"claim {'survives' if s['claim_survives_baseline'] else 'does not survive'} the binomial baseline.")
-        if experiment == "cognition":
-            return (f"Cognitive {s['cognitive_pretrain']:.2f} vs expressive {s['expressive_pretrain']:.2f} after "
-                    f"pretraining; expressive {s['expressive_sft']:.2f} after SFT and {s['expressive_rl']:.2f} after RL "
-                    f"(chance {s['chance']:.2f}); Pearson r = {s['pearson_r']:.2f}.")
-        if experiment == "crosscoders":
-            return (f"Explained variance >= {s['explained_variance_min']:.3f} on every snapshot at L0 {s['l0_mean']:.1f}; "
-                    f"median emergence step {s['median_emergence_step']}; ablating top features drops the metric by "
-                    f"{s['ablation_drop_top']:.3f} against {s['ablation_drop_random']:.3f} for random ones.")
-    except (KeyError, TypeError, ValueError):
-        pass
-    return ""
+        lines = registry.findings(experiment, summary)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        return (f'<p class="warn">No findings: this summary lacks what `{html.escape(experiment)}.findings` '
+                f"reads ({html.escape(type(e).__name__)}: {html.escape(str(e))}); rerun the study.</p>")
+    if not lines:
+        return '<p class="warn">This study states no findings; see its numbers below.</p>'
+    return '<ul class="findings">' + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -64,31 +52,58 @@ def find_runs(root: Path) -> list[Path]:
     return runs
 
 
+def _experiment(run: Path) -> str:
+    config_path = run / "config.json"
+    return json.loads(config_path.read_text()).get("experiment", run.name) if config_path.exists() else run.name
+
+
+def _anchor(i: int) -> str:
+    return f"run{i}"
+
+
+def overview(runs: list[Path]) -> str:
+    """What the page opens with: every run's findings, each linked to its section."""
+    items = []
+    for i, run in enumerate(runs):
+        experiment = _experiment(run)
+        summary = json.loads((run / "summary.json").read_text())
+        items.append(f'<h3><a href="#{_anchor(i)}">{html.escape(experiment)}</a> <small>{html.escape(run.name)}</small>'
+                     f"</h3>{findings_html(experiment, summary)}")
+    return f"<h2>Findings</h2>{''.join(items)}"
+
+
+def section(run: Path, i: int = 0) -> str:
+    """One run: heading, figures at page width, raw summary keys folded away."""
+    summary = json.loads((run / "summary.json").read_text())
+    experiment = _experiment(run)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in summary.items())
+    figures = "".join(
+        f'<figure><img alt="{html.escape(png.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png.read_bytes()).decode()}"><figcaption>{html.escape(png.stem)}</figcaption></figure>'
+        for png in sorted((run / "figures").glob("*.png")))
+    return (f'<section id="{_anchor(i)}"><h2>{html.escape(experiment)} <small>{html.escape(run.name)}</small></h2>'
+            f"{figures}"
+            f"<details><summary>all {len(summary)} summary keys</summary><table>{rows}</table></details></section>")
+
+
 def render(root: Path) -> str:
     runs = find_runs(root)
     if not runs:
         raise OntogenyError(f"{root} holds no finished run (no summary.json in it or its sub-folders); "
                             f"run a study or `python -m experiments quickstart --out {root}` first")
-    sections = []
-    for run in runs:
-        summary = json.loads((run / "summary.json").read_text())
-        config_path = run / "config.json"
-        experiment = json.loads(config_path.read_text()).get("experiment", run.name) if config_path.exists() else run.name
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in summary.items()
-                       if not isinstance(v, dict))
-        figures = "".join(
-            f'<figure><img alt="{html.escape(png.stem)}" src="data:image/png;base64,'
-            f'{base64.b64encode(png.read_bytes()).decode()}"><figcaption>{html.escape(png.stem)}</figcaption></figure>'
-            for png in sorted((run / "figures").glob("*.png")))
-        sections.append(f"<section><h2>{html.escape(experiment)} <small>{html.escape(run.name)}</small></h2>"
-                        f"<p>{html.escape(_sentence(experiment, summary))}</p><table>{rows}</table>{figures}</section>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td{border:1px solid #ccc;padding:2px 8px;font-size:13px}"
-             "figure{display:inline-block;margin:6px}img{max-width:520px}figcaption{font-size:12px;color:#555}"
-             "small{color:#888;font-weight:normal}")
+    order = list(registry.MODULES)
+    runs.sort(key=lambda r: (order.index(_experiment(r)) if _experiment(r) in order else len(order), str(r)))
+    w = FIGURE_WIDTH_PX
+    style = (f"body{{font-family:sans-serif;max-width:{w}px;margin:2em auto;padding:0 1em;color:#222;font-size:16px}}"
+             "ul.findings{font-size:17px;line-height:1.45;background:#f4f7fb;padding:0.6em 1.2em 0.6em 2em}"
+             ".warn{color:#a40}h3{margin:1.2em 0 0.3em}a{color:#1a4d8f}table{border-collapse:collapse;margin:1em 0}"
+             "td{border:1px solid #ccc;padding:2px 8px;font-size:13px}"
+             "figure{margin:1.2em 0}img{display:block;width:100%}figcaption{font-size:13px;color:#555}"
+             "small{color:#888;font-weight:normal}details{margin:1em 0 2.5em}summary{cursor:pointer;color:#555}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Ontogeny report</title><style>{style}</style>"
-            f"</head><body><h1>Ontogeny report</h1><p>{len(runs)} run(s) in {html.escape(str(root))}</p>"
-            f"{''.join(sections)}</body></html>")
+            f"</head><body><h1>Ontogeny report</h1><p>{len(runs)} run(s) in {html.escape(str(root))}. "
+            "Bracketed ranges are 95% intervals (bootstrap, Wilson or Student t) over the unit each study names.</p>"
+            f"{overview(runs)}{''.join(section(run, i) for i, run in enumerate(runs))}</body></html>")
 
 
 def write_report(root) -> Path:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from dynamics.errors import OntogenyError
-from dynamics.runlog import RunFolder, to_jsonable, write_json
+from dynamics.runlog import RunFolder, non_finite, require_finite_summary, to_jsonable, write_json
 from experiments.config import ArgumentParser, all_keys, claim_folder, field_types, override
 
 DESCRIPTION = "grid or random sweep over a study's config (vmapped over shape-keeping values where possible)"
@@ -130,8 +130,9 @@ def run_points(module, study: str, preset: str, configs: list, folders: list[Pat
         except Exception:  # a crash of the shared program fails its members, and is recorded
             outs = [{"error": traceback.format_exc()}] * len(todo)
         for i, out in zip(todo, outs):
-            if "error" in out:
-                results[i] = _record_failure(folders[i], out["error"])
+            bad = None if "error" in out else non_finite(out)
+            if "error" in out or bad is not None:  # a NaN headline fails its point, as in run_study
+                results[i] = _record_failure(folders[i], out.get("error") or f"summary metric {bad[0]} is {bad[1]}")
             else:
                 RunFolder(folders[i]).write_summary(out)
                 results[i] = {"status": "ok", **_scalars(out)}
@@ -141,6 +142,7 @@ def run_points(module, study: str, preset: str, configs: list, folders: list[Pat
         try:
             folder = RunFolder(folders[i])
             summary = module.run(configs[i], folder)
+            require_finite_summary(summary, str(folders[i]))
             folder.write_summary(summary)
             results[i] = {"status": "ok", **_scalars(summary)}
         except OntogenyError as e:
@@ -245,6 +247,8 @@ def main(argv: list[str]) -> int:
     if not points or points == [{}]:
         raise OntogenyError("nothing to sweep: give --grid key=v1,v2 or --random N --range key=lo:hi")
     configs = [override(base, [f"{k}={v}" for k, v in p.items()]) for p in points]
+    for config in configs:  # every point's references too, before the sweep folder is created
+        module.resolve(config)
 
     out = Path(args.out or f"runs/sweep-{study}")
     record = {"study": study, "preset": preset, "set": fixed, "points": points}

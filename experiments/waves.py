@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from dynamics import spelling, waves
+from dynamics import spelling, stats, waves
 from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
@@ -55,27 +55,27 @@ DESCRIPTION = "wave dynamics of hidden channels and spelling-error statistics ov
 @dataclasses.dataclass(frozen=True)
 class Config:
     pretrain_run: str = ""                      # empty: train `pretrain_preset` into OUT/pretrain
-    pretrain_preset: str = "tiny"
+    pretrain_preset: str = "tiny"               # the preset trained when pretrain_run is empty
     layer: int = -1                             # -1: final normalised hidden state; l: residual after block l
     prompts: tuple[str, ...] = ("\n", "KING")   # wave passages start from these ...
     seeds_per_prompt: int = 2                   # ... with this many independent samples each
     passage_length: int = 96                    # tokens per passage, prompt included (may exceed the context)
-    max_lag: int = 64
+    max_lag: int = 64                           # longest lag of the autocorrelation / coherence time
     min_period: float = 2.0                     # spectral peak searched over periods [min_period, max_period]:
     max_period: float = 16.0                    # word scale; longer periods carry the positional drift
-    n_clusters: int = 6
-    temperature: float = 1.0
+    n_clusters: int = 6                         # channel clusters (labelled by character classes)
+    temperature: float = 1.0                    # sampling temperature of passages and spelling samples
     n_heatmaps: int = 3                         # checkpoints shown as correlation heatmaps
     n_samples: int = 200                        # spelling: samples per checkpoint (M)
     sample_length: int = 63                     # spelling: characters per sample (L; <= context - 1)
     n_words: int = 6                            # spelling: words per sample, fixed-word-count variant
-    case_sensitive: bool = False
-    n_boot: int = 500
-    ci_level: float = 0.95
+    case_sensitive: bool = False                # spelling: match words against the corpus with case
+    n_boot: int = 500                           # bootstrap resamples of the Mandel Q intervals
+    ci_level: float = 0.95                      # confidence level of those intervals
     max_checkpoints: int = 0                    # waves: 0 = all checkpoints, else this many spread over the series
     spelling_checkpoints: int = 10              # spelling: this many of those (first and last included); 0 = all
     chunk_size: int = 0                         # checkpoints per vmapped chunk (0: automatic)
-    seed: int = 0
+    seed: int = 0                               # sampling seed of passages and spelling samples
 
     def __post_init__(self):
         require(len(self.prompts) >= 1 and all(len(p) >= 1 for p in self.prompts),
@@ -100,6 +100,24 @@ class Config:
         for name in ("max_checkpoints", "spelling_checkpoints"):
             require(getattr(self, name) == 0 or getattr(self, name) >= 2, f"{name} must be 0 (all) or >= 2")
         require(self.n_heatmaps >= 1 and self.chunk_size >= 0, "n_heatmaps must be >= 1 and chunk_size >= 0")
+
+    def unused(self) -> dict[str, str]:
+        """Keys a given pretrain_run leaves without effect: setting one is refused."""
+        return {"pretrain_preset": "pretrain_run is given, so no pretrain preset is trained"} if self.pretrain_run else {}
+
+
+def resolve(config: Config) -> dict:
+    """What `run` runs, references checked before anything is created: the pretrain series (a
+    given run, or the preset trained into OUT/pretrain), the layer read, and the study's keys."""
+    from experiments.pretrain import pretrain_reference
+
+    ref = pretrain_reference(config.pretrain_run, config.pretrain_preset)
+    model = ref["model"] if isinstance(ref["model"], dict) else dataclasses.asdict(ref["model"])
+    require(config.layer < model["n_layer"], f"layer={config.layer} must be < the pretrain model's "
+                                             f"n_layer={model['n_layer']} (or -1, the final hidden state)")
+    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+             if f.name not in ("pretrain_run", "pretrain_preset")}
+    return {"pretrain": {k: v for k, v in ref.items() if k != "steps"}, "study": study}
 
 
 PRESETS = {
@@ -324,7 +342,60 @@ def run(config: Config, folder: RunFolder) -> dict:
         "claim_checks": checks,
         "wave_pass_s": wave_s, "sample_pass_s": sample_s, "wall_s": time.perf_counter() - t_start,
     }
+    summary.update(intervals(W["coherence"], fl_first, fl_last, config.n_boot, config.ci_level))
     return summary
+
+
+def intervals(coherence_KP, fl_first, fl_last, n_boot: int = 2000, level: float = 0.95) -> dict:
+    """Intervals of the headline numbers (one training seed; units within it).
+
+    Coherence: over the P passages, paired across checkpoints (the same prompts and keys at
+    every checkpoint). [choice] Student t, not the bootstrap: P is a handful (4 at tiny), where
+    percentile-bootstrap intervals come out too narrow. Fraction of correct words: bootstrap
+    over the spelling samples (ratio of sums; `spelling_statistics`'s p_ci), and its change
+    between the first and last checkpoint from independent resamples of the two sample sets.
+    """
+    c = np.asarray(coherence_KP, np.float64)
+    t = (lambda v: stats.t_ci(v, level)) if c.shape[1] >= 2 else (lambda v: None)
+    out = {"n_passages": int(c.shape[1]), "coherence_first_ci": t(c[0]), "coherence_last_ci": t(c[-1]),
+           "coherence_change": float(c[-1].mean() - c[0].mean()), "coherence_change_ci": t(c[-1] - c[0]),
+           "fraction_correct_last_ci": fl_last["p_ci"], "n_spelling_samples": int(fl_last["n_samples"])}
+    if fl_first is not None:
+        draws = [stats.ratio_draws(s["counts_correct"], s["counts_correct"] + s["counts_misspelled"],
+                                   n_boot=n_boot, seed=seed) for seed, s in enumerate((fl_first, fl_last))]
+        out.update({"fraction_correct_first_ci": fl_first["p_ci"],
+                    "fraction_correct_change": float(fl_last["p"] - fl_first["p"]),
+                    "fraction_correct_change_ci": stats.quantile_ci(draws[1] - draws[0], level)})
+    return out
+
+
+def _change(summary: dict, key: str, what: str, digits: int = 3) -> str:
+    """'<what> went a [ci] -> b [ci]: it rose by d [ci]' or '... the change d [ci] is within the noise'."""
+    d, ci = summary.get(f"{key}_change"), summary.get(f"{key}_change_ci")
+    text = f"{what} went {stats.ci_text(summary, key + '_first', digits)} -> {stats.ci_text(summary, key + '_last', digits)}"
+    if d is None or ci is None:
+        return text + " (no interval for the change)"
+    verdict = ("it rose" if ci[0] > 0 else "it fell") if stats.excludes(ci) else "the interval of the change includes 0, so no change is shown"
+    return f"{text}: {verdict} ({stats.format_ci(d, ci, digits, signed=True)})"
+
+
+def findings(summary: dict) -> list[str]:
+    """The conclusions of a waves summary, with intervals and verdicts."""
+    n_p, n_s = summary.get("n_passages", "?"), summary.get("n_spelling_samples", "?")
+    s = dict(summary)
+    if s.get("fraction_correct_first") is None:
+        s["fraction_correct_first"] = float("nan")
+    excess = stats.ci_text(summary, "q_correct_excess_last", 3)
+    survives = summary["claim_survives_baseline"]
+    return [
+        _change(s, "coherence", f"Channel coherence (mean off-diagonal |C|, t interval over {n_p} passages)") + ".",
+        _change(s, "fraction_correct", f"The fraction of correctly spelled words (bootstrap over {n_s} samples)",
+                2) + ".",
+        f"Mandel Q of correct-word counts is {stats.ci_text(summary, 'q_correct_last', 3)} against the binomial "
+        f"baseline {summary['q_correct_baseline_last']:.3f} (excess {excess}), so the sub-Poisson claim "
+        f"{'survives' if survives else 'does not survive'} the baseline; intervals are over units of one "
+        f"training seed.",
+    ]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -389,8 +460,9 @@ def figures(folder, config, steps, W, records, spell, orders, clusters, names, t
     space = np.maximum(np.abs(R[:, names.index("space@t")]), np.abs(R[:, names.index("space@t+1")]))
     top = np.argsort(-space)[:4]
     tokens = W["tokens"][-1, 0]
-    text = tokenizer.decode(tokens[:-1])
-    x = W["waves"][-1, 0]
+    shown = 64  # characters: each tick label stays legible at the report's width
+    text = tokenizer.decode(tokens[:-1])[:shown]
+    x = W["waves"][-1, 0][:shown]
     fig, ax = plt.subplots(figsize=(12, 4.5))
     for j, c in enumerate(top):
         z = (x[:, c] - x[:, c].mean()) / (x[:, c].std() + 1e-8)

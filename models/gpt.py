@@ -35,14 +35,14 @@ CAPTURES = {
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = 65
-    context: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    mlp_ratio: int = 4
-    dropout: float = 0.0
-    tied_embeddings: bool = True
+    vocab_size: int = 65              # tokens in the vocabulary (studies take it from their tokenizer)
+    context: int = 128                # positions the model attends over (block size)
+    n_layer: int = 4                  # transformer blocks
+    n_head: int = 4                   # attention heads per block (must divide d_model)
+    d_model: int = 128                # residual-stream width
+    mlp_ratio: int = 4                # MLP hidden width as a multiple of d_model
+    dropout: float = 0.0              # dropout rate in training (0 = off)
+    tied_embeddings: bool = True      # share the token embedding with the output head
 
     def __post_init__(self):
         require(self.vocab_size >= 2, f"model.vocab_size={self.vocab_size} must be at least 2")

@@ -52,7 +52,9 @@ class LatentConfig:
         require(1 <= self.n_concepts <= 8,
                 f"n_concepts={self.n_concepts} must be in 1..8 (there are 2^m tokens, 3^m contexts)")
         require(0.0 <= self.edge_density <= 1.0, f"edge_density={self.edge_density} must be in [0, 1]")
-        require(self.strength >= 0.0, f"strength={self.strength} must be >= 0 (0 = independent concepts)")
+        require(0.0 <= self.strength <= 1e6,
+                f"strength={self.strength} must be in [0, 1e6] (0 = independent concepts; from ~1e3 on every "
+                f"dependent concept is already deterministic in float64)")
         require(self.marginal_scale >= 0.0, f"marginal_scale={self.marginal_scale} must be >= 0")
         require(0.0 < self.p_fix < 1.0, f"p_fix={self.p_fix} must be in (0, 1)")
 
@@ -107,8 +109,9 @@ def joint_law(weights_MM: np.ndarray, bias_M: np.ndarray) -> np.ndarray:
     """p(C = y) for every token: product of the nodes' conditionals (acyclic, so no normaliser)."""
     bits = token_bits(len(bias_M))
     logit_YM = bias_M + (2 * bits - 1) @ weights_MM.T
-    p1 = 1.0 / (1.0 + np.exp(-logit_YM))
-    return np.prod(np.where(bits == 1, p1, 1.0 - p1), axis=1)
+    # log sigmoid(+-logit) without overflow; at large |logit| a state underflows to exactly 0
+    log_p = -np.logaddexp(0.0, np.where(bits == 1, -logit_YM, logit_YM))
+    return np.exp(log_p.sum(axis=1))
 
 
 def consistent(contexts_XM: np.ndarray, bits_YM: np.ndarray) -> np.ndarray:
@@ -125,7 +128,8 @@ def build_problem(config: LatentConfig) -> LatentProblem:
     mask_XY = consistent(contexts, bits)
     mass_XY = mask_XY * joint[None, :]
     marginal_X = mass_XY.sum(1)                       # p(C_S = s_S)
-    cond = mass_XY / marginal_X[:, None]
+    # a context of probability zero is never drawn and carries no data: its row stays 0 (not 0/0)
+    cond = np.divide(mass_XY, marginal_X[:, None], out=np.zeros_like(mass_XY), where=marginal_X[:, None] > 0)
     n_fixed = (contexts != UNKNOWN).sum(1)
     weight = config.p_fix ** n_fixed * (1 - config.p_fix) ** (m - n_fixed) * marginal_X
     return LatentProblem(config, order, weights, bias, bits, contexts, joint, weight / weight.sum(), cond)
@@ -164,6 +168,14 @@ def context_pairs(m: int) -> np.ndarray:
         base = x[(x // 3 ** i) % 3 == 0]
         out.append(np.stack([base, base + 3 ** i], axis=1))
     return np.stack(out).astype(np.int32)
+
+
+def pair_masks(problem: LatentProblem):
+    """(token pairs [m, 2^(m-1)], context pairs [m, 3^(m-1)]) bool: both items have nonzero
+    probability. A pair with an impossible token or context carries no data: measures skip it."""
+    tok_ok, ctx_ok = problem.joint_Y > 0, problem.context_weight_X > 0
+    tok, ctx = token_pairs(problem.n_concepts), context_pairs(problem.n_concepts)
+    return tok_ok[tok].all(-1), ctx_ok[ctx].all(-1)
 
 
 def pair_logodds(problem: LatentProblem):
@@ -340,11 +352,11 @@ def init_states(params_R, seeds_R, lrs_R, weight_decays_R, kinds_R):
 
 
 def train_runs(m: int, learner: LearnerConfig, snapshot_steps, *, seeds, lrs, weight_decays, optimizers, widths=None,
-               weights_RXY, batch_size: int = 64, progress=None):
+               weights_RXY, batch_size: int = 64, progress=None, init_scales=None):
     """Train R runs of one m together in one compiled, vmapped loop; snapshot at `snapshot_steps`.
 
     Per run: seed, lr, weight decay, optimizer name, width (<= learner.d; default learner.d) and
-    training law weights_RXY [R, X, Y]. Returns (params with leaves [R, T, ...] of width
+    training law weights_RXY [R, X, Y], optional init scale (default learner.init_scale). Returns (params with leaves [R, T, ...] of width
     learner.d, zero-padded beyond each run's width; losses [R, T]) as numpy.
     """
     steps = sorted(set(int(s) for s in snapshot_steps))
@@ -353,7 +365,9 @@ def train_runs(m: int, learner: LearnerConfig, snapshot_steps, *, seeds, lrs, we
     require(all(1 <= w <= learner.d for w in widths), f"run widths {widths} must be in 1..{learner.d}")
     inputs = jnp.asarray(context_inputs(m))
     weights = jnp.asarray(weights_RXY, jnp.float32)
-    params = jax.tree.map(lambda *xs: np.stack(xs), *[init_learner(learner, m, s, w) for s, w in zip(seeds, widths)])
+    scales = [learner.init_scale] * len(seeds) if init_scales is None else list(init_scales)
+    params = jax.tree.map(lambda *xs: np.stack(xs), *[
+        init_learner(dataclasses.replace(learner, init_scale=c), m, s, w) for s, w, c in zip(seeds, widths, scales)])
     states = init_states(params, jnp.asarray(seeds, jnp.uint32), jnp.asarray(lrs, jnp.float32),
                          jnp.asarray(weight_decays, jnp.float32),
                          jnp.asarray([OPTIMIZER_CODE[o] for o in optimizers], jnp.int32))

@@ -54,12 +54,14 @@ def induction_tokens(rng: np.random.Generator, n: int, half: int, vocab: np.ndar
     return np.concatenate([r, r], axis=1).astype(np.int32)
 
 
-def induction_metric(half: int):
-    """Mean log-probability of the correct next token over the repeated half."""
+def induction_metric(half: int, per_sequence: bool = False):
+    """Mean log-probability of the correct next token over the repeated half (per sequence [B]
+    with per_sequence, whose mean is the scalar metric: every sequence has the same length)."""
     def metric(logits_BCV, tokens_BC):
         logp = jax.nn.log_softmax(logits_BCV[:, half:-1].astype(jnp.float32), -1)
         target = tokens_BC[:, half + 1:]
-        return jnp.take_along_axis(logp, target[..., None], -1).mean()
+        lp = jnp.take_along_axis(logp, target[..., None], -1)[..., 0]
+        return lp.mean(-1) if per_sequence else lp.mean()
     return metric
 
 

@@ -84,12 +84,16 @@ def within_cosines(M_ND, pairs_KP2, mask_KP=None, mode: str = "pairwise"):
     raise ValueError(f"mode={mode!r} must be pairwise or to_mean")
 
 
-def geometry_measures(M_ND, pairs_KP2, mask_KP=None, random_R2=None, *, mode: str = "pairwise") -> dict:
+def geometry_measures(M_ND, pairs_KP2, mask_KP=None, random_R2=None, *, mode: str = "pairwise",
+                      random_mask_R=None) -> dict:
     """Linearity / orthogonality measures of the rows of M for K concepts.
 
     Returns scalars within_mean, within_min, cross_abs_mean, cross_abs_max (NaN when K < 2),
-    random_abs_mean (NaN without random pairs), and arrays within_per_concept [K],
-    cross_cos [K, K] (signed), directions [K, D].
+    random_abs_mean (NaN without random pairs), and arrays within_per_concept [K], has [K]
+    (the concept has a within value: two valid pairs), cross_per_concept [K] (mean |cos| to the
+    other concepts with a direction) with cross_has [K], dir_has [K] (the concept has a valid
+    pair, hence a direction), cross_cos [K, K] (signed), directions [K, D]. Masked-out
+    pairs (`mask_KP`, `random_mask_R`: e.g. items of probability zero) carry no data.
     """
     mask = jnp.ones(pairs_KP2.shape[:2], bool) if mask_KP is None else jnp.asarray(mask_KP)
     cos, valid = within_cosines(M_ND, pairs_KP2, mask, mode)
@@ -99,13 +103,18 @@ def geometry_measures(M_ND, pairs_KP2, mask_KP=None, random_R2=None, *, mode: st
     dirs = concept_directions(M_ND, pairs_KP2, mask)
     cross = dirs @ dirs.T
     K = pairs_KP2.shape[0]
-    off = ~jnp.eye(K, dtype=bool)
+    dir_ok = jnp.any(mask, axis=1)
+    off = ~jnp.eye(K, dtype=bool) & dir_ok[:, None] & dir_ok[None, :]
     out = {
         "within_mean": _masked_mean(per_concept, has),
         "within_min": jnp.min(jnp.where(valid, cos, jnp.inf)),
         "within_per_concept": per_concept,
+        "has": has,
         "cross_abs_mean": _masked_mean(jnp.abs(cross), off) if K > 1 else jnp.nan,
         "cross_abs_max": jnp.max(jnp.where(off, jnp.abs(cross), -jnp.inf)) if K > 1 else jnp.nan,
+        "cross_per_concept": jnp.sum(jnp.where(off, jnp.abs(cross), 0.0), 1) / jnp.maximum(off.sum(1), 1),
+        "cross_has": off.any(1),
+        "dir_has": dir_ok,
         "cross_cos": cross,
         "directions": dirs,
         "random_abs_mean": jnp.nan,
@@ -113,7 +122,8 @@ def geometry_measures(M_ND, pairs_KP2, mask_KP=None, random_R2=None, *, mode: st
     if random_R2 is not None:
         r = unit(pair_differences(M_ND, jnp.asarray(random_R2)[None])[0])
         R = r.shape[0]
-        out["random_abs_mean"] = _masked_mean(jnp.abs(r @ r.T), ~jnp.eye(R, dtype=bool))
+        ok = jnp.ones(R, bool) if random_mask_R is None else jnp.asarray(random_mask_R)
+        out["random_abs_mean"] = _masked_mean(jnp.abs(r @ r.T), ~jnp.eye(R, dtype=bool) & ok[:, None] & ok[None, :])
     return out
 
 
@@ -124,13 +134,20 @@ def direction_alignment(dirs_a_KD, dirs_b_KD):
 
 def logodds_error(F_XD, G_YD, pairs_KP2, true_KPX, finite_KPX):
     """Mean |f(x)^T (g(y1) - g(y0)) - exact log-odds| in nats over finite (context, pair) cells."""
-    learned = jnp.einsum("kpd,xd->kpx", pair_differences(G_YD, pairs_KP2), F_XD)
-    return _masked_mean(jnp.abs(learned - true_KPX), finite_KPX)
+    return logodds_errors(F_XD, G_YD, pairs_KP2, true_KPX, finite_KPX)[0]
+
+
+def logodds_errors(F_XD, G_YD, pairs_KP2, true_KPX, finite_KPX):
+    """(overall mean error, per-concept mean error [K], has [K]) over the finite cells."""
+    err = jnp.abs(jnp.einsum("kpd,xd->kpx", pair_differences(G_YD, pairs_KP2), F_XD) - true_KPX)
+    finite = jnp.asarray(finite_KPX)
+    per = jnp.sum(jnp.where(finite, err, 0.0), (1, 2)) / jnp.maximum(finite.sum((1, 2)), 1)
+    return _masked_mean(err, finite), per, finite.any((1, 2))
 
 
 # ----------------------------------------------------------------------------- the latent model's checks
 def latent_checks(params, inputs_XI, tok_pairs_KP2, ctx_pairs_KQ2, tok_random_R2, ctx_random_R2,
-                  logodds_KPX, finite_KPX, *, mode: str = "pairwise") -> dict:
+                  logodds_KPX, finite_KPX, masks=None, *, mode: str = "pairwise") -> dict:
     """Every measure of the theory for one learner checkpoint (jittable; map_stack over T).
 
     Unembedding side on g [Y, d] with counterfactual token pairs; embedding side on f [X, d]
@@ -138,21 +155,39 @@ def latent_checks(params, inputs_XI, tok_pairs_KP2, ctx_pairs_KQ2, tok_random_R2
     unembedding direction of the same concept; log-odds error against the exact log-odds.
     Also returns the embedding matrix f [X, d] itself (small; the histograms use it).
     """
-    F, G = latent.embed(params, inputs_XI), params["g"]
-    un = geometry_measures(G, tok_pairs_KP2, None, tok_random_R2, mode=mode)
-    em = geometry_measures(F, ctx_pairs_KQ2, None, ctx_random_R2, mode=mode)
+    F = latent.embed(params, inputs_XI)
+    return latent_checks_matrices(F, params["g"], tok_pairs_KP2, ctx_pairs_KQ2, tok_random_R2, ctx_random_R2,
+                                  logodds_KPX, finite_KPX, masks, mode=mode)
+
+
+def latent_checks_matrices(F_XD, G_YD, tok_pairs_KP2, ctx_pairs_KQ2, tok_random_R2, ctx_random_R2,
+                           logodds_KPX, finite_KPX, masks=None, *, mode: str = "pairwise") -> dict:
+    """`latent_checks` on given matrices f [X, d] and g [Y, d] (the random-direction baseline
+    calls it directly). `masks` = {"tok" [K, P], "ctx" [K, Q], "tok_random" [R], "ctx_random" [R]}
+    marks the pairs whose items have nonzero probability; masked pairs carry no data. The
+    per-concept arrays (`*_per_concept`, with `*_has` [K] saying where they are defined) are the
+    units of the verdicts' intervals."""
+    masks = masks or {}
+    un = geometry_measures(G_YD, tok_pairs_KP2, masks.get("tok"), tok_random_R2, mode=mode,
+                           random_mask_R=masks.get("tok_random"))
+    em = geometry_measures(F_XD, ctx_pairs_KQ2, masks.get("ctx"), ctx_random_R2, mode=mode,
+                           random_mask_R=masks.get("ctx_random"))
     align = direction_alignment(em["directions"], un["directions"])
+    err, err_per, err_has = logodds_errors(F_XD, G_YD, tok_pairs_KP2, logodds_KPX, finite_KPX)
     return {
         "within_cos_mean": un["within_mean"], "within_cos_min": un["within_min"],
-        "within_per_concept": un["within_per_concept"],
+        "within_per_concept": un["within_per_concept"], "within_has": un["has"],
         "cross_abs_cos_mean": un["cross_abs_mean"], "cross_abs_cos_max": un["cross_abs_max"],
+        "cross_per_concept": un["cross_per_concept"], "cross_has": un["cross_has"],
         "cross_cos": un["cross_cos"], "random_abs_cos_mean": un["random_abs_mean"],
         "emb_within_cos_mean": em["within_mean"], "emb_within_cos_min": em["within_min"],
+        "emb_within_per_concept": em["within_per_concept"], "emb_within_has": em["has"],
         "emb_cross_abs_cos_mean": em["cross_abs_mean"], "emb_random_abs_cos_mean": em["random_abs_mean"],
-        "alignment_mean": jnp.mean(align), "alignment_per_concept": align,
-        "logodds_error": logodds_error(F, G, tok_pairs_KP2, logodds_KPX, finite_KPX),
-        "g_norm_mean": jnp.mean(jnp.linalg.norm(G, axis=-1)),
-        "embedding": F,
+        "alignment_mean": _masked_mean(align, em["dir_has"] & un["dir_has"]),
+        "alignment_per_concept": align,
+        "logodds_error": err, "logodds_per_concept": err_per, "logodds_has": err_has,
+        "g_norm_mean": jnp.mean(jnp.linalg.norm(G_YD, axis=-1)),
+        "embedding": F_XD,
     }
 
 

@@ -1,13 +1,14 @@
 """Linear probes, written for one (checkpoint, layer) and vmapped over both.
 
 Every fit is a pure function of arrays with static shapes, so
-`fit_grid(fit, X_TLND, y_N)` fits all T x L probes in one compiled call.
+`fit_grid(fit, X_CLND, y_N)` fits all C x L probes (checkpoints x layers) in one compiled call.
 
 - Logistic regression (binary and multinomial) with an L2 penalty, solved by Newton's method
   (IRLS): the objective is scikit-learn's, sum of log-losses + (1 / 2C) ||W||^2 with an
   unpenalised intercept, so `C` means the same thing as in `sklearn.linear_model.LogisticRegression`.
-  Each Newton step is safeguarded: the full step is taken only if it lowers the objective,
-  otherwise the best of a few halved steps.
+  Newton runs in K-1 free columns (the softmax's redundant direction removed exactly), with a
+  damped Cholesky solve and a NaN-proof step-halving safeguard; every fit returns its weights, a
+  converged flag and its final gradient norm (`LogisticFit`), so studies can count converged probes.
 - Ridge regression in closed form.
 - The PCA-direction probe of Yan et al.: the first principal direction of (correct - incorrect)
   hidden-state differences, sign fixed on the training split; a multiple-choice item is
@@ -15,8 +16,12 @@ Every fit is a pure function of arrays with static shapes, so
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg  # noqa: F401  (cho_solve)
 import numpy as np
 
 
@@ -27,64 +32,162 @@ def standardize(X_train, X_test, eps: float = 1e-6):
     return (X_train - mean) / std, (X_test - mean) / std
 
 
-def _with_intercept(X):
+def with_intercept(X):
+    """Append the constant feature: [N, D] -> [N, D+1] (the intercept is the last weight row)."""
     return jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
+
+
+_with_intercept = with_intercept  # the old private name, kept for callers outside this module
+
+
+class LogisticFit(NamedTuple):
+    """A fitted logistic probe. W: [D+1, K] logit weights (argmax of [x, 1] @ W predicts);
+    converged: the Newton decrement fell below tolerance; grad_norm: max |gradient| at W, in the
+    units of the objective; n_iter: Newton iterations taken. A NamedTuple, so fits vmap."""
+    W: jax.Array
+    converged: jax.Array
+    grad_norm: jax.Array
+    n_iter: jax.Array
 
 
 def logistic_objective(W, X1, Y_onehot, inv_C):
     """Sum of softmax log-losses + (1/2C)||W without intercept row||^2. W: [D+1, K]."""
-    logits = X1 @ W
-    loss = -(Y_onehot * jax.nn.log_softmax(logits, axis=-1)).sum()
-    return loss + 0.5 * inv_C * jnp.sum(W[:-1] ** 2)
+    return _softmax_parts(X1 @ W, Y_onehot)[0] + 0.5 * inv_C * jnp.sum(W[:-1] ** 2)
 
 
-def fit_logistic(X, y, n_classes: int = 2, C: float = 1.0, n_iter: int = 25):
-    """Weights [D+1, K'] of an L2 logistic regression by safeguarded Newton steps.
+def _softmax_parts(logits_NK, Y_NK):
+    """(sum of log-losses, P, Q = 1 - P, R = P - Y), each accurate in float32 where P is near 1.
 
-    Binary problems (n_classes == 2) use one logit column against a zero column, which is
-    exactly binary logistic regression; multinomial problems use K columns with the
-    intercept free, as scikit-learn's multinomial solver does. The Hessian is dense:
-    (D+1)K' squared, fine for widths of a few hundred.
+    The log-loss of a row whose label holds the largest logit is log1p(sum_j exp(z_j - z_y)), so
+    a loss of 1e-12 is still represented (lse - z_y would round it to 0); Q sums the other
+    classes' probabilities instead of computing 1 - P, so Hessian weights P Q and the residual of
+    the labelled class keep their digits on (nearly) separable data.
     """
-    X1 = _with_intercept(X.astype(jnp.float32))
-    N, D1 = X1.shape
-    K = 1 if n_classes == 2 else n_classes
-    Y = jax.nn.one_hot(y, n_classes, dtype=X1.dtype)
-    inv_C = 1.0 / C
-    penalty = jnp.concatenate([jnp.full((D1 - 1,), inv_C), jnp.zeros((1,))])
+    logp = jax.nn.log_softmax(logits_NK, axis=-1)
+    P = jnp.exp(logp)
+    K = logits_NK.shape[-1]
+    Q = P @ (1.0 - jnp.eye(K, dtype=P.dtype))
+    z_y = jnp.sum(Y_NK * logits_NK, -1, keepdims=True)
+    others = jnp.where(Y_NK > 0, -jnp.inf, logits_NK - z_y)
+    top = jnp.max(others, -1)
+    tail = jnp.log1p(jnp.sum(jnp.exp(jnp.minimum(others, 0.0)), -1))      # valid where top <= 0
+    loss_N = jnp.where(top <= 0.0, tail, -jnp.sum(Y_NK * logp, -1))
+    R = jnp.where(Y_NK > 0, -Q, P)
+    return loss_N.sum(), P, Q, R
 
-    def full(W):  # binary: logits [x.w, 0]
-        return jnp.concatenate([W, jnp.zeros((D1, 1), W.dtype)], axis=1) if K == 1 else W
 
-    objective = lambda W: logistic_objective(full(W), X1, Y, inv_C)
+def gauge_basis(n_classes: int) -> np.ndarray:
+    """V [K, K'] mapping the K' free parameter columns to the K logit columns.
 
-    def newton(W, _):
-        grad = jax.grad(objective)(W).reshape(-1)
-        probs = jax.nn.softmax(X1 @ full(W), axis=-1)[:, :K]
-        # Hessian of the softmax loss: sum_n (diag(p) - p p^T) kron x x^T, plus the penalty.
-        if K == 1:  # binary: X^T diag(p (1 - p)) X, one matmul
-            H = (X1 * (probs * (1.0 - probs))).T @ X1
-        else:
-            weights = jnp.einsum("nk,kl->nkl", probs, jnp.eye(K)) - jnp.einsum("nk,nl->nkl", probs, probs)
-            H = jnp.einsum("nkl,ni,nj->ikjl", weights, X1, X1).reshape(D1 * K, D1 * K)
-        H = H + jnp.diag(jnp.repeat(penalty, K)) + 1e-8 * jnp.eye(D1 * K)
-        step = jnp.linalg.solve(H, grad).reshape(D1, K)
-        candidates = jnp.stack([W - s * step for s in (1.0, 0.5, 0.25, 0.125)] + [W])
+    Binary: V = e_0 (one column of log-odds against a zero column), which is scikit-learn's binary
+    problem and its penalty ||w||^2. Multinomial: an orthonormal basis of the sum-zero subspace.
+    The softmax loss is unchanged by adding one vector to every column, and the symmetric penalty
+    is smallest when the columns sum to zero, so W = Theta V^T loses nothing and removes the
+    redundant direction exactly: the Hessian in Theta is non-singular whenever C is finite, and
+    ||W||^2 = ||Theta||^2 keeps scikit-learn's multinomial objective.
+    """
+    if n_classes == 2:
+        return np.array([[1.0], [0.0]])
+    q, _ = np.linalg.qr(np.concatenate([np.ones((n_classes, 1)), np.eye(n_classes)[:, :-1]], axis=1))
+    return q[:, 1:]
+
+
+def _newton_system(theta, X1, Y, V, pen_D1):
+    """Gradient [D1, K'] and Hessian [D1 K', D1 K'] of the objective in the free parameters."""
+    D1, Kf = theta.shape
+    _, P, Q, R = _softmax_parts(X1 @ (theta @ V.T), Y)
+    grad = X1.T @ (R @ V) + pen_D1[:, None] * theta
+    # per-row curvature V^T (diag(p) - p p^T) V, its diagonal taken as p q (no 1 - p cancellation)
+    eye = jnp.eye(P.shape[-1], dtype=P.dtype)
+    M_NKK = jnp.where(eye > 0, (P * Q)[:, :, None], -P[:, :, None] * P[:, None, :])
+    A_NKK = jnp.einsum("ka,nkl,lb->nab", V, M_NKK, V)
+    if Kf == 1:
+        H = (X1 * A_NKK[:, 0]).T @ X1
+    else:
+        H = jnp.einsum("nab,ni,nj->iajb", A_NKK, X1, X1).reshape(D1 * Kf, D1 * Kf)
+    return grad, H + jnp.diag(jnp.repeat(pen_D1, Kf))
+
+
+def _damped_solve(H, g, damping):
+    """Solve (H + damping * diag(H)) s = g by Cholesky after symmetric Jacobi scaling.
+
+    [choice] Relative damping on the unit-diagonal scaled matrix keeps the float32 solve
+    well-posed on every CPU (a singular direction, C = inf on separable data) while changing the
+    Newton step by ~damping where H is well conditioned. If the factor is not finite the step
+    falls back to the Jacobi-scaled gradient, which is always a descent direction.
+    """
+    d = jnp.sqrt(jnp.maximum(jnp.diag(H), jnp.finfo(H.dtype).tiny))
+    Hs = H / d[:, None] / d[None, :]
+    Hs = 0.5 * (Hs + Hs.T) + damping * jnp.eye(H.shape[0], dtype=H.dtype)
+    L = jnp.linalg.cholesky(Hs)
+    s = jax.scipy.linalg.cho_solve((L, True), g / d) / d
+    return jnp.where(jnp.all(jnp.isfinite(s)), s, g / (d * d))
+
+
+def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float = 1e-7,
+                 damping: float = 1e-6) -> LogisticFit:
+    """L2 logistic regression (binary or multinomial) by damped, safeguarded Newton steps.
+
+    Objective: scikit-learn's, sum of log-losses + (1/2C)||W||^2 with the intercept unpenalised,
+    so `C` means what it means in `sklearn.linear_model.LogisticRegression`; `C = inf` is the
+    unpenalised fit. `C` may be traced (a vmap over a grid of C compiles once).
+    - Exact reparametrisations for float32: features are centred and scaled internally (the
+      penalty carries 1/scale^2, the intercept absorbs the centring), and the free parameters are
+      K' = 1 (binary) or K - 1 (multinomial) columns (`gauge_basis`).
+    - Each step: Cholesky of the Jacobi-scaled, relatively damped Hessian; the best finite
+      objective among step sizes 1, 1/2, ..., 1/64 and no step (non-finite candidates count as
+      +inf, so a NaN can never be chosen).
+    - Stops when half the Newton decrement g^T H^-1 g is below tol * max(objective, 1), or after
+      n_iter steps; `converged` says which. On separable data with C = inf the optimum is at
+      infinity: the objective is driven towards 0 until the decrement is below tol.
+    """
+    X = jnp.asarray(X, jnp.float32)
+    mean = X.mean(0)
+    scale = X.std(0)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    X1 = with_intercept((X - mean) / scale)
+    D1 = X1.shape[1]
+    V = jnp.asarray(gauge_basis(n_classes), jnp.float32)
+    Kf = V.shape[1]
+    Y = jax.nn.one_hot(y, n_classes, dtype=jnp.float32)
+    inv_C = jnp.where(jnp.isinf(C), 0.0, 1.0 / jnp.asarray(C, jnp.float32)).astype(jnp.float32)
+    pen_D1 = inv_C * jnp.concatenate([1.0 / scale ** 2, jnp.zeros((1,), jnp.float32)])
+    objective = lambda th: _softmax_parts(X1 @ (th @ V.T), Y)[0] + 0.5 * jnp.sum(pen_D1[:, None] * th ** 2)
+    sizes = jnp.asarray([2.0 ** -i for i in range(7)] + [0.0], jnp.float32)
+
+    def body(carry):
+        theta, f, _, i = carry
+        grad, H = _newton_system(theta, X1, Y, V, pen_D1)
+        step = _damped_solve(H, grad.reshape(-1), damping)
+        decrement = jnp.vdot(grad.reshape(-1), step)
+        candidates = theta[None] - sizes[:, None, None] * step.reshape(D1, Kf)[None]
         values = jax.vmap(objective)(candidates)
-        return candidates[jnp.argmin(values)], None
+        values = jnp.where(jnp.isfinite(values), values, jnp.inf)
+        best = jnp.argmin(values)
+        done = 0.5 * jnp.abs(decrement) <= tol * jnp.maximum(f, 1.0)
+        return candidates[best], values[best], done, i + 1
 
-    W, _ = jax.lax.scan(newton, jnp.zeros((D1, K), X1.dtype), None, length=n_iter)
-    return full(W)
+    theta0 = jnp.zeros((D1, Kf), jnp.float32)
+    init = (theta0, objective(theta0), jnp.asarray(False), jnp.asarray(0))
+    theta, _, done, iters = jax.lax.while_loop(lambda c: (c[3] < n_iter) & ~c[2], body, init)
+    # back to the caller's features: w = w~ / scale, b = b~ - mean . w
+    W_s = theta @ V.T
+    coef = W_s[:-1] / scale[:, None]
+    W = jnp.concatenate([coef, (W_s[-1] - mean @ coef)[None]], axis=0)
+    grad = jax.grad(lambda W_: logistic_objective(W_, with_intercept(X), Y, inv_C))(W)
+    return LogisticFit(W, done, jnp.max(jnp.abs(grad)), iters)
 
 
-def fit_one_vs_rest(X, y, n_classes: int, C: float = 1.0, n_iter: int = 25):
+def fit_one_vs_rest(X, y, n_classes: int, C=1.0, n_iter: int = 50, tol: float = 1e-7) -> LogisticFit:
     """One binary L2 logistic regression per class (class c against the rest), vmapped:
     log-odds weights [D+1, n_classes]. Each fit has a (D+1)^2 Hessian, where a multinomial
     Newton step would need ((D+1) n_classes)^2, so many classes stay cheap. Same objective per
-    class as scikit-learn's `OneVsRestClassifier(LogisticRegression(C=C))`."""
-    fit = lambda c: fit_logistic(X, (y == c).astype(jnp.int32), 2, C, n_iter)
-    W = jax.vmap(fit)(jnp.arange(n_classes))                          # [n_classes, D+1, 2]
-    return (W[..., 1] - W[..., 0]).T
+    class as scikit-learn's `OneVsRestClassifier(LogisticRegression(C=C))`. `converged` is true
+    only when every class's fit converged; `grad_norm` is the largest of theirs."""
+    fit = lambda c: fit_logistic(X, (y == c).astype(jnp.int32), 2, C, n_iter, tol)
+    fits = jax.vmap(fit)(jnp.arange(n_classes))                        # W: [n_classes, D+1, 2]
+    return LogisticFit((fits.W[..., 1] - fits.W[..., 0]).T, jnp.all(fits.converged),
+                       jnp.max(fits.grad_norm), jnp.max(fits.n_iter))
 
 
 def predict_logistic(W, X):
@@ -92,10 +195,21 @@ def predict_logistic(W, X):
 
 
 def fit_ridge(X, Y, alpha: float = 1.0):
-    """Ridge regression weights [D+1, ...] (intercept unpenalised) in closed form."""
-    X1 = _with_intercept(X)
-    penalty = jnp.diag(jnp.concatenate([jnp.full((X.shape[1],), alpha), jnp.zeros((1,))]))
-    return jnp.linalg.solve(X1.T @ X1 + penalty, X1.T @ Y)
+    """Ridge regression weights [D+1, ...] (intercept unpenalised), in closed form.
+
+    Solved on centred data, where the intercept separates out exactly (it is the mean residual),
+    so the system is alpha I + Xc^T Xc: positive definite for alpha > 0 on any CPU. alpha = 0
+    (ordinary least squares, possibly rank-deficient) goes through a least-squares solve.
+    """
+    X, Y = jnp.asarray(X, jnp.float32), jnp.asarray(Y, jnp.float32)
+    x_mean, y_mean = X.mean(0), Y.mean(0)
+    Xc, Yc = X - x_mean, Y - y_mean
+    if alpha > 0:
+        coef = jnp.linalg.solve(Xc.T @ Xc + alpha * jnp.eye(X.shape[1], dtype=X.dtype), Xc.T @ Yc)
+    else:
+        coef = jnp.linalg.lstsq(Xc, Yc)[0]
+    intercept = y_mean - x_mean @ coef
+    return jnp.concatenate([coef, intercept[None]], axis=0)
 
 
 def predict_ridge(W, X):
@@ -131,21 +245,28 @@ def pca_probe(H_train_NKD, answer_train_N, H_test_NKD, answer_test_N, center: bo
     return v, multiple_choice_accuracy(v, H_test_NKD, answer_test_N)
 
 
-def logistic_probe(X_train, y_train, X_test, y_test, n_classes: int = 2, C: float = 1.0, n_iter: int = 25):
-    """Standardise on train, fit, and return (weights, train accuracy, test accuracy)."""
+def logistic_probe(X_train, y_train, X_test, y_test, n_classes: int = 2, C=1.0, n_iter: int = 50):
+    """Standardise on train, fit, and return (fit, train accuracy, test accuracy)."""
     X_train, X_test = standardize(X_train, X_test)
-    W = fit_logistic(X_train, y_train, n_classes, C, n_iter)
-    acc = lambda X, y: jnp.mean(predict_logistic(W, X) == y)
-    return W, acc(X_train, y_train), acc(X_test, y_test)
+    fit = fit_logistic(X_train, y_train, n_classes, C, n_iter)
+    acc = lambda X, y: jnp.mean(predict_logistic(fit.W, X) == y)
+    return fit, acc(X_train, y_train), acc(X_test, y_test)
 
 
 def fit_grid(fn, *arrays, grid_axes: int = 2):
     """Vmap `fn` over the leading `grid_axes` axes of the first array (e.g. checkpoint, layer);
-    the remaining arrays (labels, ...) are shared."""
+    the remaining arrays (labels, ...) are shared. The compiled program is cached per
+    (fn, number of arrays, grid_axes): calling again with the same `fn` (a module-level function
+    or one `functools.partial` kept by the caller) and the same shapes does not re-trace."""
+    return _grid_program(fn, len(arrays), grid_axes)(*arrays)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_program(fn, n_arrays: int, grid_axes: int):
     mapped = fn
     for _ in range(grid_axes):
-        mapped = jax.vmap(mapped, in_axes=(0,) + (None,) * (len(arrays) - 1))
-    return jax.jit(mapped)(*arrays)
+        mapped = jax.vmap(mapped, in_axes=(0,) + (None,) * (n_arrays - 1))
+    return jax.jit(mapped)
 
 
 def control_labels(token_ids_N, n_classes: int, seed: int = 0):

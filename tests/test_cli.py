@@ -43,6 +43,20 @@ def test_listing(capsys):
     (["cognition", "--set", "fewshot=1,3"], "must contain 0"),
     (["crosscoders", "--set", "arch=topk"], "crosscoder arch='topk'"),
     (["waves", "--preset", "giant"], "unknown preset 'giant'"),
+    # every reference key of every study is checked before a run folder is claimed
+    (["crosscoders", "--set", "pretrain_preset=nope"], "pretrain_preset='nope' is unknown"),
+    (["waves", "--set", "pretrain_preset=nope"], "pretrain_preset='nope' is unknown"),
+    (["crosscoders", "--set", "pretrain_run=/nonexistent/run"], "pretrain_run='/nonexistent/run' is not a run folder"),
+    (["waves", "--set", "pretrain_run=/nonexistent/run"], "pretrain_run='/nonexistent/run' is not a run folder"),
+    (["neuromfa", "--set", "pretrain_run=/nonexistent/run"], "pretrain_run='/nonexistent/run' is not a run folder"),
+    (["linear-origins", "--set", "gpt_run=/nonexistent/run"], "gpt_run='/nonexistent/run' is not a folder"),
+    (["crosscoders", "--set", "layer=9"], "layer=9 must be < the pretrain model's n_layer=4"),
+    (["crosscoders", "--set", "pretrain_preset=micro"], "n_snapshots=16 exceeds the 8 checkpoints"),
+    # keys the study would ignore are refused, naming the key as typed
+    (["cognition", "--set", "rl.batch_size=4"], "--set rl.batch_size: an RL step's batch is"),
+    (["cognition", "--set", "grpo.group_size=1"], "grpo.group_size=1 must be >= 2"),
+    (["cognition", "--set", "sft.warmup=1000"], "sft.warmup=1000 must lie in [0, sft.steps]"),
+    (["pretrain", "--set", "data.synthetic_chars=5000"], "--set data.synthetic_chars: it has no effect"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, match, capsys, tmp_path):
     assert cli(argv + ["--out", str(tmp_path / "x")]) == 2
@@ -68,6 +82,43 @@ def test_missing_pretrain_run_is_one_line_before_any_training(study, capsys, tmp
     line = error_line(capsys)
     assert str(tmp_path / "nope") in line and ("pretrain run" in line or "run folder" in line)
     assert not (tmp_path / "x" / "model-d32").exists()
+
+
+@pytest.mark.parametrize("study,key", [("crosscoders", "pretrain_run"), ("waves", "pretrain_run"),
+                                       ("neuromfa", "pretrain_run"), ("linear-origins", "gpt_run")])
+def test_a_reference_that_is_a_file_not_a_run_is_one_line_and_no_folder(study, key, capsys, tmp_path):
+    (tmp_path / "model.json").write_text("{}")
+    assert cli([study, "--set", f"{key}={tmp_path / 'model.json'}", "--out", str(tmp_path / "x")]) == 2
+    assert str(tmp_path / "model.json") in error_line(capsys)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_non_finite_headline_number_stops_the_run_before_the_summary(monkeypatch, capsys, tmp_path):
+    """A fake study whose summary holds a NaN deep inside: exit 2, one line with its dotted path."""
+    import dataclasses
+    import types
+
+    from experiments import registry
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        seed: int = 0  # the fake study's only key
+
+    def run(config, folder):
+        folder.log({"step": 0, "loss": 1.0})
+        return {"ok": 1.0, "per_stage": {"sft": {"accuracy": [0.5, float("nan")]}}, "n": 3}
+
+    fake = types.SimpleNamespace(DESCRIPTION="a fake study", Config=Config, PRESETS={"tiny": Config()}, run=run,
+                                 resolve=lambda config: {"seed": config.seed})
+    monkeypatch.setattr(registry, "available", lambda: {"fake": "fake"})
+    monkeypatch.setattr(registry, "load", lambda name: fake)
+    assert cli(["fake", "--out", str(tmp_path / "run")]) == 2
+    line = error_line(capsys)
+    assert "per_stage.sft.accuracy[1]" in line and "nan" in line
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "summary.json").exists()
+    fake.run = lambda config, folder: {"ok": 1.0, "r": None}  # None (undefined by choice) passes
+    assert cli(["fake", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["r"] is None
 
 
 def test_render_check_without_a_report(capsys, tmp_path):

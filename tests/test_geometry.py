@@ -65,6 +65,45 @@ def test_measures_equal_numpy_loops_on_ragged_pairs():
     assert np.abs(samples["random"]).mean() == pytest.approx(pw["random_abs_mean"], abs=1e-9)
 
 
+def test_masked_pairs_carry_no_data():
+    """Masked pairs (items of probability zero) drop out of every measure, as if never given;
+    per-concept cross |cos| and per-concept log-odds errors equal loops."""
+    rng = np.random.default_rng(4)
+    M = rng.standard_normal((20, 6))
+    concepts = [[(0, 1), (2, 3), (4, 5)], [(6, 7), (8, 9), (18, 19)], [(10, 11), (12, 13), (14, 15)]]
+    pairs, _ = geometry.pack_pairs(concepts)
+    mask = np.array([[True, False, True], [True, True, False], [False, False, True]])  # concept 2: one pair
+    rand = geometry.random_pairs(20, 12, seed=5)
+    rmask = rng.random(12) < 0.6
+    M_bad = M.copy()
+    M_bad[[2, 3, 18, 19, 10, 11, 12, 13]] = 1e6  # masked items: their values must not matter
+    got = measures(jnp.asarray(M_bad), pairs, mask, rand, random_mask_R=rmask)
+    kept = [[p for p, ok in zip(c, row) if ok] for c, row in zip(concepts, mask)]
+    ref = loop_measures(M, kept, [tuple(r) for r, ok in zip(rand, rmask) if ok])
+    assert float(got["within_mean"]) == pytest.approx(np.mean([
+        np.mean([cos(M[b1] - M[a1], M[b2] - M[a2]) for (a1, b1), (a2, b2) in itertools.permutations(c, 2)])
+        for c in kept if len(c) > 1]), abs=1e-5)
+    assert list(np.asarray(got["has"])) == [True, True, False]  # one pair: no within-concept value
+    assert float(got["cross_abs_mean"]) == pytest.approx(ref["cross_abs_mean"], abs=1e-5)
+    got_random = measures(jnp.asarray(M), pairs, mask, rand, random_mask_R=rmask)["random_abs_mean"]
+    assert float(got_random) == pytest.approx(ref["random_abs_mean"], abs=1e-5)
+    dirs = ref["directions"]
+    per = [np.mean([abs(dirs[k] @ dirs[j]) for j in range(3) if j != k]) for k in range(3)]
+    np.testing.assert_allclose(got["cross_per_concept"], per, atol=1e-5)
+    # no pair at all: the concept has no direction and leaves the cross measure
+    none = measures(jnp.asarray(M), pairs, mask & np.array([[True], [True], [False]]))
+    assert list(np.asarray(none["cross_has"])) == [True, True, False]
+    assert float(none["cross_abs_mean"]) == pytest.approx(abs(dirs[0] @ dirs[1]), abs=1e-5)
+    F, true = rng.standard_normal((7, 6)), rng.standard_normal((3, 3, 7))
+    finite = rng.random((3, 3, 7)) < 0.5
+    finite[2] = False
+    _, per_err, has = geometry.logodds_errors(jnp.asarray(F), jnp.asarray(M), pairs, true, finite)
+    for k in range(2):
+        cells = [abs(F[x] @ (M[pairs[k, p, 1]] - M[pairs[k, p, 0]]) - true[k, p, x]) for p, x in zip(*np.nonzero(finite[k]))]
+        assert float(per_err[k]) == pytest.approx(np.mean(cells), rel=1e-5)
+    assert list(np.asarray(has)) == [True, True, False] and np.all(np.isfinite(per_err))
+
+
 def test_planted_linear_orthogonal_geometry():
     """Rows = base + sum_i bit_i * direction_i: within = 1, cross = 0 exactly; noise lowers within."""
     rng, m, D = np.random.default_rng(1), 4, 32

@@ -119,9 +119,65 @@ def test_context_pairs_differ_in_one_fixed_concept():
         np.testing.assert_array_equal(np.delete(a, i, 1), np.delete(b, i, 1))
 
 
+def direct_joint(problem):
+    """p(C) as a product of each node's conditional, p(C_i = 0) computed as 1 / (1 + e^logit)
+    directly (no 1 - p cancellation), so states of probability ~1e-300 or exactly 0 come out right."""
+    bits = problem.token_bits_YM
+    logit = problem.bias_M + (2 * bits - 1) @ problem.weights_MM.T
+    with np.errstate(over="ignore"):
+        p1, p0 = 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(logit))
+    return np.prod(np.where(bits == 1, p1, p0), axis=1)
+
+
+@pytest.mark.parametrize("m, density, strength", [(1, 0.0, 0.0), (2, 1.0, 1e6), (3, 0.0, 1e6), (3, 1.0, 1e6),
+                                                  (4, 1.0, 60.0), (7, 1.0, 1e3), (7, 1.0, 8.0), (8, 0.5, 1e6)])
+def test_generator_is_exact_at_the_ends_of_every_range(m, density, strength):
+    """Strength 0 .. 1e6, density 0 .. 1, m 1 .. 8: every law is finite; a context of probability
+    zero carries no data (weight 0, conditional row 0, no finite log-odds), never 0/0."""
+    problem = latent.build_problem(latent.LatentConfig(n_concepts=m, independent=False, edge_density=density,
+                                                       strength=strength, seed=1))
+    joint, cond, weight = problem.joint_Y, problem.cond_XY, problem.context_weight_X
+    assert np.all(np.isfinite(joint)) and np.all(np.isfinite(cond)) and np.all(np.isfinite(weight))
+    np.testing.assert_allclose(joint, direct_joint(problem), rtol=1e-9, atol=1e-300)
+    assert joint.sum() == pytest.approx(1.0, abs=1e-12) and weight.sum() == pytest.approx(1.0, abs=1e-12)
+    consistent = latent.consistent(problem.contexts_XM, problem.token_bits_YM)
+    has_data = (consistent & (joint > 0)).any(1)  # some possible token agrees with the context
+    np.testing.assert_array_equal(weight > 0, has_data)
+    np.testing.assert_allclose(cond[has_data].sum(1), 1.0, atol=1e-12)
+    assert np.all(cond[~has_data] == 0) and np.all(cond[~consistent] == 0)
+    if m <= 4:  # the conditional law against enumeration over the possible contexts
+        for x in np.nonzero(has_data)[0]:
+            mass = np.where(consistent[x], joint, 0.0)
+            np.testing.assert_allclose(cond[x], mass / mass.sum(), rtol=1e-12, atol=1e-300)
+    logodds, finite = latent.pair_logodds(problem)
+    assert np.all(np.isfinite(logodds)) and not np.any(finite & ~has_data[None, None, :])
+    tok_mask, ctx_mask = latent.pair_masks(problem)
+    tp, cp = latent.token_pairs(m), latent.context_pairs(m)
+    for i in range(m):
+        assert [bool(joint[a] > 0 and joint[b] > 0) for a, b in tp[i]] == list(tok_mask[i])
+        assert [bool(has_data[a] and has_data[b]) for a, b in cp[i]] == list(ctx_mask[i])
+    if density == 1.0 and strength >= 1e6:  # the root is free, every other concept a function of it
+        assert (joint > 0).sum() == 2 and not has_data.all()
+
+
+def test_learner_trains_finitely_on_zero_probability_contexts():
+    problem = latent.build_problem(latent.LatentConfig(n_concepts=3, independent=False, edge_density=1.0,
+                                                       strength=1e6, seed=1))
+    assert (problem.context_weight_X == 0).any()
+    params, losses = latent.train_runs(3, latent.LearnerConfig(d=4, hidden=8), [0, 32], seeds=[0], lrs=[1.0],
+                                       weight_decays=[0.0], optimizers=["gd"], weights_RXY=problem.weight_XY[None])
+    assert np.all(np.isfinite(losses)) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+    assert losses[0, 1] < losses[0, 0]
+    x, y = latent.sample(problem, jax.random.PRNGKey(0), 2000)
+    assert np.all(problem.context_weight_X[x] > 0) and np.all(problem.cond_XY[x, y] > 0)
+
+
 def test_configs_reject_bad_values():
     with pytest.raises(OntogenyError):
         latent.LatentConfig(n_concepts=0)
+    for strength in (-1.0, float("inf"), float("nan"), 1e7):
+        with pytest.raises(OntogenyError, match="strength"):
+            latent.LatentConfig(strength=strength)
     with pytest.raises(OntogenyError):
         latent.LearnerConfig(f_kind="rnn")
     with pytest.raises(OntogenyError):

@@ -22,7 +22,8 @@ def fake_module(name, calls, fail=False):
             raise RuntimeError(f"{name} broke")
         (folder.root / "figures").mkdir(exist_ok=True)
         return {"value": len(calls)}
-    return types.SimpleNamespace(DESCRIPTION=name, PRESETS={"tiny": FakeConfig()}, run=run)
+    return types.SimpleNamespace(DESCRIPTION=name, PRESETS={"tiny": FakeConfig()}, run=run,
+                                 resolve=lambda config: dataclasses.asdict(config))
 
 
 @pytest.fixture

@@ -1,0 +1,92 @@
+"""Building blocks shared by the imported families (GPT-NeoX, LLaMA, Hugging Face GPT-2).
+
+Pure functions on arrays; the axis letters follow the house convention (B batch, S positions,
+D width, H query heads, G key/value heads, E head width, R rotary dims).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from models.errors import require
+
+# Hugging Face `hidden_act` / `activation_function` names -> functions.
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),        # exact erf GELU (GPT-NeoX, Pythia)
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),     # tanh GELU (GPT-2)
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str):
+    require(name in ACTIVATIONS, f"activation {name!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def layer_norm(x, p, eps: float):
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def rms_norm(x, p, eps: float):
+    """LLaMA's RMSNorm: weight only, no mean subtraction."""
+    return x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps) * p["scale"]
+
+
+def rope_cos_sin(n_positions: int, rotary_dims: int, base: float):
+    """(cos, sin) [S, R] of the rotate-half convention: frequencies repeated as cat(f, f)."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, rotary_dims, 2, dtype=jnp.float32) / rotary_dims))
+    freqs = jnp.arange(n_positions, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rotary(x_BHSE, cos_SR, sin_SR):
+    """Rotate the first R dims of each head (rotate-half); the rest pass through."""
+    R = cos_SR.shape[-1]
+    rot, rest = x_BHSE[..., :R], x_BHSE[..., R:]
+    half = R // 2
+    rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    return jnp.concatenate([rot * cos_SR + rotated * sin_SR, rest], axis=-1)
+
+
+def heads(x_BSX, n_head: int):
+    """[B, S, n*E] -> [B, n, S, E]."""
+    B, S, X = x_BSX.shape
+    return x_BSX.reshape(B, S, n_head, X // n_head).transpose(0, 2, 1, 3)
+
+
+def merge(x_BHSE):
+    B, H, S, E = x_BHSE.shape
+    return x_BHSE.transpose(0, 2, 1, 3).reshape(B, S, H * E)
+
+
+def attention(q_BHSE, k_BGSE, v_BGSE, scale):
+    """Causal softmax attention; G key/value heads each serve H/G consecutive query heads (GQA).
+
+    `scale` multiplies the scores (a scalar or traced value, e.g. GPT-2's inverse layer index).
+    """
+    H, G, S = q_BHSE.shape[1], k_BGSE.shape[1], q_BHSE.shape[2]
+    k_BHSE = jnp.repeat(k_BGSE, H // G, axis=1)
+    v_BHSE = jnp.repeat(v_BGSE, H // G, axis=1)
+    scores = jnp.einsum("bhse,bhte->bhst", q_BHSE, k_BHSE) * scale
+    mask = jnp.tril(jnp.ones((S, S), bool))
+    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    return jnp.einsum("bhst,bhte->bhse", jax.nn.softmax(scores, axis=-1), v_BHSE)
+
+
+def scan_blocks(block_fn, blocks, x_BSD, extra=None, *, collect=(), unroll: bool = True):
+    """Run `block_fn(p, x, extra_l) -> (x, {"resid", "attn_out", "mlp_hidden"})` over the layer
+    axis with `lax.scan`; returns (x, per-layer outputs for the names in `collect`)."""
+    collect = tuple(collect)
+
+    def step(x, inputs):
+        p, e = inputs
+        x, outs = block_fn(p, x, e)
+        return x, {name: outs[name] for name in collect}
+
+    return jax.lax.scan(step, x_BSD, (blocks, extra), unroll=unroll)
