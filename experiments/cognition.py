@@ -76,7 +76,7 @@ class Config:
     n_samples: int = 16            # samples per test question for pass@k (>= max pass_ks)
     sample_temperature: float = 1.0  # temperature of those samples
     probe_C: float = 1.0           # inverse L2 strength of the logistic probes
-    probe_iters: int = 15          # Newton iterations per logistic probe
+    probe_iters: int = 15          # most Newton iterations per logistic probe (it stops once converged)
     answer_format: str = "value"   # "value" (option text) or "letter": see dynamics.knowledge
     seed: int = 0                  # seeds every stage (init, batches, rollouts: seed, +1, +2, ...) and the items
 
@@ -290,7 +290,8 @@ def value_probe_grid(H_TLQMD, classes_Q, option_classes_QK, answers_Q, train_idx
 
     Each probe: one-vs-rest logistic regressions over the classes on standardised states (all
     contexts of the fit's questions); an item's answer is the option whose class has the highest
-    log-odds averaged over the question's contexts."""
+    log-odds averaged over the question's contexts. `value_converged` [T, L]: every fit of the
+    probe (both folds and the final one, every class) converged."""
     M = H_TLQMD.shape[-2]
     half = len(train_idx) // 2
     folds = [(train_idx[:half], train_idx[half:]), (train_idx[half:], train_idx[:half])]
@@ -299,22 +300,24 @@ def value_probe_grid(H_TLQMD, classes_Q, option_classes_QK, answers_Q, train_idx
         D = H_QMD.shape[-1]
         X_fit, X_eval = linear.standardize(H_QMD[fit_q].reshape(-1, D), H_QMD[eval_q].reshape(-1, D))
         y_fit = jnp.repeat(jnp.asarray(classes_Q)[fit_q], M)
-        W = linear.fit_one_vs_rest(X_fit, y_fit, n_classes, C, n_iter)
-        scores = (linear._with_intercept(X_eval) @ W).reshape(len(eval_q), M, n_classes).mean(1)
+        fit = linear.fit_one_vs_rest(X_fit, y_fit, n_classes, C, n_iter)
+        scores = (linear.with_intercept(X_eval) @ fit.W).reshape(len(eval_q), M, n_classes).mean(1)
         option_scores = jnp.take_along_axis(scores, jnp.asarray(option_classes_QK)[eval_q], axis=1)
-        return jnp.argmax(option_scores, -1) == jnp.asarray(answers_Q)[eval_q]   # per question
+        return jnp.argmax(option_scores, -1) == jnp.asarray(answers_Q)[eval_q], fit.converged  # per question
 
     def one(H_QMD):
-        val = sum(accuracy(H_QMD, f, e).mean() for f, e in folds) / 2
-        right = accuracy(H_QMD, train_idx, test_idx)
-        return {"value_val": val, "value_test": right.mean(), "value_test_q": right}
+        (r0, c0), (r1, c1) = (accuracy(H_QMD, f, e) for f, e in folds)
+        right, converged = accuracy(H_QMD, train_idx, test_idx)
+        return {"value_val": (r0.mean() + r1.mean()) / 2, "value_test": right.mean(), "value_test_q": right,
+                "value_converged": c0 & c1 & converged}
 
     out = jax.jit(jax.vmap(jax.vmap(one)))(jnp.asarray(H_TLQMD))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
 def probe_grid(H_TLNKD, answers_N, train_idx, test_idx, C: float, n_iter: int) -> dict:
-    """PCA and logistic probes for every (checkpoint, layer): train/test accuracies [T, L]."""
+    """PCA and logistic probes for every (checkpoint, layer): train/test accuracies [T, L] and
+    whether each logistic fit converged."""
     H = jnp.asarray(H_TLNKD)
     a_tr, a_te = jnp.asarray(answers_N[train_idx]), jnp.asarray(answers_N[test_idx])
     K = H.shape[-2]
@@ -326,12 +329,13 @@ def probe_grid(H_TLNKD, answers_N, train_idx, test_idx, C: float, n_iter: int) -
         D = H_tr.shape[-1]
         y_tr = (jnp.arange(K)[None] == a_tr[:, None]).reshape(-1).astype(jnp.int32)
         X_tr, X_te = linear.standardize(H_tr.reshape(-1, D), H_te.reshape(-1, D))
-        W = linear.fit_logistic(X_tr, y_tr, 2, C, n_iter)
-        logits = lambda X: linear._with_intercept(X) @ W
+        fit = linear.fit_logistic(X_tr, y_tr, 2, C, n_iter)
+        logits = lambda X: linear.with_intercept(X) @ fit.W
         score = lambda X, n: (logits(X)[:, 1] - logits(X)[:, 0]).reshape(n, K)  # log-odds of "true"
         log_train = jnp.mean(jnp.argmax(score(X_tr, len(a_tr)), -1) == a_tr)
         log_test = jnp.mean(jnp.argmax(score(X_te, len(a_te)), -1) == a_te)
-        return {"pca_train": pca_train, "pca_test": pca_test, "logistic_train": log_train, "logistic_test": log_test}
+        return {"pca_train": pca_train, "pca_test": pca_test, "logistic_train": log_train, "logistic_test": log_test,
+                "logistic_converged": fit.converged}
 
     out = jax.jit(jax.vmap(jax.vmap(one)))(H)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -539,7 +543,10 @@ def run(config: Config, folder: RunFolder) -> dict:
 
     cpu1 = os.times()
     summary = {"chance": chance, "n_train_questions": len(world.train), "n_test_questions": len(world.test),
-               "n_checkpoints": T}
+               "n_checkpoints": T,
+               # every (checkpoint, layer) probe's Newton fits, value and option-logistic alike
+               "probes_converged": int(vprobe["value_converged"].sum() + probes["logistic_converged"].sum()),
+               "probes_total": int(vprobe["value_converged"].size + probes["logistic_converged"].size)}
     for s, i in ends.items():
         summary[f"cognitive_{s}"] = float(cognitive[i])
         summary[f"expressive_{s}"] = float(expressive[i])
@@ -647,7 +654,7 @@ def bench_probes(quick: bool = False) -> dict:
                             "(or the test extras, pip install -e '.[test]')") from None
 
     T, L, N, D = (4, 2, 2048, 64) if quick else (16, 8, 8192, 128)
-    C, n_iter = 1.0, 12
+    C, n_iter = 1.0, 50
     rng = np.random.default_rng(0)
     X = rng.normal(size=(T, L, N, D)).astype(np.float32)
     w_true = rng.normal(size=(T, L, D)) / np.sqrt(D) * np.linspace(0.5, 3.0, L)[None, :, None]
@@ -658,11 +665,12 @@ def bench_probes(quick: bool = False) -> dict:
     fit = jax.jit(jax.vmap(jax.vmap(lambda X_, y_: linear.fit_logistic(X_, y_, 2, C, n_iter))))
     Xj, yj = jnp.asarray(X), jnp.asarray(y)
     t0 = time.perf_counter()
-    W = jax.block_until_ready(fit(Xj, yj))
+    jax.block_until_ready(fit(Xj, yj))
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    W = np.asarray(jax.block_until_ready(fit(Xj, yj)))
+    fits = jax.block_until_ready(fit(Xj, yj))
     ours_s = time.perf_counter() - t0
+    W = np.asarray(fits.W)
     w_ours = W[..., 1] - W[..., 0]  # binary: log-odds of class 1 = logit 1 - logit 0
 
     t0 = time.perf_counter()
@@ -679,7 +687,9 @@ def bench_probes(quick: bool = False) -> dict:
     result = {"probes_shape": [T, L, N, D], "probes_newton_iters": n_iter, "probes_compile_s": compile_s,
               "probes_ours_s": ours_s, "probes_sklearn_s": sklearn_s, "probes_speedup": sklearn_s / ours_s,
               "probes_objective_gap_max": float(gap.max()), "probes_objective_gap_rel_max": float((gap / obj_sk).max()),
-              "probes_objective_ours_le_sklearn": bool(np.all(gap <= 1e-6 * np.abs(obj_sk)))}
+              "probes_objective_ours_le_sklearn": bool(np.all(gap <= 1e-6 * np.abs(obj_sk))),
+              "probes_converged": int(np.asarray(fits.converged).sum()), "probes_total": T * L,
+              "probes_newton_iters_max": int(np.asarray(fits.n_iter).max())}
     print(f"probes: T={T} x L={L} logistic fits, N={N}, D={D}: ours {ours_s:.2f} s (compile {compile_s:.1f} s), "
           f"scikit-learn loop {sklearn_s:.2f} s, speed-up {result['probes_speedup']:.1f}x; objective gap "
           f"(ours - sklearn) max {gap.max():.3g} (relative {result['probes_objective_gap_rel_max']:.2g})", flush=True)

@@ -83,7 +83,7 @@ class Config:
     # baselines: a check must beat random directions and the step-0 model by these margins
     margin_cos: float = 0.05  # a cosine check must beat its baselines by this margin
     margin_logodds: float = 0.05  # the log-odds check must beat its baselines by this (nats)
-    n_random_draws: int = 8  # draws of random directions and of untrained inits for the two baselines
+    n_random_draws: int = 8  # draws of random directions averaged in the random-direction baseline
     n_seeds: int = 1  # seeds of the configured run (one vmapped call) for the spread over seeds
     # verdict table: the checks where the theory says they hold and where it says they fail
     verdict_table: bool = False  # also run the verdict table over the theory's cases
@@ -332,12 +332,13 @@ def run_sweep(config: Config, folder: RunFolder) -> list[dict]:
         info = {"learner": learner, "seeds": [r["seed"] for r in runs], "widths": [r["d"] for r in runs],
                 "init_scales": [learner.init_scale] * len(runs)}
         res, verdicts = lv.evaluate(jax.tree.map(lambda x: x[:, -1], params), info, data, m, config,
-                                    labels=[f" (sweep run {r})" for r in runs])
+                                    labels=[f" (sweep run {r})" for r in runs], lenient=True)
         for i, (run, problem) in enumerate(zip(runs, problems)):
             row = {**run, "loss": float(losses[i, -1]), "loss_floor": latent.conditional_entropy(problem.weight_XY),
                    **{k: float(res[k][i]) for k in SCALARS}}
-            for v in verdicts[i]:
-                row[f"pass_{v['key']}"] = int(v["passed"])
+            row["judged"] = int(verdicts[i] is not None)  # 0: diverged or no data, every check fails
+            for key, v in zip(PREDICTION_KEYS, verdicts[i] or [None] * len(PREDICTION_KEYS)):
+                row[f"pass_{key}"] = int(v is not None and v["passed"])
             rows.append(row)
     write_csv(path, rows)
     distributed.barrier("linear-origins-sweep-csv")  # process 0 wrote it; all read it back alike

@@ -133,9 +133,11 @@ def headline_intervals(preds: list[dict], res: dict) -> dict:
         out[f"{name}_ci"] = by_key[key]["ci"]
         out[f"{name}_random"] = by_key[key]["random"]
         out[f"{name}_step0"] = by_key[key]["step0"]
-    align, ok = np.asarray(res["alignment_per_concept"][-1], np.float64), np.asarray(res["within_has"][-1])
-    if ok.any():
-        out["alignment_mean_ci"] = mean_ci(align[ok])
+    for name, key, has in (("alignment_mean", "alignment", "within_has"),
+                           ("embedding_cross_abs_cos_mean", "emb_cross", "emb_cross_has")):
+        values, ok = np.asarray(res[f"{key}_per_concept"][-1], np.float64), np.asarray(res[has][-1])
+        if ok.any():
+            out[f"{name}_ci"] = mean_ci(values[ok])
     return out
 
 

@@ -183,6 +183,7 @@ def latent_checks_matrices(F_XD, G_YD, tok_pairs_KP2, ctx_pairs_KQ2, tok_random_
         "emb_within_cos_mean": em["within_mean"], "emb_within_cos_min": em["within_min"],
         "emb_within_per_concept": em["within_per_concept"], "emb_within_has": em["has"],
         "emb_cross_abs_cos_mean": em["cross_abs_mean"], "emb_random_abs_cos_mean": em["random_abs_mean"],
+        "emb_cross_per_concept": em["cross_per_concept"], "emb_cross_has": em["cross_has"],
         "alignment_mean": _masked_mean(align, em["dir_has"] & un["dir_has"]),
         "alignment_per_concept": align,
         "logodds_error": err, "logodds_per_concept": err_per, "logodds_has": err_has,

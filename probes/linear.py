@@ -42,8 +42,9 @@ _with_intercept = with_intercept  # the old private name, kept for callers outsi
 
 class LogisticFit(NamedTuple):
     """A fitted logistic probe. W: [D+1, K] logit weights (argmax of [x, 1] @ W predicts);
-    converged: the Newton decrement fell below tolerance; grad_norm: max |gradient| at W, in the
-    units of the objective; n_iter: Newton iterations taken. A NamedTuple, so fits vmap."""
+    converged: the Newton decrement fell below tolerance; grad_norm: max |gradient| of the
+    objective at the solution, in the standardised features the fit is solved in; n_iter: Newton
+    iterations (Hessians) taken. A NamedTuple, so fits vmap."""
     W: jax.Array
     converged: jax.Array
     grad_norm: jax.Array
@@ -92,40 +93,43 @@ def gauge_basis(n_classes: int) -> np.ndarray:
     return q[:, 1:]
 
 
-def _newton_system(theta, X1, Y, V, pen_D1):
-    """Gradient [D1, K'] and Hessian [D1 K', D1 K'] of the objective in the free parameters."""
+def _newton_system(theta, z, X1, Y, V, pen_D1):
+    """Gradient [D1, K'] and Hessian [D1 K', D1 K'] of the objective in the free parameters
+    (z = X1 theta V^T, the logits at theta)."""
     D1, Kf = theta.shape
-    _, P, Q, R = _softmax_parts(X1 @ (theta @ V.T), Y)
+    _, P, Q, R = _softmax_parts(z, Y)
     grad = X1.T @ (R @ V) + pen_D1[:, None] * theta
     # per-row curvature V^T (diag(p) - p p^T) V, its diagonal taken as p q (no 1 - p cancellation)
     eye = jnp.eye(P.shape[-1], dtype=P.dtype)
     M_NKK = jnp.where(eye > 0, (P * Q)[:, :, None], -P[:, :, None] * P[:, None, :])
     A_NKK = jnp.einsum("ka,nkl,lb->nab", V, M_NKK, V)
-    if Kf == 1:
-        H = (X1 * A_NKK[:, 0]).T @ X1
-    else:
-        H = jnp.einsum("nab,ni,nj->iajb", A_NKK, X1, X1).reshape(D1 * Kf, D1 * Kf)
+    H = jnp.einsum("nab,ni,nj->iajb", A_NKK, X1, X1).reshape(D1 * Kf, D1 * Kf)
     return grad, H + jnp.diag(jnp.repeat(pen_D1, Kf))
 
 
-def _damped_solve(H, g, damping):
-    """Solve (H + damping * diag(H)) s = g by Cholesky after symmetric Jacobi scaling.
+def _damped_factor(H, damping):
+    """Cholesky factor of the Jacobi-scaled, relatively damped Hessian, and the scaling.
 
     [choice] Relative damping on the unit-diagonal scaled matrix keeps the float32 solve
     well-posed on every CPU (a singular direction, C = inf on separable data) while changing the
-    Newton step by ~damping where H is well conditioned. If the factor is not finite the step
-    falls back to the Jacobi-scaled gradient, which is always a descent direction.
+    Newton step by ~damping where H is well conditioned.
     """
     d = jnp.sqrt(jnp.maximum(jnp.diag(H), jnp.finfo(H.dtype).tiny))
     Hs = H / d[:, None] / d[None, :]
     Hs = 0.5 * (Hs + Hs.T) + damping * jnp.eye(H.shape[0], dtype=H.dtype)
-    L = jnp.linalg.cholesky(Hs)
+    return jnp.linalg.cholesky(Hs), d
+
+
+def _damped_solve(factor, g):
+    """Newton step from `_damped_factor`; if the factor is not finite, the Jacobi-scaled
+    gradient, which is always a descent direction."""
+    L, d = factor
     s = jax.scipy.linalg.cho_solve((L, True), g / d) / d
     return jnp.where(jnp.all(jnp.isfinite(s)), s, g / (d * d))
 
 
 def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float = 1e-7,
-                 damping: float = 1e-6) -> LogisticFit:
+                 damping: float = 1e-6, reuse: int = 1) -> LogisticFit:
     """L2 logistic regression (binary or multinomial) by damped, safeguarded Newton steps.
 
     Objective: scikit-learn's, sum of log-losses + (1/2C)||W||^2 with the intercept unpenalised,
@@ -134,9 +138,11 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
     - Exact reparametrisations for float32: features are centred and scaled internally (the
       penalty carries 1/scale^2, the intercept absorbs the centring), and the free parameters are
       K' = 1 (binary) or K - 1 (multinomial) columns (`gauge_basis`).
-    - Each step: Cholesky of the Jacobi-scaled, relatively damped Hessian; the best finite
-      objective among step sizes 1, 1/2, ..., 1/64 and no step (non-finite candidates count as
-      +inf, so a NaN can never be chosen).
+    - Each iteration: Cholesky of the Jacobi-scaled, relatively damped Hessian, which then serves
+      1 + `reuse` steps (Shamanskii's method: with reuse=1, cubic local convergence for one
+      Hessian, the dominant cost at N >> D); each step takes the best finite objective among
+      step sizes 1, 1/2, ..., 1/64 and no step (non-finite candidates count as +inf, so a NaN can
+      never be chosen). `n_iter` counts Hessians.
     - Stops when half the Newton decrement g^T H^-1 g is below tol * max(objective, 1), or after
       n_iter steps; `converged` says which. On separable data with C = inf the optimum is at
       infinity: the objective is driven towards 0 until the decrement is below tol.
@@ -145,37 +151,85 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
     mean = X.mean(0)
     scale = X.std(0)
     scale = jnp.where(scale > 0, scale, 1.0)
-    X1 = with_intercept((X - mean) / scale)
-    D1 = X1.shape[1]
-    V = jnp.asarray(gauge_basis(n_classes), jnp.float32)
-    Kf = V.shape[1]
-    Y = jax.nn.one_hot(y, n_classes, dtype=jnp.float32)
+    Xc = (X - mean) / scale
+    D1 = X.shape[1] + 1
     inv_C = jnp.where(jnp.isinf(C), 0.0, 1.0 / jnp.asarray(C, jnp.float32)).astype(jnp.float32)
     pen_D1 = inv_C * jnp.concatenate([1.0 / scale ** 2, jnp.zeros((1,), jnp.float32)])
-    objective = lambda th: _softmax_parts(X1 @ (th @ V.T), Y)[0] + 0.5 * jnp.sum(pen_D1[:, None] * th ** 2)
+    V = jnp.asarray(gauge_basis(n_classes), jnp.float32)
+    Kf = V.shape[1]
+    if n_classes == 2:
+        logits_of, loss_of, system, gradient = _binary_problem(Xc, y, pen_D1)
+    else:
+        logits_of, loss_of, system, gradient = _multinomial_problem(Xc, y, n_classes, V, pen_D1)
+    penalty = lambda th: 0.5 * jnp.sum(pen_D1[:, None] * th ** 2)
     sizes = jnp.asarray([2.0 ** -i for i in range(7)] + [0.0], jnp.float32)
 
-    def body(carry):
-        theta, f, _, i = carry
-        grad, H = _newton_system(theta, X1, Y, V, pen_D1)
-        step = _damped_solve(H, grad.reshape(-1), damping)
-        decrement = jnp.vdot(grad.reshape(-1), step)
-        candidates = theta[None] - sizes[:, None, None] * step.reshape(D1, Kf)[None]
-        values = jax.vmap(objective)(candidates)
+    def line_search(theta, z, step):
+        dz = logits_of(step)  # the logits are linear in the step: one matmul serves every size
+        values = jax.vmap(lambda s: loss_of(z - s * dz) + penalty(theta - s * step))(sizes)
         values = jnp.where(jnp.isfinite(values), values, jnp.inf)
-        best = jnp.argmin(values)
-        done = 0.5 * jnp.abs(decrement) <= tol * jnp.maximum(f, 1.0)
-        return candidates[best], values[best], done, i + 1
+        s = sizes[jnp.argmin(values)]
+        return theta - s * step, z - s * dz, jnp.min(values)
+
+    def body(carry):
+        theta, z, f, _, i = carry
+        grad, H = system(theta, z)
+        factor = _damped_factor(H, damping)
+        for _ in range(1 + reuse):  # Shamanskii: each factorised Hessian serves 1 + reuse steps
+            step = _damped_solve(factor, grad.reshape(-1)).reshape(D1, Kf)
+            done = 0.5 * jnp.abs(jnp.vdot(grad, step)) <= tol * jnp.maximum(f, 1.0)
+            theta, z, f = line_search(theta, z, step)
+            if reuse:
+                grad = gradient(theta, z)
+        return theta, z, f, done, i + 1
 
     theta0 = jnp.zeros((D1, Kf), jnp.float32)
-    init = (theta0, objective(theta0), jnp.asarray(False), jnp.asarray(0))
-    theta, _, done, iters = jax.lax.while_loop(lambda c: (c[3] < n_iter) & ~c[2], body, init)
+    z0 = logits_of(theta0)
+    init = (theta0, z0, loss_of(z0), jnp.asarray(False), jnp.asarray(0))
+    theta, _, _, done, iters = jax.lax.while_loop(lambda c: (c[4] < n_iter) & ~c[3], body, init)
     # back to the caller's features: w = w~ / scale, b = b~ - mean . w
     W_s = theta @ V.T
     coef = W_s[:-1] / scale[:, None]
     W = jnp.concatenate([coef, (W_s[-1] - mean @ coef)[None]], axis=0)
-    grad = jax.grad(lambda W_: logistic_objective(W_, with_intercept(X), Y, inv_C))(W)
-    return LogisticFit(W, done, jnp.max(jnp.abs(grad)), iters)
+    # the gradient where the fit was solved (standardised features, free columns): no second
+    # [N, D+1] copy of the data just to report it
+    return LogisticFit(W, done, jnp.max(jnp.abs(gradient(theta, logits_of(theta)))), iters)
+
+
+def _binary_problem(Xc, y, pen_D1):
+    """(logits_of, loss_of, system) of binary logistic regression in its one free column.
+
+    Written with the intercept apart (no [N, D+1] copy of the data) and sigmoids of +-z, so every
+    quantity keeps its digits when probabilities approach 0 or 1: the loss of a row is
+    softplus(-s z), its residual -s sigmoid(-s z), its curvature sigmoid(z) sigmoid(-z), where
+    s = +1 for class 0 (whose logit is z) and -1 for class 1.
+    """
+    sign = jnp.where(y == 0, 1.0, -1.0).astype(jnp.float32)
+    logits_of = lambda th: Xc @ th[:-1, 0] + th[-1, 0]
+    loss_of = lambda z: jnp.sum(jax.nn.softplus(-sign * z))
+
+    def gradient(theta, z):
+        r = -sign * jax.nn.sigmoid(-sign * z)
+        return jnp.concatenate([Xc.T @ r, jnp.sum(r)[None]])[:, None] + pen_D1[:, None] * theta
+
+    def system(theta, z):
+        c = jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+        u = Xc.T @ c
+        H = jnp.block([[(Xc * c[:, None]).T @ Xc, u[:, None]], [u[None, :], jnp.sum(c)[None, None]]])
+        return gradient(theta, z), H + jnp.diag(pen_D1)
+
+    return logits_of, loss_of, system, gradient
+
+
+def _multinomial_problem(Xc, y, n_classes, V, pen_D1):
+    """(logits_of, loss_of, system) of multinomial logistic regression in K-1 free columns."""
+    X1 = with_intercept(Xc)
+    Y = jax.nn.one_hot(y, n_classes, dtype=jnp.float32)
+    logits_of = lambda th: X1 @ (th @ V.T)
+    loss_of = lambda z: _softmax_parts(z, Y)[0]
+    system = lambda theta, z: _newton_system(theta, z, X1, Y, V, pen_D1)
+    gradient = lambda theta, z: X1.T @ (_softmax_parts(z, Y)[3] @ V) + pen_D1[:, None] * theta
+    return logits_of, loss_of, system, gradient
 
 
 def fit_one_vs_rest(X, y, n_classes: int, C=1.0, n_iter: int = 50, tol: float = 1e-7) -> LogisticFit:

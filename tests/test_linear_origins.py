@@ -195,6 +195,13 @@ def test_untrained_model_fails_every_check():
     assert lucky["beats_random"] and not lucky["beats_step0"] and lucky["measured"] < 0.1
     assert all(not run[3]["beats_step0"] and run[3]["beats_random"] for run in verdicts)  # embedding: ~0.8 at init
     assert np.all(final["emb_within_cos_mean"] > 0.6)  # the MLP's f is near-linear before training
+    broken = jax.tree.map(lambda x: x[:1], params)
+    broken["g"] = np.full_like(broken["g"], np.nan)  # a diverged run
+    one = {k: (v[:1] if isinstance(v, list) else v) for k, v in info.items()}
+    data1 = jax.tree.map(lambda x: x[:1], data)
+    with pytest.raises(OntogenyError, match="not finite"):
+        lv.evaluate(broken, one, data1, m, config)
+    assert lv.evaluate(broken, one, data1, m, config, lenient=True)[1] == [None]  # the sweep: every check fails
 
 
 def test_verdict_table_discriminates_on_a_small_problem():
