@@ -156,3 +156,11 @@ def ci_text(summary: dict, key: str, digits: int = 2, signed: bool = False) -> s
     if x is None or not np.isfinite(x):          # NaN is stored as null: the study found it undefined
         return "undefined"
     return format_ci(x, ci, digits, signed) if ci is not None else f"{x:{'+' if signed else ''}.{digits}f} (no interval)"
+
+
+def defined(x):
+    """A statistic as a summary value: float when defined, None (JSON null) when the data leave
+    it undefined (a rank correlation of a constant series). Only for statistics that can be
+    legitimately undefined: a NaN anywhere else in a summary is a bug and stops the run."""
+    x = float(x)
+    return x if np.isfinite(x) else None

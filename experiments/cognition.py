@@ -560,7 +560,9 @@ def run(config: Config, folder: RunFolder) -> dict:
     gains = {s: max((r["fewshot"][k] - r["fewshot"][0] for k in config.fewshot if k > 0), default=0.0)
              for s, r in end_results.items()}
     summary.update({
-        "pearson_r": float(pearson[0]), "pearson_p": float(pearson[1]), "spearman_rho": float(spearman),
+        # undefined (null) when a series is constant, e.g. expression stuck at 0 throughout
+        "pearson_r": dstats.defined(pearson[0]), "pearson_p": dstats.defined(pearson[1]),
+        "spearman_rho": dstats.defined(spearman),
         "fewshot_best_gain": gains["pretrain"], "fewshot_best_gain_per_stage": gains,
         "pass_at_k": {s: r["pass"] for s, r in end_results.items()},
         **intervals(cognitive_q, expr["greedy_q"], ends, cognitive, expressive),

@@ -399,7 +399,7 @@ def run(config: Config, folder: RunFolder) -> dict:
         "ablation_drop_top": float(drop_top[-1]), "ablation_drop_random": float(drop_rand[-1]),
         "ablation_drop_top_per_snapshot": drop_top, "ablation_drop_random_per_snapshot": drop_rand,
         "induction_logprob": m_clean,
-        "complexity_spearman_r": rho, "complexity_p_value": p_value, "complexity_n_features": int(usable.sum()),
+        "complexity_spearman_r": stats.defined(rho), "complexity_p_value": stats.defined(p_value), "complexity_n_features": int(usable.sum()),
         "members": [{"hp": mm["hp"], "explained_variance_min": float(mm["explained_variance"][1:].min()),
                      "l0_mean": float(np.mean(mm["l0"])), "dead_fraction": float(np.mean(mm["dead_fraction"]))}
                     for mm in members],

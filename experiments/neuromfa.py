@@ -249,10 +249,10 @@ def _correlations(rows: dict) -> dict:
         out[name] = {}
         for target in ("val_loss", "word_acc", "char_acc"):
             r = _spearman(rows[name], rows[target])
-            out[name][f"vs_{target}"] = r
+            out[name][f"vs_{target}"] = stats.defined(r)  # null where a series is constant
             if name != "mean_abs_w":
-                out[name][f"vs_{target}_given_mean_abs_w"] = _partial(
-                    r, _spearman(rows[name], rows["mean_abs_w"]), _spearman(rows[target], rows["mean_abs_w"]))
+                out[name][f"vs_{target}_given_mean_abs_w"] = stats.defined(_partial(
+                    r, _spearman(rows[name], rows["mean_abs_w"]), _spearman(rows[target], rows["mean_abs_w"])))
     return out
 
 
@@ -329,7 +329,7 @@ def _summary(results, order, largest) -> dict:
         "spearman_largest": corr, "spearman_pooled_over_sizes": pooled,
         "emergence_last_by_size": last_E,
         "emergence_control_last_by_size": [float(results[k]["control"]["emergence"][-1]) for k in order],
-        "spearman_emergence_last_vs_log_size": _spearman(np.log(sizes), last_E),
+        "spearman_emergence_last_vs_log_size": stats.defined(_spearman(np.log(sizes), last_E)),
         "val_loss_last_by_size": [float(results[k]["eval"]["val_loss"][-1]) for k in order],
         "word_acc_last_by_size": [float(results[k]["eval"]["word_acc"][-1]) for k in order],
         "val_loss_last": float(e["val_loss"][-1]), "word_acc_last": float(e["word_acc"][-1]),
