@@ -31,25 +31,57 @@ _GUTENBERG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "shakespeare"      # "shakespeare" or "synthetic"
+    corpus: str = "shakespeare"      # "shakespeare" or "synthetic" (when data.path is empty)
     val_every: int = 10              # shakespeare: every val_every-th work (alphabetical) is validation
     synthetic_chars: int = 200_000   # synthetic: corpus length
+    path: str = ""                   # your corpus instead: a text file, folder or glob, or a folder of nanoGPT train.bin/val.bin
+    tokenizer: str = "char"          # char, bytes, bpe:N (a BPE of N tokens trained on the training split) or a tokenizer.json path
+    separator: str = ""              # data.path text: split each file into documents on this string (\n for newline); empty: one document per file
+    val_fraction: float = 0.1        # data.path text: the fraction of whole documents held out for validation
+    val_docs: tuple[str, ...] = ()   # data.path text: the validation documents by name (file, or file#K with a separator); overrides val_fraction
+    token_dtype: str = "uint16"      # data.path token files: uint16 (nanoGPT's) or uint32
 
     def settings(self) -> dict:
         """The fields `load_corpus` reads for this corpus."""
+        tok = {"tokenizer": self.tokenizer} if self.tokenizer != "char" else {}
+        if self.path:
+            from dynamics import corpus as corpus_lib
+
+            keys = ("token_dtype",) if corpus_lib.is_token_folder(self.path) else ("separator", "val_fraction", "val_docs")
+            return {"path": self.path, "tokenizer": self.tokenizer, **{k: getattr(self, k) for k in keys}}
         return {"corpus": self.corpus, **({"val_every": self.val_every} if self.corpus == "shakespeare"
-                                          else {"synthetic_chars": self.synthetic_chars})}
+                                          else {"synthetic_chars": self.synthetic_chars}), **tok}
 
     def unused(self) -> dict[str, str]:
-        """The key the chosen corpus ignores (setting it is refused, see experiments.config)."""
-        other = "synthetic_chars" if self.corpus == "shakespeare" else "val_every"
-        return {other: f"it has no effect with corpus={self.corpus!r}"}
+        """The keys the chosen corpus ignores (setting one is refused, see experiments.config)."""
+        read = set(self.settings()) | {"tokenizer"}
+        if self.path:
+            why = f"it has no effect with data.path={self.path}"
+        else:
+            why = f"it has no effect with corpus={self.corpus!r} (it applies to data.path)"
+        out = {k: why for k in ("corpus", "val_every", "synthetic_chars", "path", "separator", "val_fraction",
+                                "val_docs", "token_dtype") if k not in read and k != "path"}
+        if self.path and self.val_docs:
+            out["val_fraction"] = "data.val_docs names the validation documents"
+        return out
 
     def __post_init__(self):
+        from dynamics import tokenizers
+
         require(self.corpus in ("shakespeare", "synthetic"),
                 f"data.corpus={self.corpus!r} is unknown; choose shakespeare or synthetic")
         require(self.val_every >= 2, f"data.val_every={self.val_every} must be at least 2")
         require(self.synthetic_chars >= 1000, f"data.synthetic_chars={self.synthetic_chars} must be >= 1000")
+        tokenizers.check_spec(self.tokenizer)
+        require(0 < self.val_fraction < 1, f"data.val_fraction={self.val_fraction} must be between 0 and 1")
+        require(self.token_dtype in ("uint16", "uint32"), f"data.token_dtype={self.token_dtype!r}: choose uint16 or uint32")
+        if self.path:
+            from dynamics import corpus as corpus_lib
+
+            corpus_lib.check_path(self.path)
+        if self.tokenizer.endswith(".json"):
+            require(Path(self.tokenizer).expanduser().is_file(),
+                    f"data.tokenizer={self.tokenizer} does not exist; give the path of a tokenizer.json")
 
 
 class CharTokenizer:
@@ -86,10 +118,14 @@ class CharTokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":
         try:
-            return cls(json.loads(Path(path).read_text())["chars"])
-        except (OSError, ValueError, KeyError):
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
             raise OntogenyError(f"{path} is missing or unreadable; it is written by the run that trained "
                                 f"the model: point at a complete run folder") from None
+        if not (isinstance(saved, dict) and "chars" in saved):  # bytes or BPE: no character table
+            raise OntogenyError(f"{path} is not a character tokenizer, and this analysis reads characters; "
+                                f"use a run trained with data.tokenizer=char")
+        return cls(saved["chars"])
 
 
 @dataclasses.dataclass
@@ -108,6 +144,16 @@ class Corpus:
     @property
     def val_ids(self) -> np.ndarray:
         return self.tokenizer.encode(self.val_text)
+
+    @property
+    def record(self) -> dict:
+        """What the run folder records about its data: source, checksum, tokenizer."""
+        import hashlib
+
+        digest = hashlib.sha256(self.train_text.encode() + b"\0" + self.val_text.encode()).hexdigest()
+        return {"source": self.name, "kind": "builtin", "checksum": digest,
+                "tokenizer": getattr(self.tokenizer, "spec", "char"), "vocab_size": self.tokenizer.vocab_size,
+                "train_chars": len(self.train_text), "val_chars": len(self.val_text), "val_docs": list(self.val_works)}
 
 
 def strip_gutenberg(text: str) -> str:
@@ -178,10 +224,21 @@ def synthetic_corpus(n_chars: int = 200_000, seed: int = 0) -> Corpus:
     return Corpus("synthetic", text[:cut], text[cut:], CharTokenizer(text))
 
 
-def load_corpus(config: DataConfig) -> Corpus:
-    if config.corpus == "shakespeare":
-        return load_shakespeare(config.val_every)
-    return synthetic_corpus(config.synthetic_chars)
+def load_corpus(config: DataConfig):
+    """The corpus `config` names: `dynamics.corpus.TokenCorpus` for data.path, else an in-memory
+    `Corpus` with the tokenizer data.tokenizer names (a BPE trained on its training text)."""
+    if config.path:
+        from dynamics import corpus as corpus_lib
+
+        return corpus_lib.load(config)
+    corpus = load_shakespeare(config.val_every) if config.corpus == "shakespeare" else \
+        synthetic_corpus(config.synthetic_chars)
+    if config.tokenizer == "char":
+        return corpus
+    from dynamics import tokenizers
+
+    tokenizer = tokenizers.make_tokenizer(config.tokenizer, lambda: iter([corpus.train_text]))
+    return dataclasses.replace(corpus, tokenizer=tokenizer)
 
 
 def load_tokenizer(run_dir: str | os.PathLike) -> CharTokenizer:
@@ -199,11 +256,18 @@ def batch_offsets(seed: int, step: int, batch_size: int, n_tokens: int, context:
     return rng.integers(0, n_tokens - context - 1, batch_size)
 
 
-def get_batch(ids: np.ndarray, seed: int, step: int, batch_size: int, context: int, stream: int = 0):
-    """(inputs [B, T], targets [B, T]) int32 windows for training step `step`."""
+def get_batch(ids: np.ndarray, seed: int, step: int, batch_size: int, context: int, stream: int = 0,
+              rows: slice | None = None):
+    """(inputs [B, T], targets [B, T]) int32 windows for training step `step`.
+
+    `ids` may be an np.memmap: only the windows drawn are read. With `rows` (this process's rows
+    of the global batch, `dynamics.distributed.local_batch`) only those windows are read; the
+    other rows stay zero, and the batch keeps its global shape."""
     offsets = batch_offsets(seed, step, batch_size, len(ids), context, stream)
-    windows = ids[offsets[:, None] + np.arange(context + 1)[None, :]]
-    return windows[:, :-1].astype(np.int32), windows[:, 1:].astype(np.int32)
+    windows_BS = np.zeros((batch_size, context + 1), np.int32)
+    rows = rows if rows is not None else slice(None)
+    windows_BS[rows] = ids[offsets[rows, None] + np.arange(context + 1)[None, :]]
+    return windows_BS[:, :-1], windows_BS[:, 1:]
 
 
 def eval_batches(ids: np.ndarray, n_batches: int, batch_size: int, context: int, seed: int = 1234):

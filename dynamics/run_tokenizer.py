@@ -46,4 +46,8 @@ def load_tokenizer(run_dir: Path):
     except (OSError, ValueError):
         raise OntogenyError(f"{path} is missing or unreadable; import the suite with its tokenizer.json or train "
                             f"the run here") from None
+    if isinstance(data, dict) and "bytes" in data:  # data.tokenizer=bytes
+        from dynamics.tokenizers import ByteTokenizer
+
+        return ByteTokenizer()
     return CharTokenizer(data["chars"]) if isinstance(data, dict) and "chars" in data else BPETokenizer(path)

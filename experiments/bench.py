@@ -2,8 +2,9 @@
 
     python -m experiments bench [SECTION ...] [--out FILE] [--quick]
 
-Sections: core (default: matmul peak, training throughput and MFU, sampling speed, stacked
-vmap vs loop); stacked (32 checkpoints x 8192 tokens, every layer: chunked vmap vs loop, peak
+Sections: core (default: matmul peak, training throughput and MFU beside nanoGPT in PyTorch
+eager when torch is importable, sampling speed, stacked vmap vs loop); torch (only core's
+matmul peak and training figures); stacked (32 checkpoints x 8192 tokens, every layer: chunked vmap vs loop, peak
 RSS and compile counts, each in its own process); probes, crosscoder and sweep live with their
 studies and tools (STUDY_SECTIONS). Ratios are only comparable
 within one run: the machine is shared and noisy.
@@ -181,23 +182,23 @@ def stacked_memory(quick: bool = False) -> dict:
     return result
 
 
-def _train_child(name: str, steps: int) -> None:
+def _train_child(name: str, steps: int, batch_size: int | None = None) -> None:
     """Training throughput of a preset's shape in this process (run with a host device count)."""
     from experiments.pretrain import PRESETS
 
-    cfg = PRESETS[name].model.__class__(**{**PRESETS[name].model.__dict__, "vocab_size": 84})
-    r = train_throughput(cfg, PRESETS[name].train.batch_size, steps=steps)
+    cfg = PRESETS[name].model.__class__(**{**PRESETS[name].model.__dict__, "vocab_size": 84, "dropout": 0.0})
+    r = train_throughput(cfg, batch_size or PRESETS[name].train.batch_size, steps=steps)
     print(json.dumps({**r, "devices": len(jax.devices())}))
 
 
-def train_on_host_devices(name: str, n_devices: int, steps: int) -> dict:
+def train_on_host_devices(name: str, n_devices: int, steps: int, batch_size: int | None = None) -> dict:
     """The same measurement in a subprocess with `n_devices` host devices (data parallel)."""
     import os
     import subprocess
     import sys
 
     flags = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_devices}").strip()
-    code = f"from experiments import bench; bench._train_child({name!r}, {steps})"
+    code = f"from experiments import bench; bench._train_child({name!r}, {steps}, {batch_size!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "XLA_FLAGS": flags})
     if proc.returncode != 0:
@@ -206,38 +207,47 @@ def train_on_host_devices(name: str, n_devices: int, steps: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def core(quick: bool = False) -> dict:
+def comparison_shapes(vocab: int = 84) -> dict:
+    """The tiny and shakespeare-char model shapes at the Shakespeare vocabulary.
+    [choice] Dropout off: the comparison is of fp32 arithmetic (the tiny recipe has none)."""
     from experiments.pretrain import PRESETS
-    from models import gpt
 
-    vocab = 84  # the Shakespeare corpus
-    shapes = {name: PRESETS[name].model.__class__(**{**PRESETS[name].model.__dict__, "vocab_size": vocab})
-              for name in ("tiny", "shakespeare-char")}
-    batches = {name: PRESETS[name].train.batch_size for name in shapes}
+    return {name: PRESETS[name].model.__class__(**{**PRESETS[name].model.__dict__, "vocab_size": vocab, "dropout": 0.0})
+            for name in ("tiny", "shakespeare-char")}
+
+
+def train_vs_torch(shapes: dict, peak_gflops: float, quick: bool = False) -> dict:
+    """Training tokens/s at the issue's comparison batches, beside nanoGPT in PyTorch eager when
+    torch is importable (interleaved windows), then on 2 host devices (data parallel, a subprocess)."""
+    from experiments import bench_torch
+
+    chosen = {name: (cfg, bench_torch.SHAPES[name]) for name, cfg in shapes.items() if not quick or name == "tiny"}
+    results = bench_torch.side_by_side(chosen, train_flops_per_token, peak_gflops,
+                                       steps={"tiny": 10, "shakespeare-char": 2})
+    for name, (cfg, batch) in chosen.items():
+        key = name.replace("-", "_")
+        r = train_on_host_devices(name, 2, steps=3 if name != "tiny" else 20, batch_size=batch)
+        results[f"tokens_per_s_{key}_2dev"] = r["tokens_per_s"]
+        results[f"mfu_{key}_2dev"] = r["gflops"] / peak_gflops
+        print(f"train {name} B{batch} on 2 host devices (data parallel, XLA_FLAGS=--xla_force_host_platform_device_count=2): "
+              f"{r['tokens_per_s']:,.0f} tokens/s, MFU {results[f'mfu_{key}_2dev']:.3f}", flush=True)
+    return results
+
+
+def torch_section(quick: bool = False) -> dict:
+    """`bench torch`: the matmul peak and the training figures of `bench core`, nothing else."""
+    shapes = comparison_shapes()
+    results = {"matmul_peak_gflops": matmul_peak_gflops()}
+    print(f"matmul peak (fp32, jit dot 2048^2): {results['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
+    return {**results, **train_vs_torch(shapes, results["matmul_peak_gflops"], quick)}
+
+
+def core(quick: bool = False) -> dict:
+    shapes = comparison_shapes()
     results = {"device": str(jax.devices()[0].platform), "n_devices": len(jax.devices())}
     results["matmul_peak_gflops"] = matmul_peak_gflops()
     print(f"matmul peak (fp32, jit dot 2048^2): {results['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
-    for name, cfg in shapes.items():
-        if quick and name != "tiny":
-            continue
-        r = train_throughput(cfg, batches[name], steps=3 if name != "tiny" else 8)
-        key = name.replace("-", "_")
-        results[f"tokens_per_s_{key}"] = r["tokens_per_s"]
-        results[f"train_gflops_{key}"] = r["gflops"]
-        results[f"mfu_{key}"] = r["gflops"] / results["matmul_peak_gflops"]
-        results[f"compile_s_{key}"] = r["compile_s"]
-        print(f"train {name} ({cfg.n_layer}L d{cfg.d_model} T{cfg.context} B{batches[name]}): "
-              f"{r['tokens_per_s']:,.0f} tokens/s, {r['gflops']:.1f} GFLOP/s, MFU {results[f'mfu_{key}']:.3f}, "
-              f"compile {r['compile_s']:.1f} s", flush=True)
-    for name in shapes:  # the same shapes data parallel over 2 host devices (a subprocess each)
-        if quick and name != "tiny":
-            continue
-        key = name.replace("-", "_")
-        r = train_on_host_devices(name, 2, steps=3 if name != "tiny" else 20)
-        results[f"tokens_per_s_{key}_2dev"] = r["tokens_per_s"]
-        results[f"mfu_{key}_2dev"] = r["gflops"] / results["matmul_peak_gflops"]
-        print(f"train {name} on 2 host devices (data parallel, XLA_FLAGS=--xla_force_host_platform_device_count=2): "
-              f"{r['tokens_per_s']:,.0f} tokens/s, MFU {results[f'mfu_{key}_2dev']:.3f}", flush=True)
+    results.update(train_vs_torch(shapes, results["matmul_peak_gflops"], quick))
     results["sample_chars_per_s"] = sampling_speed(shapes["tiny"])
     print(f"sampling (tiny, batch 64, KV cache): {results['sample_chars_per_s']:,.0f} chars/s", flush=True)
     r = stacked_vs_loop(shapes["tiny"])
@@ -248,16 +258,17 @@ def core(quick: bool = False) -> dict:
 
 
 # Sections that live with their study, imported only when asked for.
-STUDY_SECTIONS = {"probes": ("experiments.cognition", "bench_probes"),
-                  "crosscoder": ("experiments.crosscoders", "bench"),
-                  "sweep": ("experiments.sweep", "bench")}
+STUDY_SECTIONS = {"probes": ("experiments.study_bench", "bench_probes"),
+                  "crosscoder": ("experiments.study_bench", "bench_crosscoder"),
+                  "sweep": ("experiments.sweep", "bench"),
+                  "data": ("experiments.data_bench", "bench")}
 
 
 def sections() -> dict:
     import importlib
     import importlib.util
 
-    found = {"core": core, "stacked": stacked_memory}
+    found = {"core": core, "torch": torch_section, "stacked": stacked_memory}
     for name, (module, attr) in STUDY_SECTIONS.items():
         if importlib.util.find_spec(module) is not None:
             found[name] = (lambda module=module, attr=attr, **kw: getattr(importlib.import_module(module), attr)(**kw))

@@ -6,33 +6,30 @@ in one vmapped pass per model, and relates E to validation loss and next-word ac
 Spearman correlations, beside two controls: the same analysis on Gaussian weights of each
 matrix's std (E should stay near 0), and simple weight baselines (mean |w|, weighted degree).
 
-Next-word accuracy: over val windows, the fraction of whole words (runs of letters/apostrophes
-between non-letters) that greedy decoding would produce exactly: every letter is the argmax
-given the true prefix, and after the last letter the argmax is a non-letter (the word ends).
+The method (network, spectrum, E, control, baselines, correlations, intervals) lives in
+`probes.neuromfa`; this module trains or reuses the models, runs it per model and logs it;
+the figures are `experiments.neuromfa_figures`.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import time
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 from tqdm.auto import tqdm
 
 from dynamics import checkpoints
 from dynamics import data as data_lib
-from dynamics import multifractal as mf
-from dynamics import neuron_network as neunet
 from dynamics import stats
 from dynamics import train as train_lib
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
+from experiments import neuromfa_figures as figures
+from experiments import pretrain
 from experiments.config import require
 from models import gpt
+from probes.neuromfa import measures, network, spectrum
 
 DESCRIPTION = "NeuroMFA: multifractal spectrum and degree of emergence of the neuron network over training and size"
 
@@ -45,7 +42,7 @@ class Config:
     context: int = 64                         # context of every model trained here
     train: train_lib.TrainConfig = train_lib.TrainConfig()
     data: data_lib.DataConfig = data_lib.DataConfig()
-    mfa: mf.MFAConfig = mf.MFAConfig()
+    mfa: spectrum.MFAConfig = spectrum.MFAConfig()
     n_samples: int = 4          # network samples per checkpoint (paper: 10)
     n_resid: int = 32           # sampled neurons per residual/attention layer (paper: 32)
     n_mlp: int = 64             # sampled MLP neurons (paper: 64)
@@ -86,71 +83,13 @@ PRESETS = {
 }
 
 
-# ----------------------------------------------------------------------------- evaluation
-def word_targets(x_BT: np.ndarray, y_BT: np.ndarray, is_letter_V: np.ndarray):
-    """Whole words inside the windows: (letter target positions [W, Lmax] padded with -1,
-    end position [W]) as flat indices into [B*T]. Target t predicts sequence position t+1."""
-    B, T = x_BT.shape
-    letters, ends = [], []
-    for b in range(B):
-        seq = np.concatenate([x_BT[b], y_BT[b, -1:]])
-        alpha = is_letter_V[seq]
-        p = 1
-        while p <= T:
-            if alpha[p] and not alpha[p - 1]:
-                q = p
-                while q <= T and alpha[q]:
-                    q += 1
-                if q <= T:  # the word ends inside the window
-                    letters.append([b * T + t for t in range(p - 1, q - 1)])
-                    ends.append(b * T + q - 1)
-                p = q
-            else:
-                p += 1
-    if not letters:
-        raise OntogenyError("the validation windows hold no whole word; use more eval_windows or a longer context")
-    width = max(len(w) for w in letters)
-    padded = np.full((len(letters), width), -1, np.int32)
-    for i, w in enumerate(letters):
-        padded[i, :len(w)] = w
-    return padded, np.asarray(ends, np.int32)
-
-
-@functools.lru_cache(maxsize=None)
-def _eval_fn(model_config: gpt.GPTConfig):
-    def evaluate(params, batch):
-        logits, _ = gpt.apply(params, batch["x"], model_config)
-        pred = jnp.argmax(logits, -1).reshape(-1)
-        right = pred == batch["y"].reshape(-1)
-        right_pad = jnp.concatenate([right, jnp.ones((1,), bool)])
-        letters = jnp.where(batch["letters"] >= 0, batch["letters"], right.shape[0])
-        word_ok = right_pad[letters].all(1) & ~batch["is_letter"][pred[batch["ends"]]]
-        return {"val_loss": gpt.cross_entropy(logits, batch["y"]), "char_acc": right.mean(),
-                "word_acc": word_ok.mean()}
-    return evaluate
-
-
-def evaluate_series(stacked, model_config, tokenizer, val_text, n_windows, context, seed=1234):
-    """Val loss, next-char and next-word accuracy for every checkpoint (vmapped over T)."""
-    ids = tokenizer.encode(val_text)
-    x, y = data_lib.eval_batches(ids, 1, n_windows, context, seed=seed)[0]
-    is_letter = np.array([c.isalpha() or c == "'" for c in tokenizer.chars])
-    letters, ends = word_targets(x, y, is_letter)
-    batch = {"x": x, "y": y, "letters": letters, "ends": ends, "is_letter": is_letter}
-    return checkpoints.map_stack(_eval_fn(model_config), stacked, batch)
-
-
 # ----------------------------------------------------------------------------- study
 def resolve(config: Config) -> dict:
     """What `run` runs, references checked before anything is created: one pretrain run per width
     (as `experiments.pretrain.resolve` sees it: model, every training key, corpus settings), the
     optional extra run (checked: model, tokenizer, a step-0 checkpoint, width >= n_resid), the
     multifractal settings and the study's own keys."""
-    from experiments import pretrain
-
-    runs = {f"d{w}": pretrain.resolve(pretrain.PretrainConfig(
-        model=gpt.GPTConfig(context=config.context, n_layer=config.n_layer, n_head=config.n_head, d_model=w),
-        train=config.train, data=config.data)) for w in config.widths}
+    runs = {f"d{w}": pretrain.resolve(_pretrain_config(config, w)) for w in config.widths}
     if config.pretrain_run:
         ref = pretrain.pretrain_reference(config.pretrain_run, "")
         require(ref["steps"][0] == 0, f"pretrain_run={config.pretrain_run!r} has no step-0 checkpoint; E(t) "
@@ -163,267 +102,73 @@ def resolve(config: Config) -> dict:
     return {"runs": runs, "mfa": config.mfa, "study": study}
 
 
-def _spearman(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-        return float("nan")
-    return float(scipy.stats.spearmanr(a[ok], b[ok]).statistic)
+def _pretrain_config(config: Config, width: int) -> pretrain.PretrainConfig:
+    model = gpt.GPTConfig(context=config.context, n_layer=config.n_layer, n_head=config.n_head, d_model=width)
+    return pretrain.PretrainConfig(model=model, train=config.train, data=config.data)
 
 
 def _models(config: Config, folder: RunFolder):
     """[(label, run folder)] for every size, training the missing ones."""
-    from experiments.pretrain import PretrainConfig, ensure_pretrain
-
     if config.pretrain_run:  # check it before minutes of training, not after
         checkpoints.load_model_config(config.pretrain_run)
         data_lib.load_tokenizer(config.pretrain_run)
-    runs = []
-    for width in config.widths:
-        pc = PretrainConfig(model=gpt.GPTConfig(context=config.context, n_layer=config.n_layer,
-                                                n_head=config.n_head, d_model=width),
-                            train=config.train, data=config.data)
-        runs.append((f"d{width}", ensure_pretrain(folder.sub(f"model-d{width}").root, pc, preset=f"neuromfa-d{width}")))
+    runs = [(f"d{w}", pretrain.ensure_pretrain(folder.sub(f"model-d{w}").root, _pretrain_config(config, w),
+                                               preset=f"neuromfa-d{w}")) for w in config.widths]
     if config.pretrain_run:
         runs.append(("pretrain_run", Path(config.pretrain_run)))
     return runs
 
 
 def analyse_model(run_dir: Path, config: Config, val_text: str) -> dict:
-    """Everything per checkpoint for one model: spectra, control spectra, evaluation."""
+    """Everything per checkpoint for one model: spectra, control spectra, evaluation (the
+    result `probes.neuromfa.measures` reads)."""
     model_config = checkpoints.load_model_config(run_dir)
     tokenizer = data_lib.load_tokenizer(run_dir)
     steps, stacked = checkpoints.load_stack(run_dir)
     if steps[0] != 0:
         raise OntogenyError(f"{run_dir} has no step-0 checkpoint; E(t) is defined relative to initialisation")
     require(config.n_resid <= model_config.d_model, f"n_resid={config.n_resid} exceeds d_model of {run_dir}")
-    idx = neunet.sample_indices(config.sample_seed, model_config, config.n_samples, config.n_resid, config.n_mlp)
-    spectra = mf.series_spectra(stacked, idx, config.mfa)
+    idx = network.sample_indices(config.sample_seed, model_config, config.n_samples, config.n_resid, config.n_mlp)
+    spectra = spectrum.series_spectra(stacked, idx, config.mfa)
     # Fresh noise per checkpoint and per draw; the draws are pooled with the samples.
     rng = np.random.default_rng(config.control_seed)
-    draws = [mf.series_spectra(mf.gaussian_like(stacked, rng), idx, config.mfa) for _ in range(config.control_draws)]
+    draws = [spectrum.series_spectra(spectrum.gaussian_like(stacked, rng), idx, config.mfa)
+             for _ in range(config.control_draws)]
     control = {k: np.concatenate([d[k] for d in draws], axis=1) for k in draws[0]}
-    evals = evaluate_series(stacked, model_config, tokenizer, val_text, config.eval_windows, model_config.context)
+    evals = measures.evaluate_series(stacked, model_config, tokenizer, val_text, config.eval_windows,
+                                     model_config.context)
     first = checkpoints.unstack_tree(stacked, 0)
     n_params = gpt.n_params(first, non_embedding=True) - first["wte"].size  # blocks + final norm
     return {"steps": steps, "model": model_config, "n_params": int(n_params), "spectra": spectra,
-            "summary": mf.summarize(spectra), "control": mf.summarize(control), "control_spectra": control,
-            "eval": {k: np.asarray(v, float) for k, v in evals.items()}}
+            "summary": spectrum.summarize(spectra), "control": spectrum.summarize(control),
+            "control_spectra": control, "eval": {k: np.asarray(v, float) for k, v in evals.items()}}
+
+
+def _log_model(folder: RunFolder, label: str, res: dict, logged: set) -> None:
+    """One metrics row per checkpoint of a model (rows already logged by an earlier try are skipped)."""
+    s, c, e = res["summary"], res["control"], res["eval"]
+    for i, step in enumerate(res["steps"]):
+        if (label, int(step)) in logged:
+            continue
+        folder.log({"model": label, "n_params": res["n_params"], "step": int(step),
+                    "alpha0": s["alpha0"][i], "width": s["width"][i], "emergence": s["emergence"][i],
+                    "control_alpha0": c["alpha0"][i], "control_width": c["width"][i],
+                    "control_emergence": c["emergence"][i], "mean_abs_w": s["mean_abs_w"][i],
+                    "strength": s["strength"][i], "n_used": s["n_used"][i], **{k: v[i] for k, v in e.items()}})
 
 
 def run(config: Config, folder: RunFolder) -> dict:
+    """Train (or reuse) every size, analyse each, log per checkpoint, draw, summarise."""
     t0 = time.perf_counter()
     corpus = data_lib.load_corpus(config.data)
     results = {}
     logged = {(r.get("model"), r.get("step")) for r in folder.read_metrics()}  # a rerun does not log twice
     for label, run_dir in tqdm(_models(config, folder), desc="neuromfa analysis", unit="model", leave=False):
-        res = analyse_model(run_dir, config, corpus.val_text)
-        results[label] = res
-        s, c, e = res["summary"], res["control"], res["eval"]
-        for t, step in enumerate(res["steps"]):
-            if (label, int(step)) in logged:
-                continue
-            folder.log({"model": label, "n_params": res["n_params"], "step": int(step),
-                        "alpha0": s["alpha0"][t], "width": s["width"][t], "emergence": s["emergence"][t],
-                        "control_alpha0": c["alpha0"][t], "control_width": c["width"][t],
-                        "control_emergence": c["emergence"][t], "mean_abs_w": s["mean_abs_w"][t],
-                        "strength": s["strength"][t], "n_used": s["n_used"][t],
-                        **{k: v[t] for k, v in e.items()}})
+        results[label] = analyse_model(run_dir, config, corpus.val_text)
+        _log_model(folder, label, results[label], logged)
     order = sorted(results, key=lambda k: results[k]["n_params"])
-    largest = results[order[-1]]
-    plot_all(results, order, folder)
-    return {**_summary(results, order, largest), "wall_s": time.perf_counter() - t0}
-
-
-def _partial(r_xy, r_xz, r_yz) -> float:
-    """Partial correlation of x and y given z, from the three pairwise (rank) correlations."""
-    denom = math.sqrt(max((1 - r_xz ** 2) * (1 - r_yz ** 2), 0.0))
-    return float((r_xy - r_xz * r_yz) / denom) if denom > 1e-9 else float("nan")
-
-
-def _correlations(rows: dict) -> dict:
-    """Spearman of E and of each baseline against val loss and next-word accuracy, plus the
-    partial Spearman of each given mean |w| (what a measure adds beyond the weight scale)."""
-    out = {}
-    for name in ("emergence", "alpha0", "width", "mean_abs_w", "strength", "control_emergence"):
-        out[name] = {}
-        for target in ("val_loss", "word_acc", "char_acc"):
-            r = _spearman(rows[name], rows[target])
-            out[name][f"vs_{target}"] = stats.defined(r)  # null where a series is constant
-            if name != "mean_abs_w":
-                out[name][f"vs_{target}_given_mean_abs_w"] = stats.defined(_partial(
-                    r, _spearman(rows[name], rows["mean_abs_w"]), _spearman(rows[target], rows["mean_abs_w"])))
-    return out
-
-
-def _rows(res_list) -> dict:
-    cat = lambda f: np.concatenate([f(r) for r in res_list])
-    return {"emergence": cat(lambda r: r["summary"]["emergence"]), "alpha0": cat(lambda r: r["summary"]["alpha0"]),
-            "width": cat(lambda r: r["summary"]["width"]), "mean_abs_w": cat(lambda r: r["summary"]["mean_abs_w"]),
-            "strength": cat(lambda r: r["summary"]["strength"]),
-            "control_emergence": cat(lambda r: r["control"]["emergence"]),
-            **{k: cat(lambda r, k=k: r["eval"][k]) for k in ("val_loss", "word_acc", "char_acc")}}
-
-
-def _resampled_means(series_TS, counts_BS) -> np.ndarray:
-    """[B, T] means over the resampled samples (NaN samples of a checkpoint left out)."""
-    x = np.asarray(series_TS, np.float64)
-    ok = np.isfinite(x)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (counts_BS @ np.where(ok, x, 0.0).T) / (counts_BS @ ok.T)
-
-
-def intervals(res: dict, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Intervals for one model's headline numbers, bootstrap over its network samples (the
-    same sampled neurons at every checkpoint, so first/last comparisons are paired); the
-    Gaussian control's pooled draws are resampled independently. [choice] E is recomputed
-    from the resampled sample-mean alpha0 and width, as `mf.summarize` forms it."""
-    sp = res["spectra"]
-    counts = stats.resample_counts(np.asarray(sp["alpha0"]).shape[1], n_boot, seed)
-    a, w = _resampled_means(sp["alpha0"], counts), _resampled_means(sp["width"], counts)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        e = (w / w[:, :1]) * np.log(a[:, :1] / a)
-    out = {"n_network_samples": int(counts.shape[1]),
-           "alpha0_first_ci": stats.quantile_ci(a[:, 0], level), "alpha0_last_ci": stats.quantile_ci(a[:, -1], level),
-           "alpha0_change_ci": stats.quantile_ci(a[:, -1] - a[:, 0], level),
-           "width_first_ci": stats.quantile_ci(w[:, 0], level), "width_last_ci": stats.quantile_ci(w[:, -1], level),
-           "width_change_ci": stats.quantile_ci(w[:, -1] - w[:, 0], level), "emergence_last_ci": stats.quantile_ci(e[:, -1], level)}
-    cs = res.get("control_spectra")
-    if cs is not None:
-        cc = stats.resample_counts(np.asarray(cs["alpha0"]).shape[1], n_boot, seed + 1)
-        ca, cw = _resampled_means(cs["alpha0"], cc), _resampled_means(cs["width"], cc)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ce = (cw[:, -1] / cw[:, 0]) * np.log(ca[:, 0] / ca[:, -1])
-        out.update({"emergence_control_last_ci": stats.quantile_ci(ce, level),
-                    "emergence_minus_control_last_ci": stats.quantile_ci(e[:, -1] - ce, level)})
-    rows = _rows([res])
-    out["spearman_emergence_vs_val_loss_ci"] = stats.correlation_ci(rows["emergence"], rows["val_loss"],
-                                                                    "spearman", n_boot=n_boot, level=level)
-    return out
-
-
-def _summary(results, order, largest) -> dict:
-    s, c, e = largest["summary"], largest["control"], largest["eval"]
-    corr = _correlations(_rows([largest]))
-    pooled = _correlations(_rows([results[k] for k in order]))
-    rows = _rows([results[k] for k in order])
-    last_E = [float(results[k]["summary"]["emergence"][-1]) for k in order]
-    sizes = [results[k]["n_params"] for k in order]
-    return {
-        "models": order, "n_params_by_size": sizes,
-        "steps": [int(x) for x in largest["steps"]],
-        "alpha0_first": float(s["alpha0"][0]), "alpha0_last": float(s["alpha0"][-1]),
-        "width_first": float(s["width"][0]), "width_last": float(s["width"][-1]),
-        "emergence_last": float(s["emergence"][-1]),
-        "emergence_control_last": float(c["emergence"][-1]),
-        "control_alpha0_first": float(c["alpha0"][0]), "control_alpha0_last": float(c["alpha0"][-1]),
-        "control_width_first": float(c["width"][0]), "control_width_last": float(c["width"][-1]),
-        "spearman_emergence_vs_val_loss": corr["emergence"]["vs_val_loss"],
-        "spearman_emergence_vs_word_acc": corr["emergence"]["vs_word_acc"],
-        "spearman_pooled_emergence_vs_val_loss": pooled["emergence"]["vs_val_loss"],
-        "spearman_pooled_mean_abs_w_vs_val_loss": pooled["mean_abs_w"]["vs_val_loss"],
-        "partial_spearman_pooled_emergence_vs_val_loss_given_mean_abs_w":
-            pooled["emergence"]["vs_val_loss_given_mean_abs_w"],
-        "partial_spearman_pooled_emergence_vs_word_acc_given_mean_abs_w":
-            pooled["emergence"]["vs_word_acc_given_mean_abs_w"],
-        "spearman_largest": corr, "spearman_pooled_over_sizes": pooled,
-        "emergence_last_by_size": last_E,
-        "emergence_control_last_by_size": [float(results[k]["control"]["emergence"][-1]) for k in order],
-        "spearman_emergence_last_vs_log_size": stats.defined(_spearman(np.log(sizes), last_E)),
-        "val_loss_last_by_size": [float(results[k]["eval"]["val_loss"][-1]) for k in order],
-        "word_acc_last_by_size": [float(results[k]["eval"]["word_acc"][-1]) for k in order],
-        "val_loss_last": float(e["val_loss"][-1]), "word_acc_last": float(e["word_acc"][-1]),
-        "n_used_nodes_last": float(s["n_used"][-1]),
-        "largest_model": order[-1], "largest_n_params": int(largest["n_params"]),
-        "emergence_minus_control_last": float(s["emergence"][-1] - c["emergence"][-1]),
-        "alpha0_change": float(s["alpha0"][-1] - s["alpha0"][0]), "width_change": float(s["width"][-1] - s["width"][0]),
-        **intervals(largest),
-        "spearman_pooled_emergence_vs_val_loss_ci": stats.correlation_ci(rows["emergence"], rows["val_loss"], "spearman"),
-    }
-
-
-# ----------------------------------------------------------------------------- figures
-def plot_all(results, order, folder: RunFolder) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    colors = plt.cm.plasma(np.linspace(0.0, 0.8, len(order)))
-    xstep = lambda steps: np.maximum(steps, 0.5)  # step 0 shown at 0.5 on the log axis
-
-    # f(alpha) spectra coloured by step, one panel per size (sample-averaged alpha and f).
-    fig, axes = plt.subplots(1, len(order), figsize=(4 * len(order), 3.6), squeeze=False)
-    for ax, label in zip(axes[0], order):
-        r = results[label]
-        norm = matplotlib.colors.LogNorm(vmin=0.5, vmax=max(r["steps"][-1], 1))
-        for t, step in enumerate(r["steps"]):
-            a = np.nanmean(r["spectra"]["alpha"][t], 0)
-            f = np.nanmean(r["spectra"]["f"][t], 0)
-            ax.plot(a, f, color=plt.cm.viridis(norm(max(step, 0.5))), lw=1)
-        ax.set(title=f"{label} ({r['n_params']:,} params)", xlabel="alpha", ylabel="f(alpha)")
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="step")
-    _save(fig, folder.figure("spectra"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for col, label in zip(colors, order):
-        r = results[label]
-        for ax, key in zip(axes, ("alpha0", "width")):
-            ax.plot(xstep(r["steps"]), r["summary"][key], "o-", ms=3, color=col, label=label)
-            ax.plot(xstep(r["steps"]), r["control"][key], "--", color=col, alpha=0.6)
-    for ax, key in zip(axes, ("alpha0 (regularity)", "width w (heterogeneity)")):
-        ax.set(xscale="log", xlabel="step (0 at 0.5)", ylabel=key, title=f"{key}; dashed: Gaussian control")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide at legible sizes
-        ax.legend(fontsize=8)
-    _save(fig, folder.figure("alpha0_width"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for col, label in zip(colors, order):
-        r = results[label]
-        axes[0].plot(xstep(r["steps"]), r["summary"]["emergence"], "o-", ms=3, color=col, label=label)
-        axes[0].plot(xstep(r["steps"]), r["control"]["emergence"], "--", color=col, alpha=0.6)
-        axes[1].plot(xstep(r["steps"]), r["eval"]["word_acc"], "o-", ms=3, color=col, label=label)
-    axes[0].set(xscale="log", xlabel="step", ylabel="E(t)", title="degree of emergence; dashed: Gaussian control")
-    axes[1].set(xscale="log", xlabel="step", ylabel="next-word accuracy", title="downstream: next-word accuracy")
-    for ax in axes:
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    for ax in axes:
-        ax.legend(fontsize=8)
-    _save(fig, folder.figure("emergence"))
-
-    sizes = [results[k]["n_params"] for k in order]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(sizes, [results[k]["summary"]["emergence"][-1] for k in order], "o-", label="E (trained weights)")
-    ax.plot(sizes, [results[k]["control"]["emergence"][-1] for k in order], "s--", label="E (Gaussian control)")
-    ax.axhline(0, color="gray", lw=0.5)
-    ax.set(xscale="log", xlabel="non-embedding parameters", ylabel="E at the last step", title="E against model size")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.legend()
-    _save(fig, folder.figure("emergence_vs_size"))
-
-    rows = _rows([results[k] for k in order])
-    corr = _correlations(rows)
-    names = ["emergence", "control_emergence", "alpha0", "width", "mean_abs_w", "strength"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for col, label in zip(colors, order):
-        r = results[label]
-        axes[0].plot(r["summary"]["emergence"], r["eval"]["val_loss"], "o", ms=4, color=col, label=label)
-    axes[0].set(xlabel="E", ylabel="val loss", title="E against validation loss (all sizes, all steps)")
-    axes[0].legend(fontsize=8)
-    pos = np.arange(len(names))
-    for off, key, lab in ((-0.2, "vs_val_loss", "vs val loss"), (0.2, "vs_word_acc", "vs next-word acc")):
-        axes[1].bar(pos + off, [corr[n][key] for n in names], 0.4, label=lab)
-    axes[1].set_xticks(pos, ["E", "E control", "alpha0", "width", "mean|w|", "w. degree"], fontsize=8)
-    axes[1].axhline(0, color="gray", lw=0.5)
-    axes[1].set(ylabel="Spearman rho (pooled)", title="E beside simple baselines")
-    axes[1].legend(fontsize=8)
-    _save(fig, folder.figure("correlations"))
-
-
-def _save(fig, path):
-    from experiments import plots
-
-    plots.save(fig, path)
+    figures.plot_all(results, order, folder)
+    return {**measures.summary_numbers(results, order), "wall_s": time.perf_counter() - t0}
 
 
 def findings(summary: dict) -> list[str]:

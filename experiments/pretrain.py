@@ -94,13 +94,18 @@ def resolved_model(config: PretrainConfig, corpus: data_lib.Corpus) -> gpt.GPTCo
 
 
 def run(config: PretrainConfig, folder: RunFolder) -> dict:
+    from dynamics import corpus as corpus_lib
+    from dynamics import tblog
+
     corpus = data_lib.load_corpus(config.data)
     model_config = resolved_model(config, corpus)
     if distributed.is_primary():
-        corpus.tokenizer.save(folder.root / "tokenizer.json")
+        corpus_lib.record_run(folder.root, corpus)  # tokenizer.json + data.json; refuses a changed corpus on resume
         write_json(folder.root / "model.json", model_config)
     train_ids, val_ids = corpus.train_ids, corpus.val_ids
     tc = config.train
+    close_tb = tblog.mirror(folder, "pretrain")  # TensorBoard events beside metrics.jsonl, when tensorboardX is installed
+    rows = distributed.local_batch(tc.batch_size) if jax.process_count() > 1 else None  # read only our rows
 
     mesh = train_lib.training_mesh(tc)  # every device of every process; each keeps its own rows
     optimizer = train_lib.make_optimizer(tc)
@@ -116,12 +121,16 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
         return {"val_loss": float(np.mean([distributed.to_host(eval_loss(params, b)) for b in val_batches]))}
 
     def batch_fn(step):
-        x, y = data_lib.get_batch(train_ids, tc.seed, step, tc.batch_size, model_config.context)
+        x, y = data_lib.get_batch(train_ids, tc.seed, step, tc.batch_size, model_config.context, rows=rows)
         return {"inputs": x, "targets": y}
 
     t0 = time.perf_counter()
-    state = train_lib.run_training(folder, "pretrain", state, train_step, batch_fn, tc, eval_fn=eval_fn,
-                                   tokens_per_step=tc.batch_size * model_config.context, mesh=mesh)
+    try:
+        state = train_lib.run_training(folder, "pretrain", state, train_step, batch_fn, tc, eval_fn=eval_fn,
+                                       tokens_per_step=tc.batch_size * model_config.context, mesh=mesh)
+    finally:
+        if close_tb:
+            close_tb()
     wall = time.perf_counter() - t0
     records = folder.read_metrics()
     plots.loss_curve(records, folder.figure("loss"), title=f"pretrain ({model_config.n_layer}L, d={model_config.d_model})")
@@ -139,10 +148,16 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
         "n_params": gpt.n_params(distributed.to_host(state["params"])),
         "tokens_per_s": float(np.median(tps)) if tps else None,
         "train_wall_s": wall,
-        "train_chars": len(corpus.train_text),
-        "val_chars": len(corpus.val_text),
-        "val_works": list(corpus.val_works),
+        **data_counts(corpus, train_ids, val_ids),
     }
+
+
+def data_counts(corpus, train_ids, val_ids) -> dict:
+    """Split sizes for the summary (characters where the corpus is text; tokens always)."""
+    record = corpus.record
+    return {"train_chars": record.get("train_chars"), "val_chars": record.get("val_chars"),
+            "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)),
+            "val_works": list(corpus.val_works), "tokenizer": record.get("tokenizer", "char")}
 
 
 def val_window_losses(params, model_config: gpt.GPTConfig, val_batches: list[dict]) -> np.ndarray:
@@ -166,7 +181,8 @@ def findings(summary: dict) -> list[str]:
     uniform = f" (a uniform guess over {s['vocab_size']} symbols scores {np.log(s['vocab_size']):.2f})" \
         if s.get("vocab_size") else ""
     out = [f"A {s['n_params']:,}-parameter GPT trained for {s['steps']} steps reached validation loss "
-           f"{stats.ci_text(s, 'val_loss', 3)} nats/char on held-out text{uniform}, saving {s['n_checkpoints']} "
+           f"{stats.ci_text(s, 'val_loss', 3)} nats/{'char' if s.get('tokenizer', 'char') == 'char' else 'token'} "
+           f"on held-out text{uniform}, saving {s['n_checkpoints']} "
            f"checkpoints."]
     if s.get("val_loss_ci") is not None:
         out.append(f"The interval is a bootstrap over {s['n_val_windows']} held-out windows of one training seed; "
@@ -186,23 +202,26 @@ def run_group(configs: list[PretrainConfig], folders: list[RunFolder]) -> list[d
     members.check_compatible([c.train for c in configs])
     corpus = data_lib.load_corpus(base.data)
     model_config = resolved_model(base, corpus)
+    from dynamics import corpus as corpus_lib
+
     for folder in folders:
-        corpus.tokenizer.save(folder.root / "tokenizer.json")
+        corpus_lib.record_run(folder.root, corpus)
         write_json(folder.root / "model.json", model_config)
     tc = base.train
+    train_ids, val_ids = corpus.train_ids, corpus.val_ids  # encoded once
     loss_fn = train_lib.lm_loss(model_config)
     states = members.init_states(lambda seed: gpt.init_params(model_config, jax.random.PRNGKey(seed)),
                                  [c.train for c in configs])
     step_fn = members.make_step(loss_fn, tc, dropout=model_config.dropout > 0)
     eval_loss = jax.jit(jax.vmap(lambda p, b: loss_fn(p, b, None), in_axes=(0, None)))
     val_batches = [dict(zip(("inputs", "targets"), b))
-                   for b in data_lib.eval_batches(corpus.val_ids, tc.eval_batches, tc.batch_size, model_config.context)]
+                   for b in data_lib.eval_batches(val_ids, tc.eval_batches, tc.batch_size, model_config.context)]
 
     def eval_fn(params):
         return {"val_loss": np.mean([np.asarray(eval_loss(params, b)) for b in val_batches], axis=0)}
 
     def batch_fn(k, step):
-        x, y = data_lib.get_batch(corpus.train_ids, configs[k].train.seed, step, tc.batch_size, model_config.context)
+        x, y = data_lib.get_batch(train_ids, configs[k].train.seed, step, tc.batch_size, model_config.context)
         return {"inputs": x, "targets": y}
 
     t0 = time.perf_counter()
@@ -210,7 +229,7 @@ def run_group(configs: list[PretrainConfig], folders: list[RunFolder]) -> list[d
         [c.train for c in configs]), tc, eval_fn=eval_fn, tokens_per_step=tc.batch_size * model_config.context)
     wall = time.perf_counter() - t0
     final = np.asarray(eval_fn(states["params"])["val_loss"])
-    out = []
+    out, counts = [], data_counts(corpus, train_ids, val_ids)
     for k, folder in enumerate(folders):
         if k in failures:
             out.append({"error": failures[k]})
@@ -223,8 +242,7 @@ def run_group(configs: list[PretrainConfig], folders: list[RunFolder]) -> list[d
                     "n_checkpoints": len(Series(folder.root, "pretrain").steps()),
                     "n_params": gpt.n_params(jax.device_get(jax.tree.map(lambda x: x[0], states["params"]))),
                     "tokens_per_s": float(np.median(tps)) if tps else None, "train_wall_s": wall,
-                    "group_size": len(folders), "train_chars": len(corpus.train_text),
-                    "val_chars": len(corpus.val_text), "val_works": list(corpus.val_works)})
+                    "group_size": len(folders), **counts})
     return out
 
 

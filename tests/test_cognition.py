@@ -13,6 +13,7 @@ from dynamics import train as train_lib
 from dynamics.runlog import RunFolder
 from experiments import cognition as cog
 from models import gpt
+from probes import cognition as cm
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def test_option_sentences_mask_marks_value_and_stop(world):
     tok = kw.tokenizer(world)
     qs = np.arange(len(world.questions))
     options, _ = kw.fixed_items(world, qs)
-    tokens, mask = cog.option_sentences(world, tok, qs, options)
+    tokens, mask = cm.option_sentences(world, tok, qs, options)
     assert tokens.shape[0] == len(qs) * 4
     for n in range(0, len(tokens), 5):
         q, k = divmod(n, 4)
@@ -43,7 +44,7 @@ def test_probe_grid_matches_numpy_and_sklearn():
     H += (np.arange(K)[None, None, None, :, None] == answers[None, None, :, None, None]) * signal * np.array(
         [0.0, 1.5])[None, :, None, None, None]  # layer 1 carries the answer, layer 0 does not
     train, test = np.arange(0, 24), np.arange(24, 40)
-    out = cog.probe_grid(H, answers, train, test, C=1.0, n_iter=30)
+    out = cm.probe_grid(H, answers, train, test, C=1.0, n_iter=30)
     for t in range(T):
         for l in range(L):
             Htr, Hte = H[t, l, train], H[t, l, test]
@@ -70,17 +71,17 @@ def test_sample_correct_matches_probabilities():
     p = np.array([0.1, 0.5, 0.9])
     V = 5
     probs = np.stack([np.r_[pi, np.full(V - 1, (1 - pi) / (V - 1))] for pi in p])
-    c = np.stack([cog.sample_correct(np.log(probs), np.zeros(3, int), 4000, 1.0, seed=s) for s in range(2)])
+    c = np.stack([cm.sample_correct(np.log(probs), np.zeros(3, int), 4000, 1.0, seed=s) for s in range(2)])
     assert np.all(np.abs(c / 4000 - p) < 0.03)
     # temperature -> 0 is greedy
-    c0 = cog.sample_correct(np.log(probs), np.zeros(3, int), 50, 1e-3, seed=0)
+    c0 = cm.sample_correct(np.log(probs), np.zeros(3, int), 50, 1e-3, seed=0)
     assert c0[0] == 0 and c0[2] == 50
 
 
 def test_fewshot_prompts_use_train_items_only(world):
     tok = kw.tokenizer(world)
     opts, _ = kw.fixed_items(world, world.test)
-    ids = cog.fewshot_prompts(world, tok, world.test, opts, 2, seed=0)
+    ids = cm.fewshot_prompts(world, tok, world.test, opts, 2, seed=0)
     assert ids.shape == (len(world.test), kw.prompt_length(world, 2))
     for row, q in zip(ids, world.test):
         text = tok.decode(row).lstrip("\n")

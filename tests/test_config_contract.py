@@ -18,8 +18,9 @@ STUDIES = ("pretrain", "linear-origins", "cognition", "crosscoders", "neuromfa",
 # other valid values of string keys (the generic candidates below cover numbers, flags and tuples)
 STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic"], "f_kind": ["table"], "optimizer": ["adam", "sgd"],
            "within_mode": ["to_mean"], "ablation": ["mean"], "variant": ["shortest_path"],
-           "answer_format": ["letter"], "pretrain_preset": ["micro"]}
-REFERENCES = ("pretrain_run", "gpt_run")  # a run folder: the micro pretrain run
+           "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes"],
+           "token_dtype": ["uint32"]}
+REFERENCES = ("pretrain_run", "gpt_run", "path")  # a run folder: the micro pretrain run (data.path: a text folder)
 # settings a change needs to be valid at all (the micro run has 8 checkpoints), set on both sides
 COMPANIONS = {("crosscoders", "pretrain_run"): ["n_snapshots=4"], ("crosscoders", "pretrain_preset"): ["n_snapshots=4"]}
 
@@ -44,6 +45,8 @@ def candidates(name: str, value, kind, micro_run) -> list:
         return [v for v in (value * 2, value / 2, value + 0.1, value - 0.1, 0.5, 0.1) if v != value]
     if kind is str:
         return [v for v in STRINGS.get(name, []) + ["KING", "x"] if v != value]
+    if value == ():  # an empty tuple[str] (data.val_docs): one element
+        return [("ROMEO",)]
     if isinstance(value, tuple) and value:  # tuple[...]: drop the last element, append one, change one
         step = value[-1] * 2 if isinstance(value[-1], (int, float)) and value[-1] else value[-1]
         if isinstance(value[0], str):

@@ -5,7 +5,7 @@ import pytest
 
 from dynamics.errors import OntogenyError
 from probes import crosscoder as cc
-from probes import metrics
+from probes import crosscoder_metrics as metrics
 
 
 def test_metrics_match_numpy_loops():

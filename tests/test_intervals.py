@@ -4,11 +4,11 @@ import pytest
 from scipy import stats as sps
 
 from dynamics import stats
-from probes import metrics as mt
+from probes import crosscoder_metrics as mt
 
 
 def test_cognition_intervals_wilson_paired_and_correlation():
-    from experiments import cognition
+    from probes import cognition
 
     rng = np.random.default_rng(0)
     T, Q = 9, 48
@@ -28,14 +28,12 @@ def test_cognition_intervals_wilson_paired_and_correlation():
 
 
 def test_crosscoder_window_intervals_equal_a_loop_over_resampled_windows():
-    from experiments import crosscoders
-
     rng = np.random.default_rng(1)
     W, C, S, D, F = 6, 5, 3, 4, 7
     x = rng.normal(size=(W * C, S, D)) * np.arange(1, W * C + 1)[:, None, None] ** 0.5
     x_hat = x + rng.normal(scale=0.5, size=x.shape)
     f = np.maximum(rng.normal(size=(W * C, F)), 0)
-    out = crosscoders.window_intervals(x, x_hat, f, S, W, skip_first=True)
+    out = mt.window_intervals(x, x_hat, f, S, W, skip_first=True)
     idx = np.random.default_rng(0).integers(0, W, size=(2000, W))
     xw, hw = x.reshape(W, C, S, D), x_hat.reshape(W, C, S, D)
     ev_min = [mt.explained_variance(xw[i].reshape(-1, S, D), hw[i].reshape(-1, S, D))[1:].min() for i in idx]
@@ -46,8 +44,8 @@ def test_crosscoder_window_intervals_equal_a_loop_over_resampled_windows():
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")
 def test_neuromfa_intervals_equal_a_loop_and_pair_the_checkpoints():
-    from dynamics import multifractal as mf
-    from experiments import neuromfa
+    from probes.neuromfa import measures as neuromfa
+    from probes.neuromfa import spectrum as mf
 
     rng = np.random.default_rng(2)
     T, S = 4, 5
@@ -91,7 +89,7 @@ def test_waves_intervals_t_over_passages_and_ratio_over_samples():
 def test_value_probe_grid_scores_each_test_question():
     """The per-question record the intervals use averages to the reported accuracy, and a
     question's score is 1 exactly when the probe's best option is its answer."""
-    from experiments import cognition
+    from probes import cognition
 
     rng = np.random.default_rng(4)
     T, L, Q, M, D, K, n_classes = 2, 2, 12, 2, 6, 3, 4

@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse.csgraph
 import scipy.stats
 
-from dynamics import multifractal as mf
-from dynamics import neuron_network as neunet
+from probes.neuromfa import network as neunet
+from probes.neuromfa import spectrum as mf
 
 INF = np.inf
 

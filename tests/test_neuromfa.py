@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse.csgraph
 
-from dynamics import multifractal as mf
-from dynamics import neuron_network as neunet
+from probes.neuromfa import network as neunet
+from probes.neuromfa import spectrum as mf
 from dynamics.checkpoints import stack_trees
 from models import gpt
 
@@ -140,7 +140,7 @@ def test_gaussian_control_keeps_per_matrix_std():
 
 # ----------------------------------------------------------------------------- the study's pieces
 def test_word_targets_by_hand():
-    from experiments.neuromfa import word_targets
+    from probes.neuromfa.measures import word_targets
     chars = " ',.abc"
     is_letter = np.array([c.isalpha() or c == "'" for c in chars])
     enc = lambda s: np.array([chars.index(c) for c in s])
@@ -156,7 +156,7 @@ def test_word_targets_by_hand():
 
 def test_evaluate_series_matches_direct_computation(tmp_path):
     from dynamics.data import CharTokenizer
-    from experiments.neuromfa import evaluate_series, word_targets
+    from probes.neuromfa.measures import evaluate_series, word_targets
     tok = CharTokenizer("abc de.fgh")
     cfg = gpt.GPTConfig(vocab_size=tok.vocab_size, context=12, n_layer=1, n_head=2, d_model=8)
     shapes = jax.eval_shape(lambda: gpt.init_params(cfg, jax.random.PRNGKey(0)))
@@ -195,6 +195,8 @@ def test_study_analysis_on_saved_series(tmp_path):
     from dynamics.data import CharTokenizer, synthetic_text
     from dynamics.runlog import RunFolder, write_json
     from experiments import neuromfa as nm
+    from experiments import neuromfa_figures
+    from probes.neuromfa import measures
     text = synthetic_text(3000, seed=0)
     tok = CharTokenizer(text)
     config = nm.Config(widths=(8, 16, 24), n_head=2, context=16, n_resid=8, n_mlp=16, n_samples=3,
@@ -221,11 +223,27 @@ def test_study_analysis_on_saved_series(tmp_path):
     results = {f"m{i}": {**r, "n_params": r["n_params"] * (i + 1)} for i in range(3)}
     results["m2"] = {**results["m2"], "summary": {**s, "emergence": s["emergence"] + 1.0}}
     order = ["m0", "m1", "m2"]
-    summary = nm._summary(results, order, results["m2"])
+    summary = measures.summary_numbers(results, order)
     assert summary["emergence_last_by_size"] == [float(s["emergence"][-1])] * 2 + [float(s["emergence"][-1] + 1)]
     assert summary["emergence_last"] == summary["emergence_last_by_size"][-1]
     assert summary["spearman_emergence_last_vs_log_size"] > 0.8
     folder = RunFolder(tmp_path / "study")
-    nm.plot_all(results, order, folder)
+    neuromfa_figures.plot_all(results, order, folder)
     assert {p.name for p in folder.figures.iterdir()} >= {"spectra.png", "alpha0_width.png", "emergence.png",
                                                           "emergence_vs_size.png", "correlations.png"}
+
+
+def test_correlation_figure_leaves_an_undefined_correlation_blank(tmp_path):
+    """A constant series (no word predicted right at any step) makes its Spearman undefined (None in
+    the summary); the figure draws the defined bars and leaves that one blank instead of failing."""
+    from experiments import neuromfa_figures
+    from probes.neuromfa import measures
+
+    C = 4
+    res = {"summary": {k: np.linspace(1, 2, C) for k in ("emergence", "alpha0", "width", "mean_abs_w", "strength")},
+           "control": {"emergence": np.linspace(0, 1, C)},
+           "eval": {"val_loss": np.linspace(3, 2, C), "char_acc": np.linspace(0, 0.2, C), "word_acc": np.zeros(C)}}
+    corr = measures.correlations(measures.rows([res]))
+    assert corr["emergence"]["vs_word_acc"] is None and corr["emergence"]["vs_val_loss"] == pytest.approx(-1.0)
+    neuromfa_figures.plot_correlations({"m": res}, ["m"], ["C0"], tmp_path / "correlations.png")
+    assert (tmp_path / "correlations.png").stat().st_size > 0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dynamics import spelling
+from probes import spelling
 
 
 def test_words_vocabulary_and_cuts_by_hand():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from dynamics import waves
+from probes import waves
 
 
 def _noise(T=200, D=6, seed=0):
@@ -167,7 +167,7 @@ def test_repeatability_and_cluster_agreement():
 
 
 def test_passage_hidden_is_the_state_generation_used_also_beyond_the_context():
-    from experiments.waves import passage_hidden
+    from probes.waves import passage_hidden
     from models import gpt
     from models.sample import generate
 

@@ -12,9 +12,9 @@ neurons and h sampled MLP neurons:
     H_l  --mlp w_out-->                                      A_{l+1} (s, next block's input)
 
 The same sampled indices are used at every checkpoint: `sample_indices(seed, config, ...)` draws
-them once (leading sample axis S) and `direct_distances` / `shortest_path_distances` are pure
+them once (leading sample axis M) and `direct_distances` / `shortest_path_distances` are pure
 functions of (params, one sample's indices) with static shapes, so a checkpoint series runs
-under `jax.vmap` (over samples, and over checkpoints via `dynamics.checkpoints.map_stack`).
+under `jax.vmap` (over the M samples, and over the C checkpoints via `dynamics.checkpoints.map_stack`).
 
 Edge distance d_ij = 1 / |w_ij| (absent edge: +inf). Biases, norms and embeddings are ignored.
 The connector edges have distance exactly 1, so under the default threshold 1 < d they never
@@ -26,18 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 
 def sample_indices(seed: int, config, n_samples: int = 10, n_resid: int = 32, n_mlp: int | None = None) -> dict:
-    """Sampled neuron indices for S = n_samples networks (without replacement within a group).
+    """Sampled neuron indices for M = n_samples networks (without replacement within a group).
 
     Drawn once from `seed` (numpy), then reused for every checkpoint. `config` is a GPTConfig.
-    Returns int32 arrays with leading axis S:
-      "resid": [S, L+1, s] residual neurons entering block l (l = L: after the last block),
-      "head":  [S, L, s]   head-dim index j (q_j, k_j, v_j and context neuron c_j),
-      "mid":   [S, L, s]   residual neurons between attention and MLP,
-      "mlp":   [S, L, h]   MLP hidden neurons.
+    Returns int32 arrays with leading axis M:
+      "resid": [M, L+1, s] residual neurons entering block l (l = L: after the last block),
+      "head":  [M, L, s]   head-dim index j (q_j, k_j, v_j and context neuron c_j),
+      "mid":   [M, L, s]   residual neurons between attention and MLP,
+      "mlp":   [M, L, h]   MLP hidden neurons.
     Defaults follow the paper: s = 32, h = 2s (64).
     """
     L, D, F = config.n_layer, config.d_model, config.d_mlp
@@ -94,18 +94,18 @@ def to_distance(w):
 
 
 def direct_distances(params: dict, idx: dict) -> jax.Array:
-    """[N_src, K]: every source node's out-edge distances (rows padded with +inf to K columns).
+    """[N_src, O]: every source node's out-edge distances (rows padded with +inf to O columns).
 
-    Rows: per block, A_l (s), Q_l (3s), C_l (s), M_l (s), H_l (h); N_src = L (6s + h), K = max(3s, h).
+    Rows: per block, A_l (s), Q_l (3s), C_l (s), M_l (s), H_l (h); N_src = L (6s + h), O = max(3s, h).
     Only row contents matter to the box-growing analysis, not node identities.
     """
     blocks = edge_blocks(params, idx)
-    K = max(blocks[k].shape[-1] for k in KINDS)
+    O = max(blocks[k].shape[-1] for k in KINDS)
     rows = []
     for kind in KINDS:
         d = to_distance(blocks[kind])
         d = d.reshape(-1, d.shape[-1])
-        rows.append(jnp.pad(d, ((0, 0), (0, K - d.shape[-1])), constant_values=jnp.inf))
+        rows.append(jnp.pad(d, ((0, 0), (0, O - d.shape[-1])), constant_values=jnp.inf))
     return jnp.concatenate(rows, axis=0)
 
 
@@ -146,6 +146,7 @@ def shortest_path_distances(params: dict, idx: dict) -> jax.Array:
 
 
 def network_distances(params: dict, idx: dict, variant: str = "direct") -> jax.Array:
+    """The distances the analysis reads: `direct_distances` or `shortest_path_distances`."""
     if variant == "direct":
         return direct_distances(params, idx)
     if variant == "shortest_path":

@@ -18,6 +18,12 @@ Fixed-word-count variant: a sample is cut after its n-th complete word, so N_i =
 and the only randomness is which words are misspelled: Var K = Var M, hence the two
 excesses are tied, excess_M = excess_K p / (1 - p); only over/under-dispersion of the
 misspellings relative to independent words is measured there.
+
+For a model, one checkpoint at a time: `make_sample_fn` draws the samples (vmapped over
+checkpoints by `map_stack`), `checkpoint_spelling` gives both variants' statistics and Poisson
+tests, `claim_verdict` judges the claim between the first and last checkpoint where Mandel Q
+is defined, and `fraction_correct_intervals` the change in the fraction of correct words.
+Axis letters: M samples, V vocabulary.
 """
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ import re
 
 import numpy as np
 from scipy import stats
+
+from dynamics import stats as dstats
+from models import gpt
+from models.sample import generate
 
 WORD_PATTERN = re.compile(r"[A-Za-z']+")
 
@@ -235,3 +245,62 @@ def claim_survives_baseline(first: dict, last: dict, level: float = 0.95) -> tup
             checks[f"{variant}/excess_misspelled_increased"] = {"ci": d_m.tolist(), "holds": bool(d_m[0] > 0)}
     verdict = bool(checks) and all(c["holds"] for c in checks.values())
     return verdict, checks
+
+
+# ---------------------------------------------------------------- one checkpoint of a model
+
+def make_sample_fn(model: gpt.GPTConfig, sample_length: int, temperature: float):
+    """fn(params, prompt_M1, key) -> [M, 1 + sample_length] sampled tokens of one checkpoint."""
+    def fn(params, prompt_M1, key):
+        return generate(params, model, prompt_M1, sample_length, key, temperature)
+    return fn
+
+
+def checkpoint_spelling(texts, vocab, *, n_words: int, case_sensitive: bool = False, n_boot: int = 1000,
+                        level: float = 0.95, seed: int = 0) -> dict:
+    """Both variants' statistics (with bootstrap draws) and Poisson tests for one checkpoint's
+    samples: {"fixed_length": ..., "fixed_words": ...}, a variant None with fewer than 2 samples."""
+    out = {}
+    for variant, n in (("fixed_length", None), ("fixed_words", n_words)):
+        k, m, dropped = sample_counts(texts, vocab, n_words=n, case_sensitive=case_sensitive)
+        if len(k) < 2:
+            out[variant] = None
+            continue
+        s = spelling_statistics(k, m, n_boot=n_boot, seed=seed, level=level, keep_draws=True)
+        s["n_dropped"] = dropped
+        s["counts_correct"], s["counts_misspelled"] = k, m
+        s["poisson_correct"] = poisson_histogram(k)
+        s["poisson_misspelled"] = poisson_histogram(m)
+        out[variant] = s
+    return out
+
+
+def q_defined(s) -> bool:
+    """Mandel Q is defined for both counts (a nonzero mean of each) in one variant's statistics."""
+    return s is not None and s["mean_correct"] > 0 and s["mean_misspelled"] > 0
+
+
+def claim_verdict(spell: dict, n_checkpoints: int, level: float = 0.95):
+    """`claim_survives_baseline` between the earliest checkpoint (index into the series) of
+    `spell` ({index: checkpoint_spelling result}) where Q is defined in both variants and the
+    last such one. Returns (first index, last index, verdict, checks); with fewer than two
+    such checkpoints the verdict is False over the whole series."""
+    valid = [i for i in sorted(spell) if all(q_defined(spell[i][v]) for v in ("fixed_length", "fixed_words"))]
+    if len(valid) < 2:
+        return 0, n_checkpoints - 1, False, {"error": "fewer than two checkpoints with defined Q"}
+    verdict, checks = claim_survives_baseline(spell[valid[0]], spell[valid[-1]], level)
+    return valid[0], valid[-1], verdict, checks
+
+
+def fraction_correct_intervals(fl_first, fl_last, n_boot: int = 2000, level: float = 0.95) -> dict:
+    """The fraction of correct words (fixed-length variant): bootstrap over the samples (ratio
+    of sums; `spelling_statistics`'s p_ci), and its change between the first and last
+    checkpoint from independent resamples of the two sample sets (fl_first may be None)."""
+    out = {"fraction_correct_last_ci": fl_last["p_ci"], "n_spelling_samples": int(fl_last["n_samples"])}
+    if fl_first is not None:
+        draws = [dstats.ratio_draws(s["counts_correct"], s["counts_correct"] + s["counts_misspelled"],
+                                    n_boot=n_boot, seed=seed) for seed, s in enumerate((fl_first, fl_last))]
+        out.update({"fraction_correct_first_ci": fl_first["p_ci"],
+                    "fraction_correct_change": float(fl_last["p"] - fl_first["p"]),
+                    "fraction_correct_change_ci": dstats.quantile_ci(draws[1] - draws[0], level)})
+    return out

@@ -1,7 +1,7 @@
 """NeuroMFA: multifractal spectrum of a neuron-interaction network, and the degree of emergence.
 
 Follows the authors' code (`wnfd_llm`, `calculate_multifractal_spectrum`), in static shapes so
-that it jits and vmaps over samples and checkpoints. For a distance array d [N, K] (row i = node
+that it jits and vmaps over samples and checkpoints. For a distance array d [N, O] (row i = node
 i's out-edge distances, +inf = no edge):
 
   kept_ik  = lower < d_ik <= threshold                (paper: 1 < d <= 150)
@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics import neuron_network as neunet
-from dynamics.errors import require
+from dynamics.checkpoints import map_stack
+from probes.neuromfa import network as neunet
+from models.errors import require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +75,9 @@ class MFAConfig:
         return (np.arange(self.n_bins) / 10 ** self.digits).astype(np.float32)
 
 
-def box_counts(dist_NK: jax.Array, cfg: MFAConfig):
-    """Box growing. Returns (N_i(r) [N, R] on the radius grid, used [N], present [R], kept [N, K])."""
-    d = dist_NK.astype(jnp.float32)
+def box_counts(dist_NO: jax.Array, cfg: MFAConfig):
+    """Box growing. Returns (N_i(r) [N, R] on the radius grid, used [N], present [R], kept [N, O])."""
+    d = dist_NO.astype(jnp.float32)
     kept = (d > cfg.lower) & (d <= cfg.threshold)
     used = kept.sum(1) > cfg.min_degree
     bins = jnp.clip(jnp.round(jnp.where(kept, d, 0.0) * 10 ** cfg.digits), 0, cfg.n_bins - 1).astype(jnp.int32)
@@ -120,13 +121,13 @@ def spectrum(tau_Q: jax.Array, q_Q, tie_tol: float = 1e-4) -> dict:
             "width": jnp.where(bad, jnp.nan, alpha.max() - alpha.min())}
 
 
-def analyze(dist_NK: jax.Array, cfg: MFAConfig = MFAConfig()) -> dict:
+def analyze(dist_NO: jax.Array, cfg: MFAConfig = MFAConfig()) -> dict:
     """The whole spectrum of one network. Keys: tau [Q], alpha [Q-1], f [Q-1], alpha0, width,
     n_used (nodes used), n_radii (distinct radii), strength (mean over used nodes of the sum of
     1/d = |w| over kept edges: the weighted out-degree of the thresholded network)."""
-    counts, used, present, kept = box_counts(dist_NK, cfg)
+    counts, used, present, kept = box_counts(dist_NO, cfg)
     tau = mass_exponents(counts, used, present, cfg)
-    inv = jnp.where(kept, 1.0 / jnp.where(kept, dist_NK, 1.0), 0.0).sum(1)
+    inv = jnp.where(kept, 1.0 / jnp.where(kept, dist_NO, 1.0), 0.0).sum(1)
     n_used = used.sum()
     strength = jnp.where(n_used > 0, (inv * used).sum() / jnp.maximum(n_used, 1), jnp.nan)
     return {"tau": tau, **spectrum(tau, cfg.q), "n_used": n_used, "n_radii": present.sum(),
@@ -136,9 +137,9 @@ def analyze(dist_NK: jax.Array, cfg: MFAConfig = MFAConfig()) -> dict:
 analyze_jit = jax.jit(analyze, static_argnames="cfg")
 
 
-def emergence(alpha0_T, width_T) -> np.ndarray:
+def emergence(alpha0_C, width_C) -> np.ndarray:
     """Degree of emergence E(t) = (w(t) / w(0)) ln(alpha0(0) / alpha0(t)); E(0) = 0."""
-    a, w = np.asarray(alpha0_T, np.float64), np.asarray(width_T, np.float64)
+    a, w = np.asarray(alpha0_C, np.float64), np.asarray(width_C, np.float64)
     return (w / w[0]) * np.log(a[0] / a)
 
 
@@ -151,8 +152,8 @@ def network_weights(params: dict) -> dict:
 
 
 def checkpoint_network(params: dict, idx: dict, variant: str = "direct") -> dict:
-    """One checkpoint's networks for every sample (idx leaves have a leading axis S):
-    "dist" [S, N, K] distances and "mean_abs_w" [S] (mean |w| over the sampled weight edges,
+    """One checkpoint's networks for every sample (idx leaves have a leading axis M):
+    "dist" [M, N, O] distances and "mean_abs_w" [M] (mean |w| over the sampled weight edges,
     a baseline for E)."""
     def one(ix):
         blocks = neunet.edge_blocks(params, ix)
@@ -163,19 +164,19 @@ def checkpoint_network(params: dict, idx: dict, variant: str = "direct") -> dict
     return jax.vmap(one)(idx)
 
 
-def spectra_batch(dist_SNK: jax.Array, cfg: MFAConfig = MFAConfig()) -> dict:
+def spectra_batch(dist_MNO: jax.Array, cfg: MFAConfig = MFAConfig()) -> dict:
     """`analyze` vmapped over a leading axis."""
-    return jax.vmap(lambda d: analyze(d, cfg))(dist_SNK)
+    return jax.vmap(lambda d: analyze(d, cfg))(dist_MNO)
 
 
 def checkpoint_spectra(params: dict, idx: dict, cfg: MFAConfig = MFAConfig()) -> dict:
-    """Spectra of one checkpoint for every sample: leaves [S, ...] (see `analyze`, plus mean_abs_w)."""
+    """Spectra of one checkpoint for every sample: leaves [M, ...] (see `analyze`, plus mean_abs_w)."""
     net = checkpoint_network(params, idx, cfg.variant)
     return {**spectra_batch(net["dist"], cfg), "mean_abs_w": net["mean_abs_w"]}
 
 
 # One function object per setting, so map_stack reuses compilations across calls. The network
-# and the analysis are two vmapped passes: the analysis sees [S, N, K] arrays whose shape does
+# and the analysis are two vmapped passes: the analysis sees [M, N, O] arrays whose shape does
 # not depend on the model width, so models of several widths share one compiled analysis.
 @functools.lru_cache(maxsize=None)
 def _network_fn(variant: str):
@@ -188,19 +189,17 @@ def _spectra_fn(cfg: MFAConfig):
 
 
 def series_spectra(stacked_params: dict, idx: dict, cfg: MFAConfig = MFAConfig(), chunk_size: int | None = None):
-    """Spectra for every checkpoint x sample of a stacked series: leaves [T, S, ...] (numpy).
+    """Spectra for every checkpoint x sample of a stacked series: leaves [C, M, ...] (numpy).
 
-    Vmapped over T (via `map_stack`, in memory-bounded chunks) and over the S samples.
+    Vmapped over C (via `map_stack`, in memory-bounded chunks) and over the M samples.
     """
-    from dynamics.checkpoints import map_stack
-
     idx = {k: jnp.asarray(v) for k, v in idx.items()}
     net = map_stack(_network_fn(cfg.variant), network_weights(stacked_params), idx, chunk_size=chunk_size)
     return {**map_stack(_spectra_fn(cfg), net["dist"], chunk_size=chunk_size), "mean_abs_w": net["mean_abs_w"]}
 
 
 def summarize(series: dict) -> dict:
-    """Sample-averaged alpha0, width, baselines [T] and E [T] (the authors average, then form E)."""
+    """Sample-averaged alpha0, width, baselines [C] and E [C] (the authors average, then form E)."""
     mean = lambda x: np.nanmean(np.asarray(x, np.float64), axis=1)
     alpha0, width = mean(series["alpha0"]), mean(series["width"])
     return {"alpha0": alpha0, "width": width, "emergence": emergence(alpha0, width),
@@ -212,7 +211,7 @@ def gaussian_like(params: dict, rng: np.random.Generator) -> dict:
     """Control: each matrix replaced by N(0, std of that matrix), network weights only.
 
     The std is taken over the last two axes, so any leading axes (layers [L], or a stacked
-    series [T, L]) get one std per matrix. Host-side numpy noise: drawing it is data
+    series [C, L]) get one std per matrix. Host-side numpy noise: drawing it is data
     generation, not analysis, and numpy avoids compiling a random kernel per shape.
     """
     def noise(w):

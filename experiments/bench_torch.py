@@ -1,0 +1,227 @@
+"""Optional PyTorch reference for `bench torch`: nanoGPT's model and AdamW loop, fp32, eager.
+
+Only imported when torch is importable (the `torch` extra); no test needs it. The model follows
+nanoGPT's model.py: pre-LN blocks, causal self-attention through
+`F.scaled_dot_product_attention` (nanoGPT's "flash" path), GELU MLP 4x, LayerNorm with bias,
+tied token embedding / head, N(0, 0.02) init with the residual projections scaled by
+1/sqrt(2L). The optimizer is nanoGPT's `configure_optimizers`: AdamW with weight decay on every
+parameter of dim >= 2 (embeddings included), none on biases and norms; then nanoGPT's train.py
+step: forward with targets, backward, clip the gradient norm to 1.0, step, zero_grad.
+[choice] betas (0.9, 0.99) and lr 1e-3 as nanoGPT's shakespeare_char config; no warmup needed
+for a throughput measurement. Exact (erf) GELU as nanoGPT's `nn.GELU()`; Ontogeny's tanh GELU
+costs about the same.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def build(n_layer: int, n_head: int, d_model: int, context: int, vocab: int, dropout: float = 0.0, seed: int = 0):
+    """nanoGPT's GPT as a torch module (built inside so that importing this file needs no torch)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn, self.c_proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
+            self.resid_dropout = nn.Dropout(dropout)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(x).split(d_model, dim=2)
+            q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if self.training else 0.0, is_causal=True)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(d_model), Attention(), nn.LayerNorm(d_model)
+            self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
+                                     nn.Dropout(dropout))
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(vocab, d_model), nn.Embedding(context, d_model)
+            self.drop, self.h = nn.Dropout(dropout), nn.ModuleList([Block() for _ in range(n_layer)])
+            self.ln_f, self.lm_head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab, bias=False)
+            self.wte.weight = self.lm_head.weight  # tied, as nanoGPT
+            for name, p in self.named_parameters():
+                if p.dim() >= 2:
+                    std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("c_proj.weight", "2.weight")) else 0.02
+                    nn.init.normal_(p, 0.0, std)
+                else:
+                    nn.init.zeros_(p) if name.endswith("bias") else nn.init.ones_(p)
+
+        def forward(self, idx, targets):
+            pos = torch.arange(idx.shape[1], device=idx.device)
+            x = self.drop(self.wte(idx) + self.wpe(pos))
+            for block in self.h:
+                x = block(x)
+            logits = self.lm_head(self.ln_f(x))
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    torch.manual_seed(seed)
+    return GPT()
+
+
+def make_step(n_layer: int, n_head: int, d_model: int, context: int, vocab: int, batch_size: int,
+              dropout: float = 0.0, lr: float = 1e-3, weight_decay: float = 0.1, grad_clip: float = 1.0):
+    """A closure running one nanoGPT training step on a fixed random batch; returns the loss tensor."""
+    import torch
+
+    model = build(n_layer, n_head, d_model, context, vocab, dropout)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, vocab, (batch_size, context + 1)).astype(np.int64))
+    inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+
+    def step():
+        loss = model(inputs, targets)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def describe() -> dict:
+    import torch
+
+    return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+# ----- side by side with Ontogeny's train step (the `bench core` / `bench torch` training figures) -----
+
+# [choice] The issue's comparison shapes: nanoGPT's CPU recipe (batch 12) and shakespeare-char at batch 8.
+SHAPES = {"tiny": 12, "shakespeare-char": 8}
+
+
+def cpu_info(text: str | None = None) -> dict:
+    """CPU model and widest vector ISA from /proc/cpuinfo (or `text`); "unknown" elsewhere."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "unknown")
+    return {"cpu_model": fields.get("model name", "unknown"), "cpu_isa": isa}
+
+
+def interleaved(fns: dict, steps: int, windows: int = 3) -> dict:
+    """Seconds per call of each fn, timed in alternating windows of `steps` calls so that the
+    machine's noise hits every contender; a warm-up call first. Returns {name: [s per window]}."""
+    for fn in fns.values():
+        fn()
+    out = {name: [] for name in fns}
+    for _ in range(windows):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            out[name].append((time.perf_counter() - t0) / steps)
+    return out
+
+
+def ontogeny_step(model_config, batch_size: int):
+    """Ontogeny's jitted train step with the CLI's default optimizer settings on a fixed batch
+    (waits for the result, as the torch step does)."""
+    import jax
+    from dynamics import train as train_lib
+    from models import gpt
+
+    tc = train_lib.TrainConfig(steps=1000, batch_size=batch_size)
+    optimizer = train_lib.make_optimizer(tc)
+    state = [train_lib.init_state(gpt.init_params(model_config, jax.random.PRNGKey(0)), optimizer, 0)]
+    step = train_lib.make_train_step(train_lib.lm_loss(model_config), optimizer, dropout=model_config.dropout > 0)
+    x = np.random.default_rng(0).integers(0, model_config.vocab_size, (batch_size, model_config.context + 1))
+    batch = {"inputs": x[:, :-1].astype(np.int32), "targets": x[:, 1:].astype(np.int32)}
+
+    def run():
+        state[0], metrics = step(state[0], batch)
+        return float(metrics["loss"])
+    return run
+
+
+def _torch_contenders(cfg, batch: int) -> dict:
+    """nanoGPT's step at torch's default thread count and, where that is above 1, at 1 thread:
+    on a shared, oversubscribed CPU, OpenMP's spinning barriers made 2 threads ~10x slower than 1."""
+    import torch
+
+    step = make_step(cfg.n_layer, cfg.n_head, cfg.d_model, cfg.context, cfg.vocab_size, batch, cfg.dropout)
+    default = torch.get_num_threads()
+
+    def at(threads):
+        def run():
+            torch.set_num_threads(threads)
+            try:
+                return float(step().detach())
+            finally:
+                torch.set_num_threads(default)
+        return run
+    return {"torch": at(default), **({"torch_1_thread": at(1)} if default > 1 else {})}
+
+
+def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict, windows: int = 3) -> dict:
+    """tokens/s of Ontogeny's step and (when torch is importable) nanoGPT's, interleaved, per shape.
+
+    `shapes` maps a name to (GPTConfig, batch size); `flops_per_token(config)` gives the training
+    FLOPs a token for MFU against `peak_gflops`. Keys as in `bench core`'s JSON."""
+    have_torch = available()
+    results = {**cpu_info(), **(describe() if have_torch else {}), "torch_measured": have_torch}
+    for name, (cfg, batch) in shapes.items():
+        key, tokens = name.replace("-", "_"), batch * cfg.context
+        fns = {"ontogeny": ontogeny_step(cfg, batch)}
+        if have_torch:
+            fns.update(_torch_contenders(cfg, batch))
+        times = interleaved(fns, steps[name], windows)
+        if "torch_1_thread" in times:  # [choice] the reference is the faster of torch's two thread settings
+            slower = max(("torch", "torch_1_thread"), key=lambda k: np.median(times[k]))
+            results[f"torch_threads_{key}"] = 1 if slower == "torch" else results["torch_threads"]
+            times["torch"] = times.pop("torch_1_thread") if slower == "torch" else times["torch"]
+            times.pop("torch_1_thread", None)
+        for who, ts in times.items():
+            tps = sorted(tokens / t for t in ts)
+            prefix = "" if who == "ontogeny" else "torch_"
+            results[f"{prefix}tokens_per_s_{key}"] = float(np.median(tps))
+            results[f"{prefix}tokens_per_s_{key}_range"] = [tps[0], tps[-1]]
+            results[f"{prefix}mfu_{key}"] = float(np.median(tps)) * flops_per_token(cfg) / 1e9 / peak_gflops
+        results[f"batch_size_{key}"] = batch
+        line = (f"train {name} ({cfg.n_layer}L d{cfg.d_model} T{cfg.context} B{batch}): ontogeny "
+                f"{results[f'tokens_per_s_{key}']:,.0f} tokens/s (MFU {results[f'mfu_{key}']:.3f})")
+        if have_torch:
+            ratios = sorted(a / b for a, b in zip(times["torch"], times["ontogeny"]))  # per window pair
+            results[f"ratio_vs_torch_{key}"] = float(np.median(ratios))
+            results[f"ratio_vs_torch_{key}_range"] = [ratios[0], ratios[-1]]
+            line += (f", torch eager {results[f'torch_tokens_per_s_{key}']:,.0f} tokens/s "
+                     f"(MFU {results[f'torch_mfu_{key}']:.3f}), ratio {results[f'ratio_vs_torch_{key}']:.2f}x "
+                     f"({ratios[0]:.2f}-{ratios[-1]:.2f} over {windows} interleaved windows)")
+        print(line, flush=True)
+    return results
