@@ -11,13 +11,17 @@ their own steps; `load_stages` concatenates several into one series.
 `load_stack` returns every leaf with a leading checkpoint axis T; `map_stack` runs a function
 written for one checkpoint over that axis with `jax.vmap`, in memory-bounded chunks, sharding
 each chunk over the devices when there are several (in a multi-process job, over the devices of
-every process).
+every process). `open_stack` leaves the series on disk instead (`StackOnDisk`): `map_stack`
+then loads one chunk at a time, prefetching the next in a thread, so a suite of any length runs
+in bounded host memory.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -123,6 +127,53 @@ def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, s
     return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
 
 
+class StackOnDisk:
+    """A series' checkpoints left on disk, usable wherever `map_stack` takes a stacked tree
+    (alone or as a leaf of a larger tree). `load(index)` stacks the checkpoints at those
+    positions; `release(n)` says n of them are done with. `resident` / `max_resident` count the
+    checkpoints loaded and not yet released (what the bounded-memory guarantee is about)."""
+
+    def __init__(self, run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
+        self.series = Series(run_dir, stage, create=False)
+        available = self.series.steps()
+        if not available:
+            raise OntogenyError(f"{self.series.directory} holds no complete checkpoint; train or import first")
+        chosen = available if steps is None else [int(s) for s in steps]
+        missing = sorted(set(chosen) - set(available))
+        if missing:
+            raise OntogenyError(f"steps {missing[:5]} are not in {self.series.directory}; available: {available}")
+        self.steps = np.asarray(chosen)
+        self.resident = self.max_resident = 0
+        self._lock = threading.Lock()
+        self._template = None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def template(self):
+        """One checkpoint's leaves as ShapeDtypeStructs (read once from the first checkpoint)."""
+        if self._template is None:
+            one = self.series.restore_params(int(self.steps[0]))
+            self._template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), one)
+        return self._template
+
+    def load(self, index: Sequence[int]):
+        with self._lock:
+            self.resident += len(index)
+            self.max_resident = max(self.max_resident, self.resident)
+        return stack_trees([self.series.restore_params(int(self.steps[i])) for i in index])
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.resident -= n
+
+
+def open_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
+    """(steps [T], StackOnDisk): `load_stack` without loading; `map_stack` streams it."""
+    stack = StackOnDisk(run_dir, steps, stage)
+    return stack.steps, stack
+
+
 def load_stages(run_dir: str | os.PathLike, stages: Sequence[str]):
     """Several stages' series as one stack: (labels [(stage, step)], params [T, ...])."""
     labels, trees = [], []
@@ -169,17 +220,45 @@ def available_memory_bytes() -> int:
     return 4 << 30
 
 
-def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float = 0.25,
+_BUDGET = {"max_bytes": None, "fraction": 0.25}
+
+
+def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25) -> None:
+    """The default host-memory budget of `map_stack`'s chunks: `max_bytes`, or `fraction` of the
+    free memory when it is None (default a quarter). Studies set it from their config."""
+    _BUDGET.update(max_bytes=None if not max_bytes else int(max_bytes), fraction=float(fraction))
+
+
+def _is_disk(x) -> bool:
+    return isinstance(x, StackOnDisk)
+
+
+def _length(stacked) -> int:
+    return len(jax.tree.leaves(stacked, is_leaf=_is_disk)[0])
+
+
+def _one_template(stacked):
+    """One checkpoint's shapes: a StackOnDisk leaf gives its checkpoint's tree."""
+    return jax.tree.map(lambda x: x.template() if _is_disk(x) else jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                        stacked, is_leaf=_is_disk)
+
+
+def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
                     max_bytes: int | None = None, work_factor: float = 3.0) -> int:
     """Checkpoints per chunk so that inputs + outputs (+ work_factor x outputs of scratch) fit.
 
-    The budget is `max_bytes` or `memory_fraction` of the free memory.
+    The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
+    `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
+    and the next one, prefetched.
     """
-    T = jax.tree.leaves(stacked)[0].shape[0]
-    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stacked)
+    T = _length(stacked)
+    one = _one_template(stacked)
     out = jax.eval_shape(fn, one, *args)
-    per_ckpt = _tree_bytes(one) + (1.0 + work_factor) * _tree_bytes(out)
-    budget = max_bytes if max_bytes is not None else memory_fraction * available_memory_bytes()
+    streamed = [x.template() for x in jax.tree.leaves(stacked, is_leaf=_is_disk) if _is_disk(x)]
+    per_ckpt = _tree_bytes(one) + _tree_bytes(streamed) + (1.0 + work_factor) * _tree_bytes(out)
+    max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]
+    fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
+    budget = max_bytes if max_bytes is not None else fraction * available_memory_bytes()
     return int(max(1, min(T, budget // max(per_ckpt, 1))))
 
 
@@ -190,6 +269,43 @@ def _vmapped(fn: Callable, n_args: int, n_devices: int):
     return _COMPILED[key]
 
 
+def _chunk(stacked, start: int, chunk: int, T: int):
+    """(the checkpoints start..start+chunk as a tree, padded to `chunk` by repeating the last;
+    the number of real ones). StackOnDisk leaves are read from disk here."""
+    real = np.arange(start, min(start + chunk, T))
+    pad = np.minimum(np.arange(chunk), len(real) - 1)
+
+    def take(x):
+        if _is_disk(x):
+            part = x.load(real)
+            return part if len(real) == chunk else jax.tree.map(lambda y: y[pad], part)
+        return x[real[pad]]
+    return jax.tree.map(take, stacked, is_leaf=_is_disk), len(real)
+
+
+def _chunks(stacked, chunk: int, T: int):
+    """Every chunk in order; with StackOnDisk leaves the next chunk is read in a thread while
+    the caller computes on the current one (so at most two chunks are resident), and each
+    chunk's checkpoints are released once the caller asks for the next."""
+    disks = [x for x in jax.tree.leaves(stacked, is_leaf=_is_disk) if _is_disk(x)]
+    if not disks:
+        for start in range(0, T, chunk):
+            yield _chunk(stacked, start, chunk, T)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = pool.submit(_chunk, stacked, 0, chunk, T)
+        for start in range(0, T, chunk):
+            part, n_real = pending.result()
+            if start + chunk < T:
+                pending = pool.submit(_chunk, stacked, start + chunk, chunk, T)
+            try:
+                yield part, n_real
+            finally:
+                del part
+                for d in disks:
+                    d.release(n_real)
+
+
 def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_bytes: int | None = None):
     """`fn(params, *args)` for every checkpoint of `stacked`, vmapped over T in chunks.
 
@@ -197,7 +313,8 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
     padded to one size (the last repeats its final checkpoint), so `fn` compiles once; with
     several devices each chunk is sharded over them along T. Results come back as numpy
     arrays on the host, so device memory holds one chunk at a time. Pass the same `fn` object
-    across calls to reuse its compilation.
+    across calls to reuse its compilation. `stacked` (or any leaf of it) may be a `StackOnDisk`
+    (`open_stack`): its checkpoints are then read chunk by chunk, the next prefetched.
 
     In a multi-process job every process calls this with the same arguments (as all of a
     study's code runs on every process); each chunk is sharded over the devices of all
@@ -206,7 +323,7 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
     """
     from dynamics import distributed
 
-    T = jax.tree.leaves(stacked)[0].shape[0]
+    T = _length(stacked)
     multi = jax.process_count() > 1
     devices = jax.devices() if multi else jax.local_devices()
     chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes)
@@ -222,9 +339,7 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
             args = tuple(jax.tree.map(lambda x: _global(np.asarray(x), replicated), a) for a in args)
     compiled = _vmapped(fn, len(args), len(devices))
     outputs = []
-    for start in range(0, T, chunk):
-        index = np.minimum(np.arange(start, start + chunk), T - 1)
-        part = jax.tree.map(lambda x: x[index], stacked)
+    for part, n_real in _chunks(stacked, chunk, T):
         if multi:
             part = jax.tree.map(lambda x: _global(np.asarray(x), sharding), part)
         elif len(devices) > 1:
@@ -235,8 +350,8 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
 
             result = multihost_utils.process_allgather(result, tiled=True)
         result = jax.device_get(result)
-        n_real = min(chunk, T - start)
         outputs.append(jax.tree.map(lambda x: np.asarray(x)[:n_real], result))
+        del part, result
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def file_checksum(path: Path) -> str:
                 h.update(chunk)
         memo[key] = h.hexdigest()
         memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = memo_path.with_suffix(f".{uuid.uuid4().hex[:12]}.tmp")
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, memo_path)
     return memo[key]
@@ -198,8 +199,6 @@ def load_text(config) -> TokenCorpus:
 
 def build(folder: Path, root: Path, files: list[Path], separator: str, config) -> None:
     """Scan, train the tokenizer, tokenize, then move the finished folder into place (atomic)."""
-    from tqdm.auto import tqdm
-
     names, chars = [], set()
     for name, text in documents(root, files, separator):
         if not names or names[-1] != name:
@@ -212,16 +211,42 @@ def build(folder: Path, root: Path, files: list[Path], separator: str, config) -
     train_docs = lambda: (text for name, text in documents(root, files, separator) if name not in val)
     tokenizer = tok_lib.make_tokenizer(config.tokenizer, train_docs, "".join(chars) + joiner)
     dtype = tok_lib.token_dtype(tokenizer.vocab_size)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp = folder.with_name(f"{folder.name}.tmp{uuid.uuid4().hex[:12]}")  # unique across hosts sharing the cache
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:  # a failure leaves no partial cache behind
+        tmp.mkdir(parents=True)
+        counts = _tokenize(tmp, tokenizer, documents(root, files, separator), val, joiner, dtype,
+                           sum(f.stat().st_size for f in files))
+        require(counts["train"][0] > 0 and counts["val"][0] > 0, f"data.path={config.path}: the training or validation "
+                                                                 f"split is empty; add text")
+        tokenizer.save(tmp / "tokenizer.json")
+        meta = {"checksum": sources_checksum(root, files), "tokenizer": config.tokenizer, "vocab_size": tokenizer.vocab_size,
+                "dtype": dtype.name, "separator": separator, "n_docs": len(names), "n_val_docs": len(val),
+                "val_docs": sorted(val)[:1000],
+                "train_tokens": counts["train"][0], "val_tokens": counts["val"][0],
+                "train_chars": counts["train"][1], "val_chars": counts["val"][1]}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished first: theirs is identical
+        shutil.rmtree(tmp)
+        require((folder / "meta.json").is_file(), f"could not write the token cache {folder}; check that "
+                                                  f"$ONTOGENY_CACHE is writable")
+
+
+def _tokenize(tmp: Path, tokenizer, docs, val: set[str], joiner: str, dtype, total: int) -> dict:
+    """Stream (name, piece) documents into tmp/train.bin and tmp/val.bin; {split: [tokens, chars]}."""
+    from tqdm.auto import tqdm
+
     counts = {"train": [0, 0], "val": [0, 0]}  # tokens, characters
-    total = sum(f.stat().st_size for f in files)
     with open(tmp / "train.bin", "wb") as out_train, open(tmp / "val.bin", "wb") as out_val, \
             tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", leave=False) as bar:
         outs = {"train": out_train, "val": out_val}
         batch, size, previous = [], 0, None
-        for name, text in documents(root, files, separator):
+        for name, text in docs:
             if previous is not None and name != previous:
                 batch[-1] = (batch[-1][0], batch[-1][1] + joiner)  # the previous document ended
             split = "val" if name in val else "train"
@@ -233,19 +258,7 @@ def build(folder: Path, root: Path, files: list[Path], separator: str, config) -
         if batch:
             batch[-1] = (batch[-1][0], batch[-1][1] + joiner)
             _write(tokenizer, batch, outs, counts, dtype, bar)
-    require(counts["train"][0] > 0 and counts["val"][0] > 0, f"data.path={config.path}: the training or validation "
-                                                             f"split is empty; add text")
-    tokenizer.save(tmp / "tokenizer.json")
-    meta = {"checksum": sources_checksum(root, files), "tokenizer": config.tokenizer, "vocab_size": tokenizer.vocab_size,
-            "dtype": dtype.name, "separator": separator, "n_docs": len(names), "n_val_docs": len(val),
-            "val_docs": sorted(val)[:1000],
-            "train_tokens": counts["train"][0], "val_tokens": counts["val"][0],
-            "train_chars": counts["train"][1], "val_chars": counts["val"][1]}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    if folder.exists():  # another process finished first: theirs is identical
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, folder)
+    return counts
 
 
 def _write(tokenizer, batch, outs, counts, dtype, bar) -> None:

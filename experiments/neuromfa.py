@@ -16,11 +16,16 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+import models
+
 from dynamics import checkpoints
 from dynamics import data as data_lib
+from dynamics import run_tokenizer
 from dynamics import stats
 from dynamics import train as train_lib
 from dynamics.errors import OntogenyError
@@ -39,7 +44,7 @@ class Config:
     widths: tuple[int, ...] = (32, 64, 128)   # d_model of the models trained here, smallest first
     n_layer: int = 2                          # blocks of every model trained here
     n_head: int = 4                           # attention heads of every model (must divide each width)
-    context: int = 64                         # context of every model trained here
+    context: int = 64                         # context of every model trained here (eval window on `run`)
     train: train_lib.TrainConfig = train_lib.TrainConfig()
     data: data_lib.DataConfig = data_lib.DataConfig()
     mfa: spectrum.MFAConfig = spectrum.MFAConfig()
@@ -51,9 +56,14 @@ class Config:
     control_seed: int = 1       # draws the Gaussian-control weights
     control_draws: int = 3      # Gaussian-control draws per checkpoint (averaged with the samples)
     pretrain_run: str = ""      # optional: an existing pretrain run, analysed as one more size
+    run: str = ""               # a run folder of any family (imported suite or trained here) analysed alone, streamed
+    memory_budget_gb: float = 0.0  # host memory for streamed checkpoint chunks (0 = a quarter of free memory)
 
     def __post_init__(self):
-        require(len(self.widths) + bool(self.pretrain_run) >= 3,
+        require(self.memory_budget_gb >= 0, f"memory_budget_gb={self.memory_budget_gb} must be >= 0 (0 = automatic)")
+        require(not (self.run and self.pretrain_run), "give run (analysed alone) or pretrain_run (one more size), "
+                                                      "not both")
+        require(bool(self.run) or len(self.widths) + bool(self.pretrain_run) >= 3,
                 f"widths={self.widths}: NeuroMFA compares at least 3 model sizes; give 3 or more widths")
         require(list(self.widths) == sorted(set(self.widths)), f"widths={self.widths} must be distinct and increasing")
         require(all(w % self.n_head == 0 for w in self.widths),
@@ -80,6 +90,11 @@ PRESETS = {
     # A GPU job: 4 sizes, 4 layers, longer training, the paper's 10 samples.
     "full": Config(widths=(64, 128, 256, 384), n_layer=4, n_head=4, context=128,
                    train=_train(5000, 64, 1e-3, 512, 500), n_samples=10, eval_windows=256),
+    # Xiao et al.'s protocol, for `--set run=RUN` on an imported suite (their 27 steps: `import
+    # --steps xiao2025`): 10 samples of 32 residual / 64 MLP neurons, direct edges, 1 < d <= 150,
+    # degree > 10, q in -3..3 by 0.1. [choice] eval windows of 128 tokens (the paper uses benchmarks).
+    "xiao2025": Config(n_samples=10, n_resid=32, n_mlp=64, mfa=spectrum.MFAConfig(), context=128,
+                       eval_windows=64, control_draws=3),
 }
 
 
@@ -89,6 +104,15 @@ def resolve(config: Config) -> dict:
     (as `experiments.pretrain.resolve` sees it: model, every training key, corpus settings), the
     optional extra run (checked: model, tokenizer, a step-0 checkpoint, width >= n_resid), the
     multifractal settings and the study's own keys."""
+    if config.run:
+        ref = _run_reference(config.run)
+        require(ref["steps"][0] == 0, f"run={config.run!r} has no step-0 checkpoint; E(t) is defined relative to "
+                                      f"initialisation (import step 0 too)")
+        require(config.n_resid <= ref["model"].d_model and config.n_mlp <= ref["model"].d_mlp,
+                f"n_resid={config.n_resid} / n_mlp={config.n_mlp} exceed the run's d_model / d_mlp")
+        folded = ("widths", "n_layer", "n_head", "train", "run", "mfa")
+        study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
+        return {"runs": {"run": {k: v for k, v in ref.items() if k != "steps"}}, "mfa": config.mfa, "study": study}
     runs = {f"d{w}": pretrain.resolve(_pretrain_config(config, w)) for w in config.widths}
     if config.pretrain_run:
         ref = pretrain.pretrain_reference(config.pretrain_run, "")
@@ -102,6 +126,16 @@ def resolve(config: Config) -> dict:
     return {"runs": runs, "mfa": config.mfa, "study": study}
 
 
+def _run_reference(run: str) -> dict:
+    """{"run", "model", "steps"} of a run folder of any family (imported: a BPE tokenizer)."""
+    require(Path(run).is_dir(), f"run={run!r} is not a run folder; give one trained here or written by `import`")
+    model = checkpoints.load_model_config(run)
+    run_tokenizer.load_tokenizer(run)
+    steps = checkpoints.Series(run, "pretrain", create=False).steps()
+    require(len(steps) >= 1, f"run {run} holds no pretrain checkpoints; point at a finished or imported run")
+    return {"run": str(Path(run).resolve()), "model": model, "steps": steps}
+
+
 def _pretrain_config(config: Config, width: int) -> pretrain.PretrainConfig:
     model = gpt.GPTConfig(context=config.context, n_layer=config.n_layer, n_head=config.n_head, d_model=width)
     return pretrain.PretrainConfig(model=model, train=config.train, data=config.data)
@@ -109,6 +143,8 @@ def _pretrain_config(config: Config, width: int) -> pretrain.PretrainConfig:
 
 def _models(config: Config, folder: RunFolder):
     """[(label, run folder)] for every size, training the missing ones."""
+    if config.run:
+        return [("run", Path(config.run))]
     if config.pretrain_run:  # check it before minutes of training, not after
         checkpoints.load_model_config(config.pretrain_run)
         data_lib.load_tokenizer(config.pretrain_run)
@@ -144,6 +180,81 @@ def analyse_model(run_dir: Path, config: Config, val_text: str) -> dict:
             "control_spectra": control, "eval": {k: np.asarray(v, float) for k, v in evals.items()}}
 
 
+def _suite_network_fn(model_config, variant: str, control_draws: int):
+    """One checkpoint's networks and those of `control_draws` Gaussian controls, any family.
+    [choice] The control noise is drawn on the device from a per-checkpoint key (a streamed
+    series never holds every checkpoint on the host); draws run one after another (lax.map)."""
+    def fn(p, idx):
+        w = network.family_weights(p["model"], model_config)
+        leaves, tree = jax.tree.flatten(w)
+
+        def control(key):
+            keys = jax.random.split(key, len(leaves))
+            noisy = [jnp.std(x, axis=(-2, -1), keepdims=True) * jax.random.normal(k, x.shape, x.dtype)
+                     for k, x in zip(keys, leaves)]
+            return spectrum.checkpoint_network(jax.tree.unflatten(tree, noisy), idx, variant)
+
+        return {"real": spectrum.checkpoint_network(w, idx, variant),
+                "control": jax.lax.map(control, jax.random.split(p["key"], control_draws))}
+    return fn
+
+
+def _suite_eval_fn(model_config):
+    def evaluate(params, batch):
+        logits, _ = models.apply(params, batch["x"], model_config)
+        logp = jax.nn.log_softmax(logits, -1)
+        nll = -jnp.take_along_axis(logp, batch["y"][..., None], -1)[..., 0]
+        return {"val_loss": nll.mean(), "right": jnp.argmax(logits, -1) == batch["y"]}
+    return evaluate
+
+
+def word_accuracy(right_CBS: np.ndarray, starts_BS: np.ndarray) -> np.ndarray:
+    """[C]: the fraction of words whose every token is predicted right. [choice] A word starts at a
+    target token that begins with a non-alphanumeric character (BPE's leading space, a space
+    character); each window's first, possibly cut, word is dropped."""
+    B, S = starts_BS.shape
+    word_BS = np.cumsum(starts_BS, axis=1) + (np.arange(B) * (S + 1))[:, None]
+    keep = (np.cumsum(starts_BS, axis=1) > 0).reshape(-1)
+    ids = np.unique(word_BS.reshape(-1)[keep], return_inverse=True)[1]
+    wrong = np.stack([np.bincount(ids, weights=~r.reshape(-1)[keep]) for r in right_CBS])
+    return (wrong == 0).mean(axis=1)
+
+
+def analyse_run(run_dir: Path, config: Config, val_text: str) -> dict:
+    """`analyse_model` for a run of any family, its checkpoints streamed from disk (`open_stack`):
+    the network from `models.families.weight_matrices`, loss and next-token / word accuracy from
+    `models.apply` with the run's tokenizer on `eval_windows` windows of `context` tokens."""
+    model_config = checkpoints.load_model_config(run_dir)
+    tokenizer = run_tokenizer.load_tokenizer(run_dir)
+    steps, disk = checkpoints.open_stack(run_dir)
+    if steps[0] != 0:
+        raise OntogenyError(f"{run_dir} has no step-0 checkpoint; E(t) is defined relative to initialisation")
+    idx = network.sample_indices(config.sample_seed, model_config, config.n_samples, config.n_resid, config.n_mlp)
+    idx = {k: jnp.asarray(v) for k, v in idx.items()}
+    keys = np.asarray(jax.random.split(jax.random.PRNGKey(config.control_seed), len(steps)))
+    net = checkpoints.map_stack(_suite_network_fn(model_config, config.mfa.variant, config.control_draws),
+                                {"model": disk, "key": keys}, idx)
+    spectra_fn = spectrum._spectra_fn(config.mfa)
+    spectra = {**checkpoints.map_stack(spectra_fn, net["real"]["dist"]), "mean_abs_w": net["real"]["mean_abs_w"]}
+    C, K, M = net["control"]["dist"].shape[:3]
+    flat = lambda x: x.reshape(C, K * M, *x.shape[3:])
+    control = {**checkpoints.map_stack(spectra_fn, flat(net["control"]["dist"])),
+               "mean_abs_w": flat(net["control"]["mean_abs_w"])}
+    ids = tokenizer.encode(val_text)
+    require(len(ids) > config.context + 1, f"the val text has {len(ids)} tokens; it needs more than context={config.context}")
+    x, y = data_lib.eval_batches(ids, 1, config.eval_windows, config.context, seed=1234)[0]
+    scores = checkpoints.map_stack(_suite_eval_fn(model_config), disk, {"x": x, "y": y})
+    uniq, inverse = np.unique(y, return_inverse=True)
+    starts = np.array([not tokenizer.decode([int(t)])[:1].isalnum() for t in uniq])[inverse].reshape(y.shape)
+    evals = {"val_loss": scores["val_loss"], "char_acc": scores["right"].mean(axis=(1, 2)),
+             "word_acc": word_accuracy(scores["right"], starts)}
+    shapes = jax.eval_shape(lambda p: network.family_weights(p, model_config), disk.template())
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))  # [choice] the network's matrices
+    return {"steps": steps, "model": model_config, "n_params": n_params, "spectra": spectra,
+            "summary": spectrum.summarize(spectra), "control": spectrum.summarize(control),
+            "control_spectra": control, "eval": {k: np.asarray(v, float) for k, v in evals.items()}}
+
+
 def _log_model(folder: RunFolder, label: str, res: dict, logged: set) -> None:
     """One metrics row per checkpoint of a model (rows already logged by an earlier try are skipped)."""
     s, c, e = res["summary"], res["control"], res["eval"]
@@ -160,11 +271,13 @@ def _log_model(folder: RunFolder, label: str, res: dict, logged: set) -> None:
 def run(config: Config, folder: RunFolder) -> dict:
     """Train (or reuse) every size, analyse each, log per checkpoint, draw, summarise."""
     t0 = time.perf_counter()
+    checkpoints.set_memory_budget(int(config.memory_budget_gb * 2**30))
     corpus = data_lib.load_corpus(config.data)
     results = {}
     logged = {(r.get("model"), r.get("step")) for r in folder.read_metrics()}  # a rerun does not log twice
     for label, run_dir in tqdm(_models(config, folder), desc="neuromfa analysis", unit="model", leave=False):
-        results[label] = analyse_model(run_dir, config, corpus.val_text)
+        analyse = analyse_run if label == "run" else analyse_model
+        results[label] = analyse(run_dir, config, corpus.val_text)
         _log_model(folder, label, results[label], logged)
     order = sorted(results, key=lambda k: results[k]["n_params"])
     figures.plot_all(results, order, folder)

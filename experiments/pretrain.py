@@ -33,7 +33,7 @@ class PretrainConfig:
         require(self.train.batch_size >= 1, "train.batch_size must be positive")
 
     def unused(self) -> dict[str, str]:
-        return {"model.vocab_size": "the vocabulary is the corpus's characters"}
+        return {"model.vocab_size": "the vocabulary is the corpus's tokenizer's (data.tokenizer)"}
 
 
 Config = PretrainConfig

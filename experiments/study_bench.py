@@ -2,7 +2,7 @@
 each measured in one run, printed, and returned as a dict of figures.
 
 - `bench_probes`: the cognition study's logistic probes, vmapped Newton over checkpoints x
-  layers against a scikit-learn loop on the same data.
+  layers against a scikit-learn loop on the same data, binary and multinomial.
 - `bench_crosscoder`: crosscoder training tokens/s, one crosscoder, K vmapped, K in turn.
 """
 from __future__ import annotations
@@ -49,6 +49,18 @@ def sklearn_logistic_loop(X_CLND, y_CLN, inv_l2: float):
     return w_sk, time.perf_counter() - t0
 
 
+def timed_grid_fit(X_CLND, y_CLN, n_classes: int, inv_l2: float, n_iter: int):
+    """Every (checkpoint, layer) probe in one compiled call: (fits, compile s, run s after it)."""
+    fit = jax.jit(jax.vmap(jax.vmap(lambda X_, y_: linear.fit_logistic(X_, y_, n_classes, inv_l2, n_iter))))
+    Xj, yj = jnp.asarray(X_CLND), jnp.asarray(y_CLN)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fit(Xj, yj))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fits = jax.block_until_ready(fit(Xj, yj))
+    return fits, compile_s, time.perf_counter() - t0
+
+
 def bench_probes(quick: bool = False) -> dict:
     """Logistic probes for C checkpoints x L layers on N examples of width D: vmapped Newton
     (`probes.linear.fit_logistic` under two vmaps) against a scikit-learn loop on the same data.
@@ -67,14 +79,7 @@ def bench_probes(quick: bool = False) -> dict:
     y[:, :, 0] = 0
     y[:, :, 1] = 1  # every fit sees both classes
 
-    fit = jax.jit(jax.vmap(jax.vmap(lambda X_, y_: linear.fit_logistic(X_, y_, 2, inv_l2, n_iter))))
-    Xj, yj = jnp.asarray(X), jnp.asarray(y)
-    t0 = time.perf_counter()
-    jax.block_until_ready(fit(Xj, yj))
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fits = jax.block_until_ready(fit(Xj, yj))
-    ours_s = time.perf_counter() - t0
+    fits, compile_s, ours_s = timed_grid_fit(X, y, 2, inv_l2, n_iter)
     W = np.asarray(fits.W)
     w_ours = W[..., 1] - W[..., 0]  # binary: log-odds of class 1 = logit 1 - logit 0
     w_sk, sklearn_s = sklearn_logistic_loop(X, y, inv_l2)
@@ -93,6 +98,47 @@ def bench_probes(quick: bool = False) -> dict:
           f"{compile_s:.1f} s), scikit-learn loop {sklearn_s:.2f} s, speed-up {result['probes_speedup']:.1f}x; "
           f"objective gap (ours - sklearn) max {gap.max():.3g} (relative {result['probes_objective_gap_rel_max']:.2g})",
           flush=True)
+    return {**result, **bench_probes_multinomial(quick)}
+
+
+def softmax_objective_np(W, X, y, inv_l2: float) -> float:
+    """sum of multinomial log-losses + (1/2 inv_l2)||coef||^2 in float64: W [D+1, K]."""
+    z = X.astype(np.float64) @ W[:-1] + W[-1]
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].sum() + 0.5 / inv_l2 * np.sum(W[:-1] ** 2))
+
+
+def bench_probes_multinomial(quick: bool = False) -> dict:
+    """Multinomial (softmax) probes: C x L fits of K classes on N examples of width D, vmapped
+    Newton in K-1 free columns against scikit-learn's multinomial lbfgs loop on the same data."""
+    LogisticRegression = sklearn_logistic()
+    C, L, N, D, K = (2, 2, 1024, 32, 5) if quick else (4, 4, 4096, 64, 5)
+    inv_l2 = 1.0
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(C, L, N, D)).astype(np.float32)
+    W_true = rng.normal(size=(C, L, D, K)) / np.sqrt(D) * 2.0
+    y = np.argmax(np.einsum("clnd,cldk->clnk", X, W_true) + rng.gumbel(size=(C, L, N, K)), -1).astype(np.int32)
+    y[:, :, :K] = np.arange(K)  # every fit sees every class
+    fits, compile_s, ours_s = timed_grid_fit(X, y, K, inv_l2, 50)
+    t0 = time.perf_counter()
+    W_sk = np.zeros((C, L, D + 1, K))
+    for c in range(C):
+        for l in range(L):
+            m = LogisticRegression(C=inv_l2, max_iter=1000).fit(X[c, l], y[c, l])
+            W_sk[c, l] = np.r_[m.coef_.T, m.intercept_[None]]
+    sklearn_s = time.perf_counter() - t0
+    obj = lambda W: np.array([[softmax_objective_np(W[c, l], X[c, l], y[c, l], inv_l2) for l in range(L)] for c in range(C)])
+    obj_sk = obj(W_sk)
+    gap = obj(np.asarray(fits.W, np.float64)) - obj_sk
+    result = {"probes_mn_shape": [C, L, N, D, K], "probes_mn_compile_s": compile_s, "probes_mn_ours_s": ours_s,
+              "probes_mn_sklearn_s": sklearn_s, "probes_mn_speedup": sklearn_s / ours_s,
+              "probes_mn_objective_gap_rel_max": float((gap / obj_sk).max()),
+              "probes_mn_converged": int(np.asarray(fits.converged).sum()), "probes_mn_total": C * L}
+    print(f"multinomial probes: C={C} x L={L} fits, K={K}, N={N}, D={D}: ours {ours_s:.2f} s (compile "
+          f"{compile_s:.1f} s), scikit-learn loop {sklearn_s:.2f} s, speed-up {result['probes_mn_speedup']:.1f}x; "
+          f"objective gap relative max {result['probes_mn_objective_gap_rel_max']:.2g}; converged "
+          f"{result['probes_mn_converged']}/{C * L}", flush=True)
     return result
 
 

@@ -90,3 +90,17 @@ def scan_blocks(block_fn, blocks, x_BSD, extra=None, *, collect=(), unroll: bool
         return x, {name: outs[name] for name in collect}
 
     return jax.lax.scan(step, x_BSD, (blocks, extra), unroll=unroll)
+
+
+def decode(params, x_BSD, config, capture, run_blocks, final_norm, unembedding_matrix):
+    """The shared tail of every family's apply: blocks, final norm, logits [B, S, V], and the
+    requested captures ("embed" is x_BSD as given, after any position embedding)."""
+    capture = tuple(capture)
+    acts = {"embed": x_BSD} if "embed" in capture else {}
+    per_layer = tuple(c for c in capture if c in ("resid", "attn_out", "mlp_hidden"))
+    x_BSD, layer_acts = run_blocks(params["blocks"], x_BSD, config, collect=per_layer)
+    acts.update(layer_acts)
+    h_BSD = final_norm(params, x_BSD, config)
+    if "final_hidden" in capture:
+        acts["final_hidden"] = h_BSD
+    return h_BSD @ unembedding_matrix(params).T, acts

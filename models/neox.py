@@ -87,16 +87,8 @@ def unembedding_matrix(params) -> jnp.ndarray:
 
 def apply(params, tokens_BS, config: NeoXConfig, *, capture: Iterable[str] = ()):
     """Logits [B, S, V] and the requested intermediates (names in `CAPTURES`)."""
-    capture = tuple(capture)
     x = params["wte"][tokens_BS]
-    acts = {"embed": x} if "embed" in capture else {}
-    per_layer = tuple(c for c in capture if c in ("resid", "attn_out", "mlp_hidden"))
-    x, layer_acts = run_blocks(params["blocks"], x, config, collect=per_layer)
-    acts.update(layer_acts)
-    h = final_norm(params, x, config)
-    if "final_hidden" in capture:
-        acts["final_hidden"] = h
-    return h @ params["lm_head"], acts
+    return layers.decode(params, x, config, capture, run_blocks, final_norm, unembedding_matrix)
 
 
 __all__ = ["CAPTURES", "NeoXConfig", "apply", "run_blocks", "final_norm", "unembedding_matrix"]

@@ -242,3 +242,15 @@ def test_tensorboard_is_a_no_op_with_one_notice_when_absent(tmp_path, monkeypatc
     assert capsys.readouterr().err.count("TensorBoard event files are off") == 1
     folder.log({"stage": "pretrain", "step": 1, "loss": 1.0})
     assert not (tmp_path / "run" / "tb").exists() and len(folder.read_metrics()) == 1
+
+
+def test_a_tokenizer_that_cannot_encode_the_corpus_leaves_no_cache(tmp_path, cache):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    write_docs(tmp_path / "txt", n=3)
+    word = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    word.pre_tokenizer = pre_tokenizers.Whitespace()
+    word.save(str(tmp_path / "words.json"))
+    with pytest.raises(OntogenyError, match="cannot encode"):
+        data.load_corpus(data.DataConfig(path=str(tmp_path / "txt"), tokenizer=str(tmp_path / "words.json")))
+    assert list((cache / "tokens").iterdir()) == []

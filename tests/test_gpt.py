@@ -104,3 +104,9 @@ def test_cross_entropy_matches_numpy():
     nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(gpt.cross_entropy(logits, targets), nll.mean(), rtol=1e-5)
     np.testing.assert_allclose(gpt.cross_entropy(logits, targets, mask), (nll * mask).sum() / mask.sum(), rtol=1e-5)
+
+
+def test_dense_equals_einsum_over_leading_axes():
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(2, 3, 5, 4)).astype(np.float32), rng.normal(size=(4, 7)).astype(np.float32)
+    np.testing.assert_allclose(gpt.dense(x, w), np.einsum("abcd,df->abcf", x, w), rtol=1e-5, atol=1e-5)

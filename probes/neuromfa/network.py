@@ -32,7 +32,8 @@ from models.errors import OntogenyError
 def sample_indices(seed: int, config, n_samples: int = 10, n_resid: int = 32, n_mlp: int | None = None) -> dict:
     """Sampled neuron indices for M = n_samples networks (without replacement within a group).
 
-    Drawn once from `seed` (numpy), then reused for every checkpoint. `config` is a GPTConfig.
+    Drawn once from `seed` (numpy), then reused for every checkpoint. `config` is any family's
+    config (n_layer, d_model, d_mlp).
     Returns int32 arrays with leading axis M:
       "resid": [M, L+1, s] residual neurons entering block l (l = L: after the last block),
       "head":  [M, L, s]   head-dim index j (q_j, k_j, v_j and context neuron c_j),
@@ -44,8 +45,7 @@ def sample_indices(seed: int, config, n_samples: int = 10, n_resid: int = 32, n_
     n_mlp = 2 * n_resid if n_mlp is None else n_mlp
     if not (1 <= n_resid <= D and 1 <= n_mlp <= F and n_samples >= 1):
         raise OntogenyError(f"cannot sample {n_resid} of {D} residual / {n_mlp} of {F} MLP neurons "
-                            f"({n_samples} samples); choose n_resid <= d_model and "
-                            f"n_mlp <= {config.mlp_ratio} * d_model")
+                            f"({n_samples} samples); choose n_resid <= d_model and n_mlp <= {F}")
     out = {"resid": [], "head": [], "mid": [], "mlp": []}
     for sample in range(n_samples):
         rng = np.random.default_rng([seed, sample])
@@ -55,6 +55,14 @@ def sample_indices(seed: int, config, n_samples: int = 10, n_resid: int = 32, n_
         out["mid"].append(draw(L, n_resid, D))
         out["mlp"].append(draw(L, n_mlp, F))
     return {name: np.asarray(v, dtype=np.int32) for name, v in out.items()}
+
+
+def family_weights(params: dict, config) -> dict:
+    """The four matrices the network reads, for any model family: `models.families.weight_matrices`
+    (gpt.py's layout; LLaMA's grouped K/V repeated per query head, SwiGLU by its up projection)."""
+    from models.families import weight_matrices
+
+    return weight_matrices(params, config)
 
 
 def _take(w_LIO, rows_LR, cols_LC):
