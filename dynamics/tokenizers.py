@@ -21,7 +21,6 @@ from typing import Iterable
 
 import numpy as np
 
-from dynamics.data import CharTokenizer
 from dynamics.errors import OntogenyError
 from dynamics.errors import require
 
@@ -36,6 +35,50 @@ def check_spec(spec: str, field: str = "data.tokenizer") -> None:
     if m:
         require(256 < int(m.group(1)) < 2 ** 31, f"{field}={spec}: a byte-level BPE needs more than 256 tokens; "
                                                  f"give e.g. bpe:4096")
+
+
+class CharTokenizer:
+    """Characters <-> integer ids, ids in sorted character order."""
+
+    def __init__(self, chars: str):
+        self.chars = "".join(sorted(set(chars)))
+        self._index = {c: i for i, c in enumerate(self.chars)}
+        self._lookup = np.array([ord(c) for c in self.chars], dtype=np.int64)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        unknown = set(text) - set(self._index)
+        if unknown:
+            raise OntogenyError(f"text has characters outside the tokenizer's vocabulary: {sorted(unknown)[:5]}; "
+                                f"use only characters of the training corpus")
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.zeros(int(codes.max(initial=0)) + 1, dtype=np.int32)
+        table[[ord(c) for c in self.chars if ord(c) < len(table)]] = [
+            self._index[c] for c in self.chars if ord(c) < len(table)]
+        return table[codes]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(int(c)) for c in self._lookup[np.asarray(ids, dtype=np.int64)])
+
+    def save(self, path: str | os.PathLike) -> None:
+        from dynamics.runlog import write_json
+
+        write_json(path, {"chars": self.chars})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CharTokenizer":
+        try:
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            raise OntogenyError(f"{path} is missing or unreadable; it is written by the run that trained "
+                                f"the model: point at a complete run folder") from None
+        if not (isinstance(saved, dict) and "chars" in saved):  # bytes or BPE: no character table
+            raise OntogenyError(f"{path} is not a character tokenizer, and this analysis reads characters; "
+                                f"use a run trained with data.tokenizer=char")
+        return cls(saved["chars"])
 
 
 class ByteTokenizer:

@@ -32,12 +32,13 @@ import numpy as np
 from dynamics import data as data_lib
 from dynamics import distributed
 from dynamics import stats
-from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack
+from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack, open_stack, set_memory_budget
 from dynamics.runlog import RunFolder, write_json
 from experiments import crosscoders_figures as figures
+from experiments import suite
 from experiments.config import require
 from experiments.pretrain import ensure_pretrain, pretrain_reference
-from models import gpt
+from models.families import logits_from_resid
 from probes import crosscoder as cc
 from probes import crosscoder_metrics as cm
 
@@ -48,6 +49,12 @@ DESCRIPTION = "crosscoders across training snapshots (Ge et al. 2025): when feat
 class Config:
     pretrain_run: str = ""           # "" = train the pretrain preset into OUT/pretrain
     pretrain_preset: str = "tiny"    # pretrain preset trained into OUT/pretrain when pretrain_run is empty
+    run: str = ""                    # a run of any family (an imported suite), its snapshots streamed from disk
+    site: str = ""                   # resid_post.N = residual after block N (from 0); "" = use `layer`
+    text: str = ""                   # text file or folder for activations on `run` ("" = Shakespeare), run's tokenizer
+    context: int = 0                 # tokens per window on `run` (0 = the model's, at most 128; a pretrain run: its own)
+    direct: bool = False             # each step's tokens go through every snapshot straight into the step (no buffer)
+    memory_budget_gb: float = 0.0    # host memory for streamed snapshot chunks (0 = a quarter of free memory)
     layer: int = -1                  # -1 = the middle block, (n_layer - 1) // 2
     n_snapshots: int = 16            # spread evenly over the series' index (0 and last included)
     arch: str = "jumprelu"           # relu | jumprelu (the paper's) | batchtopk; tiny: batchtopk left 33% dead
@@ -78,6 +85,11 @@ class Config:
 
     def __post_init__(self):
         require(self.n_snapshots >= 2, f"n_snapshots={self.n_snapshots} must be >= 2")
+        require(not (self.run and self.pretrain_run), "give run (any family, streamed) or pretrain_run, not both")
+        require(self.context >= 0, f"context={self.context} must be 0 (automatic) or a window length")
+        require(self.memory_budget_gb >= 0, f"memory_budget_gb={self.memory_budget_gb} must be >= 0 (0 = automatic)")
+        if self.site:
+            suite.parse_site(self.site)
         require(self.ablation in ("zero", "mean"), f"ablation={self.ablation!r} must be zero or mean")
         require(0 < self.emergence_frac <= 1 and 0 < self.init_fade <= 1, "emergence_frac and init_fade lie in (0, 1]")
         require(len(self.ks) >= 1 and min(self.ks) >= 1, "ks must hold positive k values")
@@ -95,8 +107,16 @@ class Config:
     def unused(self) -> dict[str, str]:
         """Keys the chosen arch (or a given pretrain_run) leaves without effect: setting one is refused."""
         keys = {}
-        if self.pretrain_run:
-            keys["pretrain_preset"] = "pretrain_run is given, so no pretrain preset is trained"
+        if self.pretrain_run or self.run:
+            keys["pretrain_preset"] = "a run is given, so no pretrain preset is trained"
+        if not self.run:
+            keys["text"] = "text is read on an imported run (run=...); a pretrain run uses its own corpus"
+            keys["context"] = "context sets the windows on run=...; a pretrain run uses its model's context"
+        if self.site:
+            keys["layer"] = f"site={self.site} names the block"
+        if self.direct:
+            for k in ("buffer_tokens", "windows_per_fetch", "reuse"):
+                keys[k] = "direct=true feeds each step's tokens straight in, with no shuffle buffer"
         if self.arch == "batchtopk":
             keys["l1s"] = "arch=batchtopk has no L1 weight; its sparsity is ks"
         else:
@@ -116,6 +136,14 @@ PRESETS = {
     "full": Config(pretrain_preset="shakespeare-char", n_snapshots=24, n_features=4096, l1s=(0.1, 0.3, 1.0, 3.0),
                    steps=20000, batch_size=4096, buffer_tokens=1 << 19, windows_per_fetch=64, reuse=4.0,
                    eval_windows=256, n_induction=256, n_ablate=32, dead_tokens=2_000_000),
+    # Ge et al. on an imported suite (`--set run=RUN --set site=resid_post.6`; their 32 Pythia
+    # snapshots: `import --steps ge2025`): JumpReLU with the tanh sparsity penalty (probes.crosscoder),
+    # straight-through window 4 as quoted, all 32 snapshots, activations fed straight from the
+    # vmapped forward. [choice] dictionary size, steps, batch and sparsity weight are ours (the
+    # paper's run used 16+ GPUs); shorten with --set steps=... for a CPU.
+    "ge2025": Config(n_snapshots=32, arch="jumprelu", jump_eps=4.0, n_features=16384, l1s=(1.0,), steps=20000,
+                     batch_size=4096, lr=2e-3, direct=True, context=128, eval_windows=64, n_induction=64,
+                     n_ablate=32, n_random=4, dead_tokens=2_000_000),
 }
 
 
@@ -124,17 +152,22 @@ def resolve(config: Config) -> dict:
     series (a given run, or the preset trained into OUT/pretrain), the block, the crosscoder
     config (at the series' width), one hyperparameter set per crosscoder, the study's keys.
     Keys `Config.unused` names appear nowhere here."""
-    ref = pretrain_reference(config.pretrain_run, config.pretrain_preset)
+    ref = suite.run_reference(config.run) if config.run else pretrain_reference(config.pretrain_run,
+                                                                                config.pretrain_preset)
     n_layer, d_model = (ref["model"][k] if isinstance(ref["model"], dict) else getattr(ref["model"], k)
                         for k in ("n_layer", "d_model"))
-    layer = (n_layer - 1) // 2 if config.layer < 0 else config.layer
-    require(layer < n_layer, f"layer={config.layer} must be < the pretrain model's n_layer={n_layer} (or -1)")
+    layer = suite.parse_site(config.site) if config.site else (n_layer - 1) // 2 if config.layer < 0 else config.layer
+    require(layer < n_layer, f"the block {layer} (layer / site) must be < the model's n_layer={n_layer}")
+    if config.run and config.context:
+        require(config.context <= ref["model"].context,
+                f"context={config.context} exceeds the model's context of {ref['model'].context}; lower it")
     require(config.n_snapshots <= len(ref["steps"]), f"n_snapshots={config.n_snapshots} exceeds the "
                                                      f"{len(ref['steps'])} checkpoints of the pretrain series")
     crosscoder = dataclasses.asdict(config.crosscoder_config(d_model))
     if config.arch != "jumprelu":
         crosscoder.pop("jump_eps")  # probes.crosscoder reads the kernel width in the jumprelu encoder only
-    folded = set(crosscoder) | {"pretrain_run", "pretrain_preset", "layer", "ks", "l1s"}
+    folded = set(crosscoder) | {"pretrain_run", "pretrain_preset", "layer", "ks", "l1s", "run", "site"}
+    folded |= set(config.unused())
     study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
     pretrain = {k: v for k, v in ref.items() if k != "steps"}
     return {"pretrain": pretrain, "layer": layer, "crosscoder": crosscoder, "hps": config.hps(), "study": study}
@@ -207,6 +240,32 @@ def activation_buffer(config: Config, train_ids, stacked, site, n_snapshots: int
     return buffer, time.perf_counter() - t0
 
 
+class DirectStream:
+    """Batch i of the crosscoder: fresh training windows (ceil(batch_size / context) of them)
+    through every snapshot in one vmapped forward (`map_stack`, streamed chunks of snapshots when
+    they do not all fit), straight into the step: no buffer, no activation store. [choice] The
+    per-snapshot normaliser comes from batch 0. `seconds` accumulates the forward time."""
+
+    def __init__(self, config: Config, train_ids, stacked, site, n_snapshots: int, d_model: int, context: int):
+        self.train_ids, self.stacked, self.site, self.seed = train_ids, stacked, site, config.seed + 17
+        self.shape = (n_snapshots, d_model, context, config.batch_size)
+        self.seconds = 0.0
+        self.first = self._rows(0)
+        self.scale_S = cc.normaliser(self.first)
+
+    def _rows(self, i: int) -> np.ndarray:
+        C, D, S, N = self.shape
+        t0 = time.perf_counter()
+        tokens, _ = data_lib.get_batch(self.train_ids, self.seed, i, -(-N // S), S)
+        acts = map_stack(self.site, self.stacked, tokens)                          # [C, B, S, D]
+        self.seconds += time.perf_counter() - t0
+        return np.moveaxis(acts.reshape(C, -1, D), 0, 1)[:N]                     # [N, C, D]
+
+    def __call__(self, i: int) -> np.ndarray:
+        rows = self.first if i == 0 else self._rows(i)
+        return rows * self.scale_S[None, :, None]
+
+
 def evaluate_members(state, hps: list[dict], ccfg: cc.CrosscoderConfig, x_eval, folder: RunFolder) -> list[dict]:
     """Each crosscoder's per-snapshot EV, L0 and dead fraction on the held-out rows (logged)."""
     members = []
@@ -226,34 +285,43 @@ def run(config: Config, folder: RunFolder) -> dict:
     features.json and top_features.md; return the summary."""
     t_start = time.perf_counter()
     plan = resolve(config)  # references were checked by the CLI before the folder was claimed
-    run_dir = config.pretrain_run or ensure_pretrain(folder.sub("pretrain"), preset=config.pretrain_preset)
+    run_dir = config.run or config.pretrain_run or ensure_pretrain(folder.sub("pretrain"), preset=config.pretrain_preset)
     model_config, layer = load_model_config(run_dir), plan["layer"]
     steps = choose_snapshots(Series(run_dir, "pretrain", create=False).steps(), config.n_snapshots)
     require(len(steps) == config.n_snapshots,
             f"the run has only {len(steps)} checkpoints; set n_snapshots <= {len(steps)}")
-    steps, stacked = load_stack(run_dir, steps)
-    C, D, S = len(steps), model_config.d_model, model_config.context
+    set_memory_budget(int(config.memory_budget_gb * 2**30))
+    steps, stacked = open_stack(run_dir, steps) if config.run else load_stack(run_dir, steps)
+    S = (config.context or min(model_config.context, 128)) if config.run else model_config.context
+    C, D = len(steps), model_config.d_model
     ccfg, hps = config.crosscoder_config(D), config.hps()
-    corpus = run_corpus(run_dir)
+    corpus = suite.text_corpus(run_dir, config.text) if config.run else run_corpus(run_dir)
     site = cm.site_fn(model_config, layer)
-    buffer, fill_s = activation_buffer(config, corpus.train_ids, stacked, site, C, D, S)
+    if config.direct:
+        t0 = time.perf_counter()
+        buffer = DirectStream(config, corpus.train_ids, stacked, site, C, D, S)
+        fill_s = time.perf_counter() - t0
+    else:
+        buffer, fill_s = activation_buffer(config, corpus.train_ids, stacked, site, C, D, S)
     t0 = time.perf_counter()
     state, history = train_resumable(ccfg, hps, [config.seed] * len(hps), buffer, folder)
     train_s = time.perf_counter() - t0
     for row in history:
         folder.log({"phase": "train", **{k: np.asarray(v).tolist() for k, v in row.items()}})
 
-    m = measure(config, folder, model_config, layer, steps, stacked, corpus, site, buffer.scale_S, state, ccfg, hps)
+    m = measure(config, folder, model_config, layer, steps, stacked, corpus, site, buffer.scale_S, state, ccfg, hps, S)
     write_outputs(config, folder, steps, m, corpus.tokenizer.decode)
-    timing = {"buffer_fill_s": fill_s, "train_s": train_s,
+    timing = {"buffer_fill_s": fill_s, "train_s": train_s, "max_resident_snapshots": getattr(stacked, "max_resident", C),
+              **({"forward_s": buffer.seconds} if config.direct else {}),
               "train_tokens_per_s": config.steps * config.batch_size * len(hps) / train_s}
     return {**summarize(config, steps, layer, ccfg, m), **timing, "wall_s": time.perf_counter() - t_start}
 
 
 def measure(config: Config, folder: RunFolder, model_config, layer: int, steps, stacked, corpus, site, scale_C,
-            state, ccfg: cc.CrosscoderConfig, hps: list[dict]) -> dict:
-    """Every measure of the trained crosscoders on held-out text, in the buffer's normalised units."""
-    C, D, S = len(steps), model_config.d_model, model_config.context
+            state, ccfg: cc.CrosscoderConfig, hps: list[dict], S: int) -> dict:
+    """Every measure of the trained crosscoders on held-out text (windows of S tokens), in the
+    buffer's normalised units."""
+    C, D = len(steps), model_config.d_model
     eval_tokens, eval_targets = data_lib.get_batch(corpus.val_ids, config.seed + 1, 0, config.eval_windows, S, stream=1)
     raw = map_stack(site, stacked, eval_tokens)                                  # [C, B, S, D]
     x_eval = np.moveaxis(raw.reshape(C, -1, D), 0, 1) * scale_C[None, :, None]
@@ -266,7 +334,7 @@ def measure(config: Config, folder: RunFolder, model_config, layer: int, steps, 
                                   eval_targets, log_uni, log_bi)
     alive = cm.fire_counts(f, C) > 0
     geo = cm.decoder_features(np.asarray(params["W_dec"]), alive, steps, config.emergence_frac, config.init_fade)
-    logits_fn = lambda p, resid: gpt.logits_from_resid(p, resid, layer, model_config)
+    logits_fn = lambda p, resid: logits_from_resid(p, resid, layer, model_config)
     abl = cm.induction_ablation(stacked, site, logits_fn, params, main["threshold"], ccfg, scale_C, counts, alive, S,
                                 config.seed, config.n_induction, config.n_ablate, config.n_random)
     f_last_NF = cm.per_snapshot_f(f, C)[-1]

@@ -13,6 +13,7 @@ the figures are `experiments.neuromfa_figures`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from dynamics import train as train_lib
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from experiments import neuromfa_figures as figures
-from experiments import pretrain
+from experiments import pretrain, suite
 from experiments.config import require
 from models import gpt
 from probes.neuromfa import measures, network, spectrum
@@ -105,7 +106,7 @@ def resolve(config: Config) -> dict:
     optional extra run (checked: model, tokenizer, a step-0 checkpoint, width >= n_resid), the
     multifractal settings and the study's own keys."""
     if config.run:
-        ref = _run_reference(config.run)
+        ref = suite.run_reference(config.run)
         require(ref["steps"][0] == 0, f"run={config.run!r} has no step-0 checkpoint; E(t) is defined relative to "
                                       f"initialisation (import step 0 too)")
         require(config.n_resid <= ref["model"].d_model and config.n_mlp <= ref["model"].d_mlp,
@@ -124,16 +125,6 @@ def resolve(config: Config) -> dict:
     folded = ("widths", "n_layer", "n_head", "context", "train", "data", "mfa", "pretrain_run")
     study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
     return {"runs": runs, "mfa": config.mfa, "study": study}
-
-
-def _run_reference(run: str) -> dict:
-    """{"run", "model", "steps"} of a run folder of any family (imported: a BPE tokenizer)."""
-    require(Path(run).is_dir(), f"run={run!r} is not a run folder; give one trained here or written by `import`")
-    model = checkpoints.load_model_config(run)
-    run_tokenizer.load_tokenizer(run)
-    steps = checkpoints.Series(run, "pretrain", create=False).steps()
-    require(len(steps) >= 1, f"run {run} holds no pretrain checkpoints; point at a finished or imported run")
-    return {"run": str(Path(run).resolve()), "model": model, "steps": steps}
 
 
 def _pretrain_config(config: Config, width: int) -> pretrain.PretrainConfig:
@@ -180,6 +171,7 @@ def analyse_model(run_dir: Path, config: Config, val_text: str) -> dict:
             "control_spectra": control, "eval": {k: np.asarray(v, float) for k, v in evals.items()}}
 
 
+@functools.lru_cache(maxsize=None)
 def _suite_network_fn(model_config, variant: str, control_draws: int):
     """One checkpoint's networks and those of `control_draws` Gaussian controls, any family.
     [choice] The control noise is drawn on the device from a per-checkpoint key (a streamed
@@ -199,6 +191,7 @@ def _suite_network_fn(model_config, variant: str, control_draws: int):
     return fn
 
 
+@functools.lru_cache(maxsize=None)
 def _suite_eval_fn(model_config):
     def evaluate(params, batch):
         logits, _ = models.apply(params, batch["x"], model_config)

@@ -104,7 +104,7 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
         write_json(folder.root / "model.json", model_config)
     train_ids, val_ids = corpus.train_ids, corpus.val_ids
     tc = config.train
-    close_tb = tblog.mirror(folder, "pretrain")  # TensorBoard events beside metrics.jsonl, when tensorboardX is installed
+    close_tb = tblog.mirror(folder, "pretrain")  # TensorBoard events beside metrics.jsonl (tensorboardX)
     rows = distributed.local_batch(tc.batch_size) if jax.process_count() > 1 else None  # read only our rows
 
     mesh = train_lib.training_mesh(tc)  # every device of every process; each keeps its own rows

@@ -23,6 +23,7 @@ import scipy.stats
 from dynamics import stats
 from dynamics.checkpoints import map_stack
 from models import gpt
+from models.families import apply as models_apply, family_of, logits_from_resid
 from probes import attribution as attr_lib
 from probes import crosscoder as cc
 
@@ -91,7 +92,15 @@ def evaluate(params, x_NCD, config: cc.CrosscoderConfig, threshold=None) -> dict
 
 # ------------------------------------------------------------------- forward on one snapshot
 def site_fn(model_config: gpt.GPTConfig, layer: int):
-    """fn(params, tokens_BS) -> residual after block `layer` [B, S, D] (stops the forward there)."""
+    """fn(params, tokens_BS) -> residual after block `layer` [B, S, D] (stops the forward there).
+    Any family: an imported one runs `models.apply` on blocks 0..layer (the unused logits are
+    dropped by XLA under jit)."""
+    if family_of(model_config) != "gpt":
+        def any_family(params, tokens):
+            head = {**params, "blocks": jax.tree.map(lambda a: a[: layer + 1], params["blocks"])}
+            return models_apply(head, tokens, model_config, capture=("resid",))[1]["resid"][-1]
+        return any_family
+
     def fn(params, tokens):
         x = gpt.embed(params, tokens, model_config)
         x, _ = gpt.run_blocks(gpt.layer_slice(params["blocks"], 0, layer + 1), x, model_config)
@@ -99,9 +108,21 @@ def site_fn(model_config: gpt.GPTConfig, layer: int):
     return fn
 
 
-def corpus_statistics(train_ids, vocab_size: int):
-    """(token counts + 1 [V], log unigram [V], log bigram rows [V, V]), add-one smoothed."""
+def corpus_statistics(train_ids, vocab_size: int, dense_limit: int = 4096):
+    """(token counts + 1 [V], log unigram [V], log bigram rows [V, V]), add-one smoothed. Above
+    `dense_limit` tokens the bigram table is a function of the rows wanted, rows -> [R, V]
+    ([choice]: a dense [V, V] table of a 50k vocabulary would take 20 GB)."""
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
+    if vocab_size > dense_limit:
+        prev, nxt = np.asarray(train_ids[:-1]), np.asarray(train_ids[1:])
+
+        def rows(present):
+            bi = np.ones((len(present), vocab_size), np.float32)
+            pos = np.searchsorted(present, prev)
+            hit = (pos < len(present)) & (present[np.minimum(pos, len(present) - 1)] == prev)
+            np.add.at(bi, (pos[hit], nxt[hit]), 1.0)
+            return np.log(bi / bi.sum(1, keepdims=True))
+        return counts, np.log(counts / counts.sum()), rows
     bi = np.ones((vocab_size, vocab_size))
     np.add.at(bi, (train_ids[:-1], train_ids[1:]), 1.0)
     return counts, np.log(counts / counts.sum()), np.log(bi / bi.sum(1, keepdims=True))
@@ -112,17 +133,17 @@ def ce_fn(model_config: gpt.GPTConfig, layer: int, ablation: str):
     reconstruction in model units), "mean" (the mean residual)}: clean CE, CE with the
     reconstruction spliced in, CE with the residual ablated ("zero" or "mean"), and the KL from
     the model's next-token distribution to the unigram and bigram statistics."""
-    def fn(snap, tokens, targets, log_uni, log_bi):
+    def fn(snap, tokens, targets, log_uni, log_bi, bi_rows=None):
         p, hat = snap["model"], snap["hat"]
-        logits, _ = gpt.apply(p, tokens, model_config)
+        logits, _ = models_apply(p, tokens, model_config)
         ablated = jnp.zeros_like(hat) if ablation == "zero" else jnp.broadcast_to(snap["mean"], hat.shape)
         logp = jax.nn.log_softmax(logits, -1)
         prob = jnp.exp(logp)
         kl_uni = jnp.sum(prob * (logp - log_uni), -1).mean()
-        kl_bi = jnp.sum(prob * (logp - log_bi[tokens]), -1).mean()
+        kl_bi = jnp.sum(prob * (logp - log_bi[tokens if bi_rows is None else bi_rows]), -1).mean()
         return {"clean": gpt.cross_entropy(logits, targets),
-                "spliced": gpt.cross_entropy(gpt.logits_from_resid(p, hat, layer, model_config), targets),
-                "ablated": gpt.cross_entropy(gpt.logits_from_resid(p, ablated, layer, model_config), targets),
+                "spliced": gpt.cross_entropy(logits_from_resid(p, hat, layer, model_config), targets),
+                "ablated": gpt.cross_entropy(logits_from_resid(p, ablated, layer, model_config), targets),
                 "kl_unigram": kl_uni, "kl_bigram": kl_bi}
     return fn
 
@@ -131,9 +152,13 @@ def loss_and_kl(model_config, layer: int, ablation: str, stacked, hat_CBSD, raw_
                 log_uni, log_bi):
     """`ce_fn` over every snapshot (the mean residual of `raw_CBSD` for "mean" ablation):
     ({clean, spliced, ablated, kl_unigram, kl_bigram}: [C] each, loss recovered [C])."""
+    rows = None
+    if callable(log_bi):  # a large vocabulary: only the bigram rows of the tokens present
+        present, rows = np.unique(tokens_BS, return_inverse=True)
+        log_bi, rows = log_bi(present), rows.reshape(tokens_BS.shape).astype(np.int32)
     ce = map_stack(ce_fn(model_config, layer, ablation),
                    {"model": stacked, "hat": hat_CBSD, "mean": raw_CBSD.mean(axis=(1, 2))}, tokens_BS, targets_BS,
-                   jnp.asarray(log_uni, jnp.float32), jnp.asarray(log_bi, jnp.float32))
+                   jnp.asarray(log_uni, jnp.float32), jnp.asarray(log_bi, jnp.float32), rows)
     return ce, loss_recovered(ce["clean"], ce["spliced"], ce["ablated"])
 
 

@@ -19,10 +19,11 @@ STUDIES = ("pretrain", "linear-origins", "cognition", "crosscoders", "neuromfa",
 STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic"], "f_kind": ["table"], "optimizer": ["adam", "sgd"],
            "within_mode": ["to_mean"], "ablation": ["mean"], "variant": ["shortest_path"],
            "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes"],
-           "token_dtype": ["uint32"]}
-REFERENCES = ("pretrain_run", "gpt_run", "path")  # a run folder: the micro pretrain run (data.path: a text folder)
+           "token_dtype": ["uint32"], "site": ["resid_post.0"]}
+REFERENCES = ("pretrain_run", "gpt_run", "path", "run")  # a run folder: the micro pretrain run (data.path: a text folder)
 # settings a change needs to be valid at all (the micro run has 8 checkpoints), set on both sides
-COMPANIONS = {("crosscoders", "pretrain_run"): ["n_snapshots=4"], ("crosscoders", "pretrain_preset"): ["n_snapshots=4"]}
+COMPANIONS = {("crosscoders", "pretrain_run"): ["n_snapshots=4"], ("crosscoders", "pretrain_preset"): ["n_snapshots=4"],
+              ("crosscoders", "run"): ["n_snapshots=4"]}
 
 
 def _text(value) -> str:

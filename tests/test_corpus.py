@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dynamics import corpus as corpus_lib
+from dynamics import corpus_files
 from dynamics import data
 from dynamics.errors import OntogenyError
 
@@ -56,14 +57,14 @@ def test_separator_splits_documents_and_val_docs_names_them(tmp_path):
 
 def test_streaming_in_small_blocks_matches_reading_whole_files(tmp_path, monkeypatch):
     docs = write_docs(tmp_path / "txt", n=3, chars=5000)
-    monkeypatch.setattr(corpus_lib, "BLOCK", 97)  # documents come in many pieces
-    pieces = list(corpus_lib.documents(tmp_path / "txt", sorted((tmp_path / "txt").iterdir()), ""))
+    monkeypatch.setattr(corpus_files, "BLOCK", 97)  # documents come in many pieces
+    pieces = list(corpus_files.documents(tmp_path / "txt", sorted((tmp_path / "txt").iterdir()), ""))
     assert len(pieces) > 30 and max(len(t) for _, t in pieces) <= 3 * 97
     joined = {}
     for name, text in pieces:
         joined[name] = joined.get(name, "") + text
     assert joined == docs
-    sep = list(corpus_lib.documents(tmp_path, [tmp_path / "txt" / "d0.txt"], "e"))  # separator across blocks
+    sep = list(corpus_files.documents(tmp_path, [tmp_path / "txt" / "d0.txt"], "e"))  # separator across blocks
     names = sorted({n for n, _ in sep}, key=lambda n: int(n.split("#")[1]))
     assert ["".join(t for n2, t in sep if n2 == n) for n in names] == [p for p in docs["d0.txt"].split("e") if p]
 
@@ -254,3 +255,17 @@ def test_a_tokenizer_that_cannot_encode_the_corpus_leaves_no_cache(tmp_path, cac
     with pytest.raises(OntogenyError, match="cannot encode"):
         data.load_corpus(data.DataConfig(path=str(tmp_path / "txt"), tokenizer=str(tmp_path / "words.json")))
     assert list((cache / "tokens").iterdir()) == []
+
+
+def test_a_saved_hugging_face_dataset_streams_rows_as_documents(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [data.synthetic_text(800, seed=i) for i in range(10)] + [""]  # an empty row is no document
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows, "id": list(range(11))})}
+                         ).save_to_disk(str(tmp_path / "ds"))
+    corpus = data.load_corpus(data.DataConfig(path=str(tmp_path / "ds"), tokenizer="bytes", val_fraction=0.2))
+    assert corpus.val_works == ("row2", "row7") and corpus.record["n_docs"] == 10
+    assert decoded(corpus, "val") == rows[2] + "\n\n" + rows[7] + "\n\n"
+    assert decoded(corpus, "train") == "".join(r + "\n\n" for i, r in enumerate(rows[:10]) if i not in (2, 7))
+    datasets.Dataset.from_dict({"body": rows}).save_to_disk(str(tmp_path / "nocol"))
+    with pytest.raises(OntogenyError, match="no 'text' column"):
+        data.load_corpus(data.DataConfig(path=str(tmp_path / "nocol")))

@@ -1,0 +1,147 @@
+"""Studies on an imported suite, streamed from disk: NeuroMFA (`--set run=RUN`) through
+`models.families.weight_matrices`, checked against the in-memory path and a plain loop."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import models
+from dynamics import checkpoints as ck
+from experiments.import_suite import main as import_main
+from probes.neuromfa import spectrum as mf
+
+HF = Path(__file__).parent / "fixtures" / "hf"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suites")
+    runs = {}
+    for case in ("neox_rot25_parallel", "llama_gqa"):
+        assert import_main(["--from", str(HF / case), "--out", str(root / case)]) == 0
+        runs[case] = root / case
+    return runs
+
+
+def small_config(**kw):
+    from experiments import neuromfa as nm
+
+    return nm.Config(**{**dict(run="x", n_resid=16, n_mlp=32, n_samples=2, context=16, eval_windows=4,
+                               control_draws=2, mfa=mf.MFAConfig(min_degree=4)), **kw})
+
+
+@pytest.mark.parametrize("case", ["neox_rot25_parallel", "llama_gqa"])
+def test_neuromfa_on_an_imported_run_equals_the_in_memory_path(imported, case):
+    from experiments import neuromfa as nm
+    from models.families import weight_matrices
+
+    run = imported[case]
+    config = small_config(run=str(run))
+    text = (HF.parent.parent.parent / "README.md").read_text()[:6000]
+    r = nm.analyse_run(run, config, text)
+    # independent path: the whole stack in memory, weights built per checkpoint, series_spectra
+    steps, stacked = ck.load_stack(run)
+    model_config = ck.load_model_config(run)
+    weights = ck.stack_trees([weight_matrices(ck.unstack_tree(stacked, t), model_config) for t in range(len(steps))])
+    from probes.neuromfa import network
+
+    idx = network.sample_indices(config.sample_seed, model_config, config.n_samples, config.n_resid, config.n_mlp)
+    want = mf.series_spectra(weights, idx, config.mfa)
+    for key in ("alpha0", "width", "mean_abs_w", "n_used"):
+        np.testing.assert_allclose(r["spectra"][key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert r["summary"]["emergence"][0] == 0.0 and np.isfinite(r["summary"]["alpha0"]).all()
+    # the control keeps each matrix's scale: its mean |w| tracks the real one within noise
+    np.testing.assert_allclose(r["control"]["mean_abs_w"], r["summary"]["mean_abs_w"], rtol=0.5)
+    # loss: a plain loop of models.apply over the checkpoints on the same windows
+    from dynamics import data as data_lib
+    from dynamics.run_tokenizer import load_tokenizer
+
+    x, y = data_lib.eval_batches(load_tokenizer(run).encode(text), 1, 4, 16, seed=1234)[0]
+    for t in range(len(steps)):
+        logits, _ = models.apply(ck.unstack_tree(stacked, t), x, model_config)
+        logp = jax.nn.log_softmax(np.asarray(logits, np.float64), -1)
+        nll = -np.take_along_axis(np.asarray(logp), y[..., None], -1).mean()
+        np.testing.assert_allclose(r["eval"]["val_loss"][t], nll, rtol=1e-4)
+        np.testing.assert_allclose(r["eval"]["char_acc"][t], (np.argmax(logits, -1) == y).mean(), atol=1e-6)
+
+
+def test_word_accuracy_by_hand():
+    from experiments.neuromfa import word_accuracy
+
+    starts = np.array([[0, 1, 0, 1, 1, 0]], bool)        # words: [1, 2], [3], [4, 5]; position 0 is cut
+    right = np.array([[[1, 1, 1, 0, 1, 1]], [[0, 1, 0, 1, 1, 1]]], bool)
+    np.testing.assert_allclose(word_accuracy(right, starts), [2 / 3, 2 / 3])
+    right2 = np.array([[[0, 1, 1, 1, 1, 1]]], bool)
+    np.testing.assert_allclose(word_accuracy(right2, starts), [1.0])
+
+
+def test_neuromfa_cli_on_an_imported_run(imported, tmp_path):
+    import json
+
+    from experiments.__main__ import cli
+
+    out = tmp_path / "nm"
+    assert cli(["neuromfa", "--out", str(out), "--preset", "xiao2025", "--set", f"run={imported['llama_gqa']}",
+                "--set", "n_resid=16", "--set", "n_mlp=32", "--set", "n_samples=2", "--set", "context=16",
+                "--set", "eval_windows=4", "--set", "control_draws=1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"] == ["run"] and summary["steps"] == [0, 10, 20]
+    assert cli(["neuromfa", "--out", str(tmp_path / "bad"), "--set", f"run={tmp_path / 'none'}"]) == 2
+
+
+# ----------------------------------------------------------------------------- crosscoders
+def test_direct_stream_batches_equal_a_loop_over_snapshots(imported):
+    """Each step's rows: the windows through every snapshot (streamed from disk), normalised."""
+    from dynamics import data as data_lib
+    from experiments import crosscoders as xc
+    from probes import crosscoder_metrics as cm
+
+    run = imported["neox_rot25_parallel"]
+    config = xc.Config(run=str(run), n_snapshots=3, batch_size=40, context=16, direct=True, seed=3)
+    model_config = ck.load_model_config(run)
+    steps, disk = ck.open_stack(run)
+    ids = np.random.default_rng(0).integers(0, model_config.vocab_size, 2000)
+    stream = xc.DirectStream(config, ids, disk, cm.site_fn(model_config, 1), 3, model_config.d_model, 16)
+    _, stacked = ck.load_stack(run)
+    for i in (0, 2):
+        tokens, _ = data_lib.get_batch(ids, config.seed + 17, i, 3, 16)
+        loop = np.stack([np.asarray(models.apply(ck.unstack_tree(stacked, t), tokens, model_config,
+                                                 capture=("resid",))[1]["resid"][1]).reshape(-1, 32)[:40]
+                         for t in range(3)], axis=1)                                # [N, C, D]
+        if i == 0:
+            np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_S[None, :, None], axis=-1).mean(0),
+                                       np.sqrt(32), rtol=1e-5)
+        np.testing.assert_allclose(stream(i), loop * stream.scale_S[None, :, None], rtol=1e-4, atol=1e-5)
+    assert disk.max_resident <= 3
+
+
+def test_bigram_rows_equal_the_dense_table():
+    from probes import crosscoder_metrics as cm
+
+    ids = np.random.default_rng(1).integers(0, 30, 500)
+    counts, log_uni, dense = cm.corpus_statistics(ids, 30)
+    counts2, log_uni2, rows = cm.corpus_statistics(ids, 30, dense_limit=10)
+    present = np.array([0, 4, 7, 29])
+    np.testing.assert_allclose(rows(present), dense[present], rtol=1e-5)
+    np.testing.assert_array_equal(counts, counts2)
+
+
+def test_crosscoders_cli_on_an_imported_run(imported, tmp_path):
+    import json
+
+    from experiments.__main__ import cli
+
+    text = tmp_path / "t.txt"
+    text.write_text((HF.parent.parent.parent / "README.md").read_text()[:4000])
+    out = tmp_path / "cc"
+    assert cli(["crosscoders", "--out", str(out), "--preset", "ge2025", "--set", f"run={imported['llama_gqa']}",
+                "--set", "site=resid_post.0", "--set", "n_snapshots=3", "--set", "n_features=32", "--set", "steps=6",
+                "--set", "batch_size=32", "--set", "context=16", "--set", "eval_windows=8", "--set", "n_induction=8",
+                "--set", "n_ablate=2", "--set", "n_random=1", "--set", f"text={text}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["max_resident_snapshots"] <= 3 and summary["layer"] == 0
+    assert cli(["crosscoders", "--out", str(tmp_path / "bad"), "--set", f"run={imported['llama_gqa']}",
+                "--set", "site=resid_pre.0"]) == 2
