@@ -245,7 +245,9 @@ def _one_template(stacked):
 
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
                     max_bytes: int | None = None, work_factor: float = 3.0) -> int:
-    """Checkpoints per chunk so that inputs + outputs (+ work_factor x outputs of scratch) fit.
+    """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
+    outputs or, for a series streamed from disk, at least XLA's temporary bytes for one
+    checkpoint (`_scratch_bytes`, e.g. a forward's logits).
 
     The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
     `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
@@ -255,11 +257,31 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     one = _one_template(stacked)
     out = jax.eval_shape(fn, one, *args)
     streamed = [x.template() for x in jax.tree.leaves(stacked, is_leaf=_is_disk) if _is_disk(x)]
-    per_ckpt = _tree_bytes(one) + _tree_bytes(streamed) + (1.0 + work_factor) * _tree_bytes(out)
+    scratch = _scratch_bytes(fn, one, args) if streamed else None  # one extra compile: only where it pays
+    scratch = max((1.0 + work_factor) * _tree_bytes(out), 2.0 * _tree_bytes(out) + (scratch or 0))
+    per_ckpt = _tree_bytes(one) + _tree_bytes(streamed) + scratch
     max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]
     fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
     budget = max_bytes if max_bytes is not None else fraction * available_memory_bytes()
     return int(max(1, min(T, budget // max(per_ckpt, 1))))
+
+
+_SCRATCH: dict = {}
+
+
+def _scratch_bytes(fn: Callable, one, args) -> int | None:
+    """XLA's temporary bytes for one checkpoint (e.g. a forward's logits, which the outputs do
+    not show), from compiling `fn` unbatched once per shape; None where it cannot tell."""
+    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
+    shapes = jax.tree.map(spec, (one, args))
+    key = (fn, str(jax.tree.structure(shapes)), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(shapes)))
+    if key not in _SCRATCH:
+        try:
+            analysis = jax.jit(fn).lower(*shapes[:1], *shapes[1]).compile().memory_analysis()
+            _SCRATCH[key] = int(analysis.temp_size_in_bytes)
+        except Exception:  # backends without a memory analysis
+            _SCRATCH[key] = None
+    return _SCRATCH[key]
 
 
 def _vmapped(fn: Callable, n_args: int, n_devices: int):

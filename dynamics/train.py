@@ -113,21 +113,8 @@ def lm_loss(model_config: gpt.GPTConfig):
     return loss
 
 
-# [choice] XLA CPU options for the train step (issue 19). YNNPACK's single-dot fusions (on by default
-# in jaxlib 0.10.2) made the tiny and shakespeare-char steps slower than XLA's own dots; keeping only
-# its dot+elementwise fusions measured faster in interleaved runs (README, "What was tried for speed").
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-
-
-def compiler_options(options: dict | None = None) -> dict | None:
-    """`options` (default CPU_COMPILER_OPTIONS) when compiling for the CPU, else None."""
-    return (CPU_COMPILER_OPTIONS if options is None else options) if jax.default_backend() == "cpu" else None
-
-
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, dropout: bool = True,
-                    xla_options: dict | None = None):
-    """Pure `train_step(state, batch) -> (state, metrics)`, jitted, state donated.
-    `xla_options`: XLA compiler options on CPU (default CPU_COMPILER_OPTIONS; {} for XLA's defaults)."""
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, dropout: bool = True):
+    """Pure `train_step(state, batch) -> (state, metrics)`, jitted, state donated."""
     def train_step(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"]) if dropout else None
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
@@ -135,7 +122,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         params = optax.apply_updates(state["params"], updates)
         new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
-    return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options(xla_options))
+    return jax.jit(train_step, donate_argnums=0)
 
 
 def make_eval_fn(loss_fn: Callable):

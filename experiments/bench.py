@@ -261,7 +261,8 @@ def core(quick: bool = False) -> dict:
 STUDY_SECTIONS = {"probes": ("experiments.study_bench", "bench_probes"),
                   "crosscoder": ("experiments.study_bench", "bench_crosscoder"),
                   "sweep": ("experiments.sweep", "bench"),
-                  "data": ("experiments.data_bench", "bench")}
+                  "data": ("experiments.data_bench", "bench"),
+                  "suite": ("experiments.suite_bench", "bench")}
 
 
 def sections() -> dict:

@@ -93,9 +93,10 @@ PRESETS = {
                    train=_train(5000, 64, 1e-3, 512, 500), n_samples=10, eval_windows=256),
     # Xiao et al.'s protocol, for `--set run=RUN` on an imported suite (their 27 steps: `import
     # --steps xiao2025`): 10 samples of 32 residual / 64 MLP neurons, direct edges, 1 < d <= 150,
-    # degree > 10, q in -3..3 by 0.1. [choice] eval windows of 128 tokens (the paper uses benchmarks).
+    # degree > 10, q in -3..3 by 0.1. [choice] 16 eval windows of 128 tokens (the paper uses benchmarks;
+    # the logits of a 50k vocabulary are 0.4 GB a snapshot per 16 windows).
     "xiao2025": Config(n_samples=10, n_resid=32, n_mlp=64, mfa=spectrum.MFAConfig(), context=128,
-                       eval_windows=64, control_draws=3),
+                       eval_windows=16, control_draws=3),
 }
 
 
