@@ -246,8 +246,8 @@ def _one_template(stacked):
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
                     max_bytes: int | None = None, work_factor: float = 3.0) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
-    outputs or, for a series streamed from disk, at least XLA's temporary bytes for one
-    checkpoint (`_scratch_bytes`, e.g. a forward's logits).
+    outputs or, for a series of 64 MiB or more streamed from disk, at least XLA's temporary
+    bytes for one checkpoint (`_scratch_bytes`, e.g. a forward's logits).
 
     The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
     `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
@@ -257,7 +257,9 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     one = _one_template(stacked)
     out = jax.eval_shape(fn, one, *args)
     streamed = [x.template() for x in jax.tree.leaves(stacked, is_leaf=_is_disk) if _is_disk(x)]
-    scratch = _scratch_bytes(fn, one, args) if streamed else None  # one extra compile: only where it pays
+    # one extra compile, so only for a streamed series of some size ([choice] 64 MiB and up)
+    big = streamed and T * _tree_bytes(streamed) >= 64 << 20
+    scratch = _scratch_bytes(fn, one, args) if big else None
     scratch = max((1.0 + work_factor) * _tree_bytes(out), 2.0 * _tree_bytes(out) + (scratch or 0))
     per_ckpt = _tree_bytes(one) + _tree_bytes(streamed) + scratch
     max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]

@@ -92,3 +92,15 @@ def test_imported_suite_streams_through_models_apply(tmp_path):
     np.testing.assert_allclose(ck.map_stack(logits, disk, tokens, chunk_size=1),
                                ck.map_stack(logits, stacked, tokens, chunk_size=1), atol=1e-5)
     assert disk.max_resident == 2
+
+
+def test_scratch_bytes_count_a_large_intermediate():
+    """XLA's temporary bytes for one checkpoint see logits the outputs do not show."""
+    import jax
+
+    def summed_log_softmax(p, x):
+        return jax.nn.log_softmax(x @ p["w"]).sum()
+
+    one = {"w": jax.ShapeDtypeStruct((16, 20000), np.float32)}
+    x = np.ones((64, 16), np.float32)
+    assert ck._scratch_bytes(summed_log_softmax, one, (x,)) >= 64 * 20000 * 4 * 0.9
