@@ -292,9 +292,12 @@ def findings(summary: dict) -> list[str]:
         corr_line = (f"Across {s.get('n_checkpoints', '?')} checkpoints cognitive and expressive accuracy correlate "
                      f"with Pearson r = {dstats.ci_text(s, 'pearson_r')} and Spearman "
                      f"{dstats.ci_text(s, 'spearman_rho')} (bootstrap over checkpoints): {corr}.")
+    ci = s.get("cognitive_pretrain_ci")
+    above = ("" if not ci else "; the probe's interval lies above chance" if ci[0] > s["chance"]
+             else "; the probe's interval does not exclude chance, so reading above chance is not shown")
     return [
         f"After pretraining the value probe reads {dstats.ci_text(s, 'cognitive_pretrain')} of {n} held-out questions "
-        f"while the model answers {dstats.ci_text(s, 'expressive_pretrain')} (chance {s['chance']:.2f}); the "
+        f"while the model answers {dstats.ci_text(s, 'expressive_pretrain')} (chance {s['chance']:.2f}){above}; the "
         f"paired difference is {gap}.",
         f"The model answers {dstats.ci_text(s, 'expressive_sft')} after SFT and {dstats.ci_text(s, 'expressive_rl')} "
         f"after RL; RL minus pretraining is {rl}; RL minus SFT is {sft_rl}.",

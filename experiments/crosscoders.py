@@ -157,7 +157,9 @@ def resolve(config: Config) -> dict:
     n_layer, d_model = (ref["model"][k] if isinstance(ref["model"], dict) else getattr(ref["model"], k)
                         for k in ("n_layer", "d_model"))
     layer = suite.parse_site(config.site) if config.site else (n_layer - 1) // 2 if config.layer < 0 else config.layer
-    require(layer < n_layer, f"the block {layer} (layer / site) must be < the model's n_layer={n_layer}")
+    typed = f"site={config.site}" if config.site else f"layer={layer}"
+    model = "the imported model" if config.run else "the pretrain model"
+    require(layer < n_layer, f"{typed} must be < {model}'s n_layer={n_layer} (blocks count from 0)")
     if config.run and config.context:
         require(config.context <= ref["model"].context,
                 f"context={config.context} exceeds the model's context of {ref['model'].context}; lower it")
