@@ -307,7 +307,7 @@ def findings(summary: dict) -> list[str]:
     rho = summary.get("spearman_emergence_vs_val_loss")
     if rho is not None and np.isfinite(rho):
         ci = summary.get("spearman_emergence_vs_val_loss_ci")
-        sign = ("E falls with validation loss" if ci[1] < 0 else "E rises with validation loss") \
+        sign = ("E rises as validation loss falls" if ci[1] < 0 else "E rises with validation loss") \
             if ci is not None and stats.excludes(ci) else "no monotone relation with validation loss is shown"
         out.append(f"Across checkpoints, Spearman of E with validation loss is "
                    f"{stats.ci_text(summary, 'spearman_emergence_vs_val_loss')} (bootstrap over checkpoints): {sign}.")

@@ -197,7 +197,7 @@ def test_neuromfa_findings_compare_emergence_with_the_control():
     lines = neuromfa.findings(s)
     assert "it fell" in lines[0] and "the change is within the noise" in lines[0]   # width change includes 0
     assert "E exceeds the control by 0.086 [0.030, 0.140]" in _one(lines, "Degree of emergence")
-    assert "E falls with validation loss" in _one(lines, "Spearman")
+    assert "E rises as validation loss falls" in _one(lines, "Spearman")
     lines = neuromfa.findings({**s, "emergence_minus_control_last_ci": [-0.02, 0.19]})
     assert "does not exclude 0" in _one(lines, "Degree of emergence") and "exceeds" not in _one(lines, "Degree")
 
