@@ -6,8 +6,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from dynamics.errors import OntogenyError
-from dynamics.tokenizers import ByteTokenizer, HFTokenizer
+
+class BPETokenizer:
+    """A Hugging Face `tokenizer.json` read with the `tokenizers` library (same interface as
+    `dynamics.data.CharTokenizer`: encode -> int32 ids, decode, vocab_size)."""
+
+    def __init__(self, path: Path):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise OntogenyError("reading tokenizer.json needs the tokenizers package: pip install tokenizers") from None
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise OntogenyError(f"{path} is not a readable Hugging Face tokenizer ({type(e).__name__}); "
+                                f"copy the checkpoint's tokenizer.json again") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids])
 
 
 def load_tokenizer(run_dir: Path):
@@ -21,5 +47,7 @@ def load_tokenizer(run_dir: Path):
         raise OntogenyError(f"{path} is missing or unreadable; import the suite with its tokenizer.json or train "
                             f"the run here") from None
     if isinstance(data, dict) and "bytes" in data:  # data.tokenizer=bytes
+        from dynamics.tokenizers import ByteTokenizer
+
         return ByteTokenizer()
-    return CharTokenizer(data["chars"]) if isinstance(data, dict) and "chars" in data else HFTokenizer.from_file(path)
+    return CharTokenizer(data["chars"]) if isinstance(data, dict) and "chars" in data else BPETokenizer(path)
