@@ -1,4 +1,5 @@
-"""Batched, jitted generation: greedy, temperature and top-k, with a KV cache.
+"""Batched, jitted generation: greedy, temperature and top-k, with a KV cache (`generate`, the
+character GPT) or without one for any family (`generate_any`: imported GPT-NeoX, LLaMA, GPT-2).
 
 While the sequence fits in the context, each new token costs one single-position pass
 through the blocks against cached keys and values. Beyond the context the model (learned
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from models import gpt
+from models.errors import require
 
 
 def pick(logits_BV, key, temperature: float, top_k: int | None):
@@ -101,3 +103,30 @@ def generate(params, config: gpt.GPTConfig, prompt_BT, n_new: int, key, temperat
     logits_all, _ = gpt.apply(params, window, config)
     (_, _), rest = jax.lax.scan(window_step, (window, logits_all[:, -1]), jnp.arange(1, n_new - cached))
     return jnp.concatenate([out, first[:, None], rest.T], axis=1)
+
+
+@partial(jax.jit, static_argnames=("config", "n_new", "temperature", "top_k"))
+def generate_any(params, config, prompt_BT, n_new: int, key, temperature: float = 1.0,
+                 top_k: int | None = None):
+    """Prompt [B, T0] -> tokens [B, T0 + n_new] for any family (`models.apply`), same key
+    convention as `generate` (token i drawn with fold_in(key, i)).
+
+    [choice] No cache: every new token recomputes the whole buffer of T0 + n_new positions
+    (causal attention makes the not-yet-written tail irrelevant), so it costs n_new full
+    forwards; one compile serves every step. The buffer must fit the model's context: sliding a
+    window under rotary positions is not the model's training distribution, so it is refused.
+    """
+    from models import apply  # the package-level family dispatch
+
+    B, T0 = prompt_BT.shape
+    require(T0 + n_new <= config.context, f"prompt of {T0} plus {n_new} new tokens exceeds the model's context "
+                                          f"of {config.context}; shorten the prompt or generate fewer tokens")
+    buf_BS = jnp.zeros((B, T0 + n_new), jnp.int32).at[:, :T0].set(jnp.asarray(prompt_BT, jnp.int32))
+
+    def step(i, buf_BS):
+        logits_BSV, _ = apply(params, buf_BS, config)
+        logits_BV = jax.lax.dynamic_index_in_dim(logits_BSV, T0 + i - 1, axis=1, keepdims=False)
+        token_B = pick(logits_BV, jax.random.fold_in(key, i), temperature, top_k)
+        return jax.lax.dynamic_update_slice_in_dim(buf_BS, token_B[:, None], T0 + i, axis=1)
+
+    return jax.lax.fori_loop(0, n_new, step, buf_BS)

@@ -60,3 +60,35 @@ def test_sampling_follows_the_model_distribution():
     probs = np.asarray(jax.nn.softmax(logits[0, -1] / 0.7))
     freq = np.bincount(out, minlength=4) / len(out)
     np.testing.assert_allclose(freq, probs, atol=0.03)
+
+
+def test_uncached_sampler_equals_the_cached_one_on_the_gpt(params):
+    """`generate_any` (any family, no cache) against `generate` (KV cache): same greedy text,
+    and the same sampled text for the same key."""
+    prompt = np.random.default_rng(3).integers(0, 20, (3, 5))
+    for temperature in (0.0, 1.0):
+        cached = sample.generate(params, CFG, prompt, 9, jax.random.PRNGKey(4), temperature=temperature)
+        plain = sample.generate_any(params, CFG, jnp.asarray(prompt), 9, jax.random.PRNGKey(4), temperature=temperature)
+        np.testing.assert_array_equal(np.asarray(plain), np.asarray(cached))
+
+
+@pytest.mark.parametrize("case", ["neox_rot25_parallel", "llama_gqa", "gpt2_mistral"])
+def test_uncached_sampler_on_imported_families_is_greedy(case):
+    """On an imported fixture, greedy `generate_any` equals a brute-force loop of full forwards
+    taking the argmax at the last real position."""
+    from pathlib import Path
+
+    import models
+    from dynamics import hf_import
+
+    folder = Path(__file__).parent / "fixtures" / "hf" / case
+    config, p = hf_import.load_checkpoint(hf_import.find_steps(folder)[-1][1])
+    prompt = np.random.default_rng(0).integers(0, config.vocab_size, (2, 4))
+    out = np.asarray(sample.generate_any(p, config, jnp.asarray(prompt), 5, jax.random.PRNGKey(0), temperature=0.0))
+    ref = np.array(prompt)
+    for _ in range(5):
+        logits = np.asarray(models.apply(p, jnp.asarray(ref), config)[0])
+        ref = np.concatenate([ref, logits[:, -1].argmax(-1)[:, None]], 1)
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(Exception, match="exceeds the model's context"):
+        sample.generate_any(p, config, jnp.asarray(prompt), config.context, jax.random.PRNGKey(0))
