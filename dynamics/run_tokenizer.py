@@ -9,21 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from dynamics.errors import OntogenyError
+from dynamics.tokenizers import read_tokenizer_json
 
 class BPETokenizer:
     """A Hugging Face `tokenizer.json` read with the `tokenizers` library (same interface as
     `dynamics.data.CharTokenizer`: encode -> int32 ids, decode, vocab_size)."""
 
     def __init__(self, path: Path):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
-            raise OntogenyError("reading tokenizer.json needs the tokenizers package: pip install tokenizers") from None
-        try:
-            self._tok = Tokenizer.from_file(str(path))
-        except Exception as e:
-            raise OntogenyError(f"{path} is not a readable Hugging Face tokenizer ({type(e).__name__}); "
-                                f"copy the checkpoint's tokenizer.json again") from None
+        # [choice] unlike `dynamics.tokenizers.HFTokenizer` (training data), an imported suite's
+        # text may map to its unknown token and is encoded whole, as transformers does
+        self._tok = read_tokenizer_json(path, "copy the checkpoint's tokenizer.json again")
 
     @property
     def vocab_size(self) -> int:

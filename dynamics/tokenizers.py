@@ -108,13 +108,9 @@ class HFTokenizer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, spec: str | None = None) -> "HFTokenizer":
-        Tokenizer = _library().Tokenizer
         require(Path(path).is_file(), f"tokenizer {path} does not exist; give the path of a tokenizer.json")
-        try:
-            return cls(Tokenizer.from_file(str(path)), spec or str(path))
-        except Exception as e:
-            raise OntogenyError(f"{path} is not a readable Hugging Face tokenizer ({type(e).__name__}); "
-                                f"give a tokenizer.json written by the tokenizers library") from None
+        return cls(read_tokenizer_json(path, "give a tokenizer.json written by the tokenizers library"),
+                   spec or str(path))
 
     @property
     def vocab_size(self) -> int:
@@ -164,6 +160,15 @@ def _pieces(text: str, size: int = 4096) -> list[str]:
         out.append(text[start:cut])
         start = cut
     return out + [text[start:]]
+
+
+def read_tokenizer_json(path: str | os.PathLike, fix: str):
+    """A `tokenizers.Tokenizer` from a tokenizer.json, or one line naming the problem and `fix`."""
+    Tokenizer = _library().Tokenizer
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise OntogenyError(f"{path} is not a readable Hugging Face tokenizer ({type(e).__name__}); {fix}") from None
 
 
 def _library():
