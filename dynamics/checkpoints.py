@@ -114,16 +114,23 @@ class Series:
                 shutil.rmtree(self.directory / str(s))
 
 
-def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-    """(steps [T], params with a leading axis T on every leaf) for one stage's series."""
-    series = Series(run_dir, stage, create=False)
+def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
+    """The requested steps of a series (all when None), each checked to exist."""
     available = series.steps()
     if not available:
-        raise OntogenyError(f"{series.directory} holds no complete checkpoint; train first or point at a finished run")
+        raise OntogenyError(f"{series.directory} holds no complete checkpoint; train or import first, or point at "
+                            f"a finished run")
     chosen = available if steps is None else [int(s) for s in steps]
     missing = sorted(set(chosen) - set(available))
     if missing:
         raise OntogenyError(f"steps {missing[:5]} are not in {series.directory}; available: {available}")
+    return chosen
+
+
+def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
+    """(steps [T], params with a leading axis T on every leaf) for one stage's series."""
+    series = Series(run_dir, stage, create=False)
+    chosen = chosen_steps(series, steps)
     return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
 
 
@@ -135,14 +142,7 @@ class StackOnDisk:
 
     def __init__(self, run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
         self.series = Series(run_dir, stage, create=False)
-        available = self.series.steps()
-        if not available:
-            raise OntogenyError(f"{self.series.directory} holds no complete checkpoint; train or import first")
-        chosen = available if steps is None else [int(s) for s in steps]
-        missing = sorted(set(chosen) - set(available))
-        if missing:
-            raise OntogenyError(f"steps {missing[:5]} are not in {self.series.directory}; available: {available}")
-        self.steps = np.asarray(chosen)
+        self.steps = np.asarray(chosen_steps(self.series, steps))
         self.resident = self.max_resident = 0
         self._lock = threading.Lock()
         self._template = None
