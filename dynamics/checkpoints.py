@@ -8,40 +8,31 @@ A run folder keeps one series per training stage:
 a small JSON record (step, stage, loss). Stages ("pretrain", "sft", "rl", ...) each count
 their own steps; `load_stages` concatenates several into one series.
 
-`load_stack` returns every leaf with a leading checkpoint axis T; `map_stack` runs a function
+`load_stack` returns every leaf with a leading checkpoint axis C; `map_stack` runs a function
 written for one checkpoint over that axis with `jax.vmap`, in memory-bounded chunks, sharding
 each chunk over the devices when there are several (in a multi-process job, over the devices of
 every process). `open_stack` leaves the series on disk instead (`StackOnDisk`): `map_stack`
 then loads one chunk at a time, prefetching the next in a thread, so a suite of any length runs
-in bounded host memory.
+in bounded host memory. Stacking, sizes and the chunked reading itself live in `dynamics.stacks`.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dynamics import distributed
 from dynamics.errors import OntogenyError
+from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, scratch_bytes,
+                             stack_length, stack_trees, tree_bytes)
 
 _ITEMS = ("params", "state", "meta")
-
-
-def stack_trees(trees: Sequence) -> object:
-    """[tree, tree, ...] -> one tree whose leaves have a new leading axis."""
-    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
-
-
-def unstack_tree(tree, index: int):
-    return jax.tree.map(lambda x: x[index], tree)
 
 
 class Series:
@@ -71,7 +62,7 @@ class Series:
         return sorted(int(s) for s in self._manager.all_steps())
 
     def save(self, step: int, params, state=None, meta: dict | None = None) -> None:
-        if jax.process_index() != 0:
+        if not distributed.is_primary():
             return
         if step in self.steps():
             raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
@@ -107,7 +98,7 @@ class Series:
 
     def delete_after(self, step: int) -> None:
         """Remove checkpoints newer than `step` (used only when a stage is explicitly re-run)."""
-        if jax.process_index() != 0:
+        if not distributed.is_primary():
             return
         for s in self.steps():
             if s > step:
@@ -128,54 +119,21 @@ def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
 
 
 def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-    """(steps [T], params with a leading axis T on every leaf) for one stage's series."""
+    """(steps [C], params with a leading axis C on every leaf) for one stage's series."""
     series = Series(run_dir, stage, create=False)
     chosen = chosen_steps(series, steps)
     return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
 
 
-class StackOnDisk:
-    """A series' checkpoints left on disk, usable wherever `map_stack` takes a stacked tree
-    (alone or as a leaf of a larger tree). `load(index)` stacks the checkpoints at those
-    positions; `release(n)` says n of them are done with. `resident` / `max_resident` count the
-    checkpoints loaded and not yet released (what the bounded-memory guarantee is about)."""
-
-    def __init__(self, run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-        self.series = Series(run_dir, stage, create=False)
-        self.steps = np.asarray(chosen_steps(self.series, steps))
-        self.resident = self.max_resident = 0
-        self._lock = threading.Lock()
-        self._template = None
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def template(self):
-        """One checkpoint's leaves as ShapeDtypeStructs (read once from the first checkpoint)."""
-        if self._template is None:
-            one = self.series.restore_params(int(self.steps[0]))
-            self._template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), one)
-        return self._template
-
-    def load(self, index: Sequence[int]):
-        with self._lock:
-            self.resident += len(index)
-            self.max_resident = max(self.max_resident, self.resident)
-        return stack_trees([self.series.restore_params(int(self.steps[i])) for i in index])
-
-    def release(self, n: int) -> None:
-        with self._lock:
-            self.resident -= n
-
-
 def open_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-    """(steps [T], StackOnDisk): `load_stack` without loading; `map_stack` streams it."""
-    stack = StackOnDisk(run_dir, steps, stage)
+    """(steps [C], StackOnDisk): `load_stack` without loading; `map_stack` streams it."""
+    series = Series(run_dir, stage, create=False)
+    stack = StackOnDisk(series, chosen_steps(series, steps))
     return stack.steps, stack
 
 
 def load_stages(run_dir: str | os.PathLike, stages: Sequence[str]):
-    """Several stages' series as one stack: (labels [(stage, step)], params [T, ...])."""
+    """Several stages' series as one stack: (labels [(stage, step)], params [C, ...])."""
     labels, trees = [], []
     for stage in stages:
         series = Series(run_dir, stage, create=False)
@@ -201,25 +159,7 @@ def load_model_config(run_dir: str | os.PathLike):
                             f"a pretrain run folder or one written by `experiments import`") from None
 
 
-# ----------------------------------------------------------------------------- vmap over T
-_COMPILED: dict = {}
-
-
-def _tree_bytes(tree) -> int:
-    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def available_memory_bytes() -> int:
-    """Free host memory (Linux /proc/meminfo), or 4 GiB when it cannot be read."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
-
-
+# ----------------------------------------------------------------------------- vmap over C
 _BUDGET = {"max_bytes": None, "fraction": 0.25}
 
 
@@ -229,61 +169,32 @@ def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25) -> N
     _BUDGET.update(max_bytes=None if not max_bytes else int(max_bytes), fraction=float(fraction))
 
 
-def _is_disk(x) -> bool:
-    return isinstance(x, StackOnDisk)
-
-
-def _length(stacked) -> int:
-    return len(jax.tree.leaves(stacked, is_leaf=_is_disk)[0])
-
-
-def _one_template(stacked):
-    """One checkpoint's shapes: a StackOnDisk leaf gives its checkpoint's tree."""
-    return jax.tree.map(lambda x: x.template() if _is_disk(x) else jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                        stacked, is_leaf=_is_disk)
-
-
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
                     max_bytes: int | None = None, work_factor: float = 3.0) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
     outputs or, for a series of 64 MiB or more streamed from disk, at least XLA's temporary
-    bytes for one checkpoint (`_scratch_bytes`, e.g. a forward's logits).
+    bytes for one checkpoint (`stacks.scratch_bytes`, e.g. a forward's logits).
 
     The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
     `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
     and the next one, prefetched.
     """
-    T = _length(stacked)
-    one = _one_template(stacked)
+    C = stack_length(stacked)
+    one = one_template(stacked)
     out = jax.eval_shape(fn, one, *args)
-    streamed = [x.template() for x in jax.tree.leaves(stacked, is_leaf=_is_disk) if _is_disk(x)]
+    streamed = [x.template() for x in disk_leaves(stacked)]
     # one extra compile, so only for a streamed series of some size ([choice] 64 MiB and up)
-    big = streamed and T * _tree_bytes(streamed) >= 64 << 20
-    scratch = _scratch_bytes(fn, one, args) if big else None
-    scratch = max((1.0 + work_factor) * _tree_bytes(out), 2.0 * _tree_bytes(out) + (scratch or 0))
-    per_ckpt = _tree_bytes(one) + _tree_bytes(streamed) + scratch
+    big = streamed and C * tree_bytes(streamed) >= 64 << 20
+    scratch = scratch_bytes(fn, one, args) if big else None
+    scratch = max((1.0 + work_factor) * tree_bytes(out), 2.0 * tree_bytes(out) + (scratch or 0))
+    per_ckpt = tree_bytes(one) + tree_bytes(streamed) + scratch
     max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]
     fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
     budget = max_bytes if max_bytes is not None else fraction * available_memory_bytes()
-    return int(max(1, min(T, budget // max(per_ckpt, 1))))
+    return int(max(1, min(C, budget // max(per_ckpt, 1))))
 
 
-_SCRATCH: dict = {}
-
-
-def _scratch_bytes(fn: Callable, one, args) -> int | None:
-    """XLA's temporary bytes for one checkpoint (e.g. a forward's logits, which the outputs do
-    not show), from compiling `fn` unbatched once per shape; None where it cannot tell."""
-    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
-    shapes = jax.tree.map(spec, (one, args))
-    key = (fn, str(jax.tree.structure(shapes)), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(shapes)))
-    if key not in _SCRATCH:
-        try:
-            analysis = jax.jit(fn).lower(*shapes[:1], *shapes[1]).compile().memory_analysis()
-            _SCRATCH[key] = int(analysis.temp_size_in_bytes)
-        except Exception:  # backends without a memory analysis
-            _SCRATCH[key] = None
-    return _SCRATCH[key]
+_COMPILED: dict = {}
 
 
 def _vmapped(fn: Callable, n_args: int, n_devices: int):
@@ -293,67 +204,28 @@ def _vmapped(fn: Callable, n_args: int, n_devices: int):
     return _COMPILED[key]
 
 
-def _chunk(stacked, start: int, chunk: int, T: int):
-    """(the checkpoints start..start+chunk as a tree, padded to `chunk` by repeating the last;
-    the number of real ones). StackOnDisk leaves are read from disk here."""
-    real = np.arange(start, min(start + chunk, T))
-    pad = np.minimum(np.arange(chunk), len(real) - 1)
-
-    def take(x):
-        if _is_disk(x):
-            part = x.load(real)
-            return part if len(real) == chunk else jax.tree.map(lambda y: y[pad], part)
-        return x[real[pad]]
-    return jax.tree.map(take, stacked, is_leaf=_is_disk), len(real)
-
-
-def _chunks(stacked, chunk: int, T: int):
-    """Every chunk in order; with StackOnDisk leaves the next chunk is read in a thread while
-    the caller computes on the current one (so at most two chunks are resident), and each
-    chunk's checkpoints are released once the caller asks for the next."""
-    disks = [x for x in jax.tree.leaves(stacked, is_leaf=_is_disk) if _is_disk(x)]
-    if not disks:
-        for start in range(0, T, chunk):
-            yield _chunk(stacked, start, chunk, T)
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        pending = pool.submit(_chunk, stacked, 0, chunk, T)
-        for start in range(0, T, chunk):
-            part, n_real = pending.result()
-            if start + chunk < T:
-                pending = pool.submit(_chunk, stacked, start + chunk, chunk, T)
-            try:
-                yield part, n_real
-            finally:
-                del part
-                for d in disks:
-                    d.release(n_real)
-
-
 def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_bytes: int | None = None):
-    """`fn(params, *args)` for every checkpoint of `stacked`, vmapped over T in chunks.
+    """`fn(params, *args)` for every checkpoint of `stacked`, vmapped over C in chunks.
 
-    Equals `stack_trees([fn(unstack_tree(stacked, t), *args) for t in range(T)])`. Chunks are
+    Equals `stack_trees([fn(unstack_tree(stacked, c), *args) for c in range(C)])`. Chunks are
     padded to one size (the last repeats its final checkpoint), so `fn` compiles once; with
-    several devices each chunk is sharded over them along T. Results come back as numpy
+    several devices each chunk is sharded over them along C. Results come back as numpy
     arrays on the host, so device memory holds one chunk at a time. Pass the same `fn` object
     across calls to reuse its compilation. `stacked` (or any leaf of it) may be a `StackOnDisk`
     (`open_stack`): its checkpoints are then read chunk by chunk, the next prefetched.
 
     In a multi-process job every process calls this with the same arguments (as all of a
     study's code runs on every process); each chunk is sharded over the devices of all
-    processes along T, each process puts only its own checkpoints on its devices, and every
+    processes along C, each process puts only its own checkpoints on its devices, and every
     process gets the whole result back.
     """
-    from dynamics import distributed
-
-    T = _length(stacked)
+    C = stack_length(stacked)
     multi = jax.process_count() > 1
     devices = jax.devices() if multi else jax.local_devices()
     chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes)
     if multi:  # free memory differs between hosts; every process must run the same chunks
         chunk = int(distributed.gather(chunk).min())
-    chunk = min(chunk, T)
+    chunk = min(chunk, C)
     if len(devices) > 1:
         chunk = max(len(devices), chunk // len(devices) * len(devices))
         mesh = jax.sharding.Mesh(np.array(devices), ("ckpt",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -363,7 +235,7 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
             args = tuple(jax.tree.map(lambda x: _global(np.asarray(x), replicated), a) for a in args)
     compiled = _vmapped(fn, len(args), len(devices))
     outputs = []
-    for part, n_real in _chunks(stacked, chunk, T):
+    for part, n_real in chunks(stacked, chunk, C):
         if multi:
             part = jax.tree.map(lambda x: _global(np.asarray(x), sharding), part)
         elif len(devices) > 1:
@@ -388,9 +260,9 @@ def _global(x: np.ndarray, sharding) -> jax.Array:
 def save_tree(path: str | os.PathLike, tree, record: dict) -> None:
     """Write a pytree's leaves and a JSON `record` to one .npz, atomically (temp file + rename);
     process 0 of a multi-process job writes. For small resume states outside a Series."""
-    from dynamics.runlog import _primary, to_jsonable
+    from dynamics.runlog import to_jsonable
 
-    if not _primary():
+    if not distributed.is_primary():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

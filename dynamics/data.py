@@ -230,3 +230,28 @@ def get_batch(ids: np.ndarray, seed: int, step: int, batch_size: int, context: i
 def eval_batches(ids: np.ndarray, n_batches: int, batch_size: int, context: int, seed: int = 1234):
     """A fixed set of validation windows (same every evaluation)."""
     return [get_batch(ids, seed, i, batch_size, context, stream=1) for i in range(n_batches)]
+
+
+def n_full_windows(n_tokens: int, context: int) -> int:
+    """How many non-overlapping windows of `context` targets a split of `n_tokens` holds."""
+    return max(n_tokens - 1, 0) // context
+
+
+def full_split_batches(ids: np.ndarray, context: int, windows_per_batch: int):
+    """Every non-overlapping window of `ids`, in order, as (inputs [B, S], targets [B, S], n_real):
+    window i reads ids[i*S : i*S + S + 1], so each token after the first is a target exactly once.
+
+    [choice] The tail of fewer than `context` targets is left out, so every window weighs the same
+    in a per-window mean and bootstrap. The last batch is padded with copies of window 0 to the
+    full B (one compiled shape); its first n_real rows are real. `ids` may be an np.memmap: one
+    batch of windows is read at a time."""
+    n = n_full_windows(len(ids), context)
+    require(n >= 1, f"the held-out split has {len(ids)} tokens, fewer than context+1={context + 1}; "
+                    f"use a shorter context or hold out more text")
+    span = np.arange(context + 1)
+    for start in range(0, n, windows_per_batch):
+        index = np.arange(start, start + windows_per_batch)
+        n_real = int(min(windows_per_batch, n - start))
+        index[n_real:] = 0
+        windows_BS = np.asarray(ids[index[:, None] * context + span[None, :]], np.int32)
+        yield windows_BS[:, :-1], windows_BS[:, 1:], n_real

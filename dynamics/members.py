@@ -14,16 +14,15 @@ the others go on.
 from __future__ import annotations
 
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
+from dynamics import sharding
 from dynamics import train as train_lib
-from dynamics.checkpoints import Series
+from dynamics.loop import Checkpoints, Diverged, evaluate_and_save, run_loop
 from dynamics.runlog import RunFolder
 from dynamics.errors import require
 
@@ -93,47 +92,41 @@ def init_states(init_params_fn, configs: list[train_lib.TrainConfig]) -> dict:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def _shard(tree, n_members: int):
+def shard_members(tree, n_members: int):
     """Shard the leading member axis over the devices when it divides evenly (else leave it)."""
-    devices = jax.devices()
-    if len(devices) < 2 or n_members % len(devices):
+    if len(jax.devices()) < 2 or n_members % len(jax.devices()):
         return tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("member",), axis_types=(jax.sharding.AxisType.Auto,))
-    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("member"))
-    return jax.device_put(tree, spec)
+    return sharding.shard_batch(tree, sharding.mesh_1d("member"))
 
 
-def _restore_common(folders: list[RunFolder], states: dict, stage: str):
-    """States at the latest step every member's series holds (or the fresh states)."""
-    series = [Series(f.root, stage) for f in folders]
-    common = set.intersection(*(set(s.steps()) for s in series))
+def _restore_common(ckpts: list[Checkpoints], states: dict):
+    """States at the latest step every member's checkpoints hold (or the fresh states), and that step."""
+    common = set.intersection(*(set(c.steps()) for c in ckpts))
     if not common:
         return states, 0
     step0 = max(common)
-    members = []
-    for k, s in enumerate(series):
-        target = jax.tree.map(lambda x: np.asarray(x[k]), {n: states[n] for n in ("opt_state", "step", "rng")})
-        params, rest, _ = s.restore(step0, state_target=target)
-        members.append({"params": params, **rest})
+    members = [c.restore(step0, jax.tree.map(lambda x: np.asarray(x[k]), states))[0] for k, c in enumerate(ckpts)]
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *members), step0
 
 
 def run_members(folders: list[RunFolder], stage: str, states: dict, step_fn, batch_fn, hp: dict,
                 config: train_lib.TrainConfig, *, eval_fn=None, tokens_per_step: int = 0, progress: bool = True):
-    """Train K members `config.steps` steps, saving each member's checkpoint schedule in its folder.
+    """Train K members `config.steps` steps through `dynamics.loop.run_loop`, saving each member's
+    checkpoint schedule in its folder (and, on SIGINT/SIGTERM, each member's resume point).
 
     `batch_fn(k, step)` gives member k's batch; `eval_fn(stacked_params) -> {name: [K]}`.
-    Returns (final states, failures {k: message}).
+    Returns (final states, failures {k: message}). (Its length is the loop's hooks, closures over
+    the members' folders and checkpoints.)
     """
     K = len(folders)
-    schedule = set(config.checkpoint_schedule())
-    states, step = _restore_common(folders, states, stage)
-    series = [Series(f.root, stage) for f in folders]
+    ckpts = [Checkpoints(f.root, stage, config.checkpoint_schedule()) for f in folders]
+    schedule = ckpts[0].schedule
+    states, step = _restore_common(ckpts, states)
     resumed_at = step if step > 0 else -1  # from step 0 the loop logs step 0 again
     for f in folders:  # as in train.run_training: rows past the resume point are replayed, keep them once
         f.drop_metrics(lambda row: row.get("stage") == stage and row.get("step", -1) > resumed_at)
     failures: dict[int, str] = {}
-    states = _shard(states, K)
+    states = shard_members(states, K)
 
     def log_eval(s, params):
         values = {name: np.asarray(v) for name, v in (eval_fn(params) if eval_fn else {}).items()}
@@ -142,49 +135,40 @@ def run_members(folders: list[RunFolder], stage: str, states: dict, step_fn, bat
             folders[k].log(r)
         return records
 
-    def save(s, records):
+    def save(s, states, records, resume=False):
         host = jax.device_get(states)
         for k in range(K):
-            if k in failures or s in series[k].steps():
-                continue
-            member = jax.tree.map(lambda x: x[k], host)
-            series[k].save(s, member["params"], {n: member[n] for n in ("opt_state", "step", "rng")}, records[k])
+            if k not in failures:
+                member = jax.tree.map(lambda x: x[k], host)
+                (ckpts[k].save_resume if resume else ckpts[k].save)(s, member, records[k])
+
+    def batch_at(s):
+        return shard_members(jax.tree.map(lambda *xs: np.stack(xs), *[batch_fn(k, s) for k in range(K)]), K)
+
+    def on_sync(s, m, tps):
+        for k in range(K):
+            loss = float(m["loss"][k])
+            if not math.isfinite(loss) and k not in failures:
+                failures[k] = (f"loss became {loss} at step {s}; the last good checkpoint is step "
+                               f"{ckpts[k].last_saved()} in {ckpts[k].series.directory} (kept intact); lower train.lr")
+            if k not in failures:
+                folders[k].log({"stage": stage, "step": s, "loss": loss, "grad_norm": float(m["grad_norm"][k]),
+                                "lr": float(m["lr"][k]), "tokens_per_s": tps / K})
+        return {"loss": f"{np.nanmean(m['loss']):.3f}", "tok_s": f"{tps:,.0f}"}
 
     if step == 0 and 0 in schedule:
-        save(0, log_eval(0, states["params"]))
-    bar = tqdm(total=config.steps, initial=step, desc=f"{stage} x{K}", unit="step", dynamic_ncols=True,
-               leave=False, disable=not progress)
-    t_last, n_last = time.perf_counter(), step
-    with train_lib.stop_on_signals() as flag:
-        while step < config.steps:
-            batch = jax.tree.map(lambda *xs: np.stack(xs), *[batch_fn(k, step) for k in range(K)])
-            states, metrics = step_fn(states, _shard(batch, K), hp)
-            step += 1
-            if step % config.log_every == 0 or step == config.steps or step in schedule:
-                m = jax.device_get(metrics)
-                now = time.perf_counter()
-                tps = tokens_per_step * K * (step - n_last) / max(now - t_last, 1e-9)
-                t_last, n_last = now, step
-                for k in range(K):
-                    loss = float(m["loss"][k])
-                    if not math.isfinite(loss) and k not in failures:
-                        last = max([s for s in series[k].steps()], default=None)
-                        failures[k] = (f"loss became {loss} at step {step}; the last good checkpoint is step {last} "
-                                       f"in {series[k].directory} (kept intact); lower train.lr")
-                    if k not in failures:
-                        folders[k].log({"stage": stage, "step": step, "loss": loss, "grad_norm": float(m["grad_norm"][k]),
-                                        "lr": float(m["lr"][k]), "tokens_per_s": tps / K})
-                bar.set_postfix(loss=f"{np.nanmean(m['loss']):.3f}", tok_s=f"{tps:,.0f}")
-            bar.update(1)
-            records = None
-            if eval_fn and (step % config.eval_every == 0 or step in schedule):
-                records = log_eval(step, states["params"])
-            if step in schedule:
-                save(step, records or [{}] * K)
-            if flag["signal"] is not None and step < config.steps:
-                bar.close()
-                raise train_lib.Interrupted(flag["signal"], step)
-            if len(failures) == K:
-                break
-    bar.close()
+        save(0, states, log_eval(0, states["params"]))
+    try:
+        states = run_loop(states, lambda st, b: step_fn(st, b, hp), batch_at, steps=config.steps, start=step,
+                          desc=f"{stage} x{K}", sync_every=config.log_every, sync_at=schedule, on_sync=on_sync,
+                          after_step=evaluate_and_save(
+                              (lambda s, st: log_eval(s, st["params"])) if eval_fn else None,
+                              lambda s, st, records: save(s, st, records or [{}] * K),
+                              eval_every=config.eval_every, schedule=schedule),
+                          on_interrupt=lambda s, st: save(s, st, [{}] * K, resume=True),
+                          tokens_per_step=tokens_per_step * K, progress=progress)
+    except Diverged as e:  # every member's loss is non-finite: each is marked failed, nothing is lost
+        for k in range(K):
+            failures.setdefault(k, f"{e}; the last good checkpoint is step {ckpts[k].last_saved()} in "
+                                   f"{ckpts[k].series.directory} (kept intact); lower train.lr")
     return states, failures

@@ -1,7 +1,8 @@
 """Run folders: config.json, metrics.jsonl, figures/*.png, summary.json, checkpoints/.
 
 Every experiment writes one. Metrics are appended as JSON lines so a resumed run keeps
-its history; summary.json holds the headline numbers and is written last.
+its history; summary.json holds the headline numbers and is written last. In a multi-process
+job only process 0 (`distributed.is_primary`) writes; every process computes alike.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dynamics import distributed
 
 
 def field_types(cls) -> dict[str, Any]:
@@ -90,19 +93,12 @@ def require_finite_summary(summary: dict, where: str) -> None:
 def write_json(path: str | os.PathLike, value: Any) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file. In a
     multi-process job only process 0 writes (all compute the same value)."""
-    if not _primary():
+    if not distributed.is_primary():
         return
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
-
-
-def _primary() -> bool:
-    """In a multi-process job only process 0 writes run folders (all processes compute alike)."""
-    import jax
-
-    return jax.process_index() == 0
 
 
 class RunFolder:
@@ -127,7 +123,7 @@ class RunFolder:
         return RunFolder(self.root / name)
 
     def log(self, record: dict) -> None:
-        if not _primary():
+        if not distributed.is_primary():
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
@@ -135,7 +131,7 @@ class RunFolder:
     def drop_metrics(self, stale) -> int:
         """Remove the rows `stale(row)` selects (e.g. steps a resumed stage will replay), atomically:
         the kept rows go to a new file that replaces the old one. Returns how many rows went."""
-        if not _primary() or not self.metrics_path.exists():
+        if not distributed.is_primary() or not self.metrics_path.exists():
             return 0
         lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
         kept = [line for line in lines if not stale(json.loads(line))]
@@ -155,7 +151,7 @@ class RunFolder:
         return self.figures / (name if name.endswith(".png") else name + ".png")
 
     def write_summary(self, summary: dict) -> None:
-        if not _primary():
+        if not distributed.is_primary():
             return
         write_json(self.root / "summary.json", summary)
 

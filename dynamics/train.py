@@ -10,11 +10,7 @@ checkpoints/_resume/<stage>) and exit; the same command resumes.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import signal
-import time
 from typing import Callable
 
 import jax
@@ -22,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
-from tqdm.auto import tqdm
 
 from dynamics import distributed, sharding
-from dynamics.checkpoints import Series
+from dynamics.loop import Checkpoints, evaluate_and_save, run_loop
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from dynamics.schedule import checkpoint_steps
@@ -129,37 +124,11 @@ def make_eval_fn(loss_fn: Callable):
     return jax.jit(lambda params, batch: loss_fn(params, batch, None))
 
 
-@contextlib.contextmanager
-def stop_on_signals():
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
-    flag = {"signal": None}
-    handler = lambda signum, frame: flag.__setitem__("signal", signum)
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-class Interrupted(Exception):
-    """Training stopped by a signal after saving a resume checkpoint."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint saved, "
-                         f"run the same command again to resume")
-        self.signum, self.step = signum, step
-
-
-def _latest(series: Series, resume: Series) -> tuple[int, Series] | None:
-    candidates = [(s, series) for s in series.steps()] + [(s, resume) for s in resume.steps()]
-    return max(candidates, key=lambda c: c[0]) if candidates else None
-
-
 def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callable, batch_fn: Callable,
                  config: TrainConfig, *, eval_fn: Callable | None = None, tokens_per_step: int = 0,
                  meta: dict | None = None, mesh=None, on_policy: bool = False) -> dict:
-    """Run (or resume) `config.steps` steps of one stage, saving its checkpoint schedule.
+    """Run (or resume) `config.steps` steps of one stage through `dynamics.loop.run_loop`, saving
+    its checkpoint schedule in the run folder's series for `stage`.
 
     `batch_fn(step) -> batch` must be a pure function of the step (with `on_policy`,
     `batch_fn(step, params)`, a pure function of both, e.g. samples from the current policy).
@@ -172,23 +141,17 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
     function, so every process derives the same one) and each process keeps its own rows; a
     signal on any process stops all of them at the same step; process 0 writes, and the
     checkpoints are on disk for every process when this returns.
+
+    (Its length is the loop's hooks, closures over this stage's folder and checkpoints.)
     """
-    series = Series(folder.root, stage)
-    resume = Series(folder.root, f"_resume/{stage}")
-    schedule = set(config.checkpoint_schedule())
-    latest = _latest(series, resume)
-    if latest is not None:
-        step0, source = latest
-        target = jax.tree.map(np.asarray, {k: state[k] for k in ("opt_state", "step", "rng")})
-        params, rest, _ = source.restore(step0, state_target=target)
-        state = {"params": params, **rest}
-        if step0 > config.steps:
-            raise OntogenyError(f"{folder.root} already holds step {step0} of '{stage}', beyond train.steps="
-                                f"{config.steps}; use a new --out")
+    ckpt = Checkpoints(folder.root, stage, config.checkpoint_schedule(), meta)
+    state, step0, _ = ckpt.restore_latest(state)
+    if step0 > config.steps:
+        raise OntogenyError(f"{folder.root} already holds step {step0} of '{stage}', beyond train.steps="
+                            f"{config.steps}; use a new --out")
     # rows this stage logged past its resume point are replayed below: drop them so each step is logged once
-    resumed_at = latest[0] if latest is not None else -1
+    resumed_at = step0 if ckpt.latest() is not None else -1
     folder.drop_metrics(lambda row: row.get("stage") == stage and row.get("step", -1) > resumed_at)
-    step = int(state["step"])
     multi = jax.process_count() > 1
     if multi and mesh is None:
         raise OntogenyError("a multi-process job needs a mesh over every process's devices; "
@@ -196,80 +159,85 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
     if mesh is not None:
         state = sharding.replicate(state, mesh)
     distributed.barrier(f"{stage}-start")  # every process has read the series before process 0 writes to it
+    schedule, host_log = ckpt.schedule, {}
 
     def evaluate(s, params):
         record = {"stage": stage, "step": s, **(eval_fn(params) if eval_fn else {})}
         folder.log(record)
         return record
 
-    def save(s, state, extra):
-        host = distributed.to_host(state)
-        series.save(s, host["params"], {k: host[k] for k in ("opt_state", "step", "rng")}, {**(meta or {}), **extra})
+    def step_fn(state, batch):
+        state, metrics = train_step(state, batch)
+        current["state"] = state
+        return state, metrics
 
-    if step == 0 and 0 in schedule and 0 not in series.steps():
-        save(0, state, evaluate(0, state["params"]))
-    bar = tqdm(total=config.steps, initial=step, desc=stage, unit="step", dynamic_ncols=True, leave=False)
-    t_last, n_last, last_good = time.perf_counter(), step, max([s for s in series.steps()], default=None)
-    with stop_on_signals() as flag:
-        while step < config.steps:
-            if on_policy:  # a policy replicated over processes is read back from this process's copy
-                batch = dict(batch_fn(step, distributed.to_host(state["params"]) if multi else state["params"]))
-            else:
-                batch = dict(batch_fn(step))
-            host_log = batch.pop("log", {})
-            if multi:  # each process holds its own rows of the global batch
-                rows = distributed.local_batch(len(jax.tree.leaves(batch)[0]))
-                batch = distributed.global_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh)
-            elif mesh is not None:
-                batch = sharding.shard_batch(batch, mesh)
-            state, metrics = train_step(state, batch)
-            step += 1
-            synced = step % config.log_every == 0 or step == config.steps or step in schedule
-            if synced:  # the host waits for the step here anyway
-                metrics = distributed.to_host(metrics)
-                loss = float(metrics["loss"])
-                if not math.isfinite(loss):
-                    raise OntogenyError(
-                        f"loss became {loss} at step {step} of '{stage}'; the last good checkpoint is step "
-                        f"{last_good} in {series.directory} (kept intact); lower train.lr or raise train.warmup")
-                now = time.perf_counter()
-                tps = tokens_per_step * (step - n_last) / max(now - t_last, 1e-9)
-                t_last, n_last = now, step
-                folder.log({"stage": stage, "step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                            "lr": float(lr_schedule(config)(step - 1)), "tokens_per_s": tps, **host_log})
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
-            bar.update(1)
-            evaluated = None
-            if eval_fn and (step % config.eval_every == 0 or step in schedule):
-                evaluated = evaluate(step, state["params"])
-            if step in schedule:
-                save(step, state, evaluated or {})
-                last_good = step
-            stop = flag["signal"] is not None
-            if multi:  # signals reach processes at different steps; all stop at the same (logged) one
-                stop = synced and distributed.any_process(stop)
-            if stop and step < config.steps:
-                if step not in schedule:
-                    save_resume = distributed.to_host(state)
-                    for old in resume.steps():
-                        resume.delete_after(old - 1)
-                    resume.save(step, save_resume["params"],
-                                {k: save_resume[k] for k in ("opt_state", "step", "rng")}, meta)
-                bar.close()
-                distributed.barrier(f"{stage}-interrupted")
-                raise Interrupted(flag["signal"] or signal.SIGTERM, step)
-    bar.close()
+    def on_sync(step, metrics, tps):
+        loss = float(metrics["loss"])
+        folder.log({"stage": stage, "step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                    "lr": float(lr_schedule(config)(step - 1)), "tokens_per_s": tps, **host_log})
+        return {"loss": f"{loss:.3f}", "tok_s": f"{tps:,.0f}"}
+
+    current = {"state": state}
+    batch_at = stage_batches(batch_fn, current, host_log, on_policy=on_policy, mesh=mesh)
+    if step0 == 0 and 0 in schedule and 0 not in ckpt.series.steps():
+        ckpt.save(0, distributed.to_host(state), evaluate(0, state["params"]))
+    hint = lambda step: (f"the last good checkpoint is step {ckpt.last_saved()} in {ckpt.series.directory} "
+                         f"(kept intact); lower train.lr or raise train.warmup")
+    state = run_loop(state, step_fn, batch_at, steps=config.steps, start=int(state["step"]), desc=stage,
+                     sync_every=config.log_every, sync_at=schedule, diverged_hint=hint, on_sync=on_sync,
+                     after_step=evaluate_and_save(
+                         (lambda s, st: evaluate(s, st["params"])) if eval_fn else None,
+                         lambda s, st, record: ckpt.save(s, distributed.to_host(st), record or {}),
+                         eval_every=config.eval_every, schedule=schedule),
+                     on_interrupt=lambda s, st: ckpt.save_resume(s, distributed.to_host(st)),
+                     stop_vote=distributed.any_process if multi else None, tokens_per_step=tokens_per_step)
     distributed.barrier(f"{stage}-end")
     return state
+
+
+def stage_batches(batch_fn: Callable, current: dict, host_log: dict, *, on_policy: bool, mesh) -> Callable:
+    """`run_training`'s batch function of the step: `batch_fn(step)` (or `batch_fn(step, params)`
+    of the current policy `current["state"]`), its host figures moved into `host_log`, and the
+    batch split over the mesh (in a multi-process job, this process's rows of the global batch)."""
+    multi = jax.process_count() > 1
+
+    def batch_at(step):
+        if on_policy:  # a policy replicated over processes is read back from this process's copy
+            params = current["state"]["params"]
+            batch = dict(batch_fn(step, distributed.to_host(params) if multi else params))
+        else:
+            batch = dict(batch_fn(step))
+        host_log.clear()
+        host_log.update(batch.pop("log", {}))
+        if multi:  # each process holds its own rows of the global batch
+            rows = distributed.local_batch(len(jax.tree.leaves(batch)[0]))
+            return distributed.global_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh)
+        return sharding.shard_batch(batch, mesh) if mesh is not None else batch
+
+    return batch_at
 
 
 def training_mesh(config: TrainConfig, batch_sizes: tuple[int, ...] | None = None):
     """The data mesh a stage trains on: every device of every process in a multi-process job,
     the local devices when `config.data_parallel` is set and there are several, else None.
-    `batch_sizes` (default config.batch_size) are checked to split over its devices."""
+    `batch_sizes` (default config.batch_size) must split over its devices: a multi-process job
+    refuses one that does not; one process uses the largest number of its devices that splits
+    them all (one line on stderr says so), and no mesh when that is 1."""
     if not (jax.process_count() > 1 or (config.data_parallel and len(jax.devices()) > 1)):
         return None
+    sizes = batch_sizes or (config.batch_size,)
+    if jax.process_count() == 1:  # one process: fall back to the most devices that split every batch
+        import sys
+
+        n_all = len(jax.devices())
+        n = max(k for k in range(1, n_all + 1) if all(size % k == 0 for size in sizes))
+        if n < n_all:
+            print(f"note: batch size {', '.join(map(str, sizes))} does not split over {n_all} devices; "
+                  f"training on {n}", file=sys.stderr)
+        if n == 1:
+            return None
+        return sharding.data_mesh(jax.devices()[:n])
     mesh = sharding.data_mesh()
-    for size in batch_sizes or (config.batch_size,):
+    for size in sizes:
         sharding.check_divisible(size, mesh)
     return mesh

@@ -1,6 +1,8 @@
 """Command line: `python -m experiments [NAME --preset P --out DIR --set key=value ...]`.
 
 Parses and dispatches only. Bad input exits 2 with one line on stderr naming the fix.
+Run as a program it first asks XLA for the host devices ONTOGENY_HOST_DEVICES=N names, so that
+training is data parallel over the cores (`experiments.host_devices`; off by default).
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def main(argv: list[str]) -> int:
 def cli(argv: list[str]) -> int:
     """`main` with the user-facing error contract: bad input -> one line, exit 2;
     a signal during training -> checkpoint saved, one line, exit 128 + signal."""
-    from dynamics.train import Interrupted
+    from dynamics.loop import Interrupted
 
     try:
         return main(argv)
@@ -94,4 +96,10 @@ def cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from experiments import host_devices
+
+    try:  # before anything imports jax: the CPU backend reads XLA_FLAGS once, when it starts
+        host_devices.configure()
+    except OntogenyError as e:
+        sys.exit(_fail(str(e)))
     sys.exit(cli(sys.argv[1:]))

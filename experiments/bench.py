@@ -5,8 +5,11 @@
 Sections: core (default: matmul peak, training throughput and MFU beside nanoGPT in PyTorch
 eager when torch is importable, sampling speed, stacked vmap vs loop); torch (only core's
 matmul peak and training figures); stacked (32 checkpoints x 8192 tokens, every layer: chunked vmap vs loop, peak
-RSS and compile counts, each in its own process); probes, crosscoder and sweep live with their
-studies and tools (STUDY_SECTIONS). Ratios are only comparable
+RSS and compile counts, each in its own process); quality (nanoGPT's CPU recipe in PyTorch, scored
+on the whole held-out split, against `pretrain --preset tiny`'s wall time to that loss; torch
+only) and sampling (cached and uncached chars/s beside nanoGPT's KV-less generate and the matmul
+bound), both in `experiments.bench_recipes`; probes, crosscoder, sweep, data and suite live
+with their studies and tools (declared in `experiments.registry`). Ratios are only comparable
 within one run: the machine is shared and noisy.
 """
 from __future__ import annotations
@@ -95,7 +98,8 @@ def sampling_speed(model_config, batch: int = 64, n_new: int = 256) -> float:
 
 
 def stacked_vs_loop(model_config, n_checkpoints: int = 16, batch: int = 8) -> dict:
-    from dynamics.checkpoints import map_stack, stack_trees, unstack_tree
+    from dynamics.checkpoints import map_stack
+    from dynamics.stacks import stack_trees, unstack_tree
     from models import gpt
 
     stacked = stack_trees([gpt.init_params(model_config, jax.random.PRNGKey(i)) for i in range(n_checkpoints)])
@@ -129,7 +133,8 @@ def _stacked_child(mode: str, n_checkpoints: int, n_windows: int) -> None:
     `map_stack` ("vmap") or by a loop of one jitted call per checkpoint ("loop")."""
     import resource
 
-    from dynamics.checkpoints import auto_chunk_size, map_stack, stack_trees, unstack_tree
+    from dynamics.checkpoints import auto_chunk_size, map_stack
+    from dynamics.stacks import stack_trees, unstack_tree
     from experiments.pretrain import PRESETS
     from models import gpt
 
@@ -218,7 +223,9 @@ def comparison_shapes(vocab: int = 84) -> dict:
 
 def train_vs_torch(shapes: dict, peak_gflops: float, quick: bool = False) -> dict:
     """Training tokens/s at the issue's comparison batches, beside nanoGPT in PyTorch eager when
-    torch is importable (interleaved windows), then on 2 host devices (data parallel, a subprocess)."""
+    torch is importable (interleaved windows), and on 2 host devices (data parallel): interleaved
+    too when this process has them (ONTOGENY_HOST_DEVICES=2 python -m experiments bench), else in a
+    subprocess."""
     from experiments import bench_torch
 
     chosen = {name: (cfg, bench_torch.SHAPES[name]) for name, cfg in shapes.items() if not quick or name == "tiny"}
@@ -226,6 +233,8 @@ def train_vs_torch(shapes: dict, peak_gflops: float, quick: bool = False) -> dic
                                        steps={"tiny": 10, "shakespeare-char": 2})
     for name, (cfg, batch) in chosen.items():
         key = name.replace("-", "_")
+        if f"tokens_per_s_{key}_2dev" in results:  # measured beside the others
+            continue
         r = train_on_host_devices(name, 2, steps=3 if name != "tiny" else 20, batch_size=batch)
         results[f"tokens_per_s_{key}_2dev"] = r["tokens_per_s"]
         results[f"mfu_{key}_2dev"] = r["gflops"] / peak_gflops
@@ -257,22 +266,18 @@ def core(quick: bool = False) -> dict:
     return results
 
 
-# Sections that live with their study, imported only when asked for.
-STUDY_SECTIONS = {"probes": ("experiments.study_bench", "bench_probes"),
-                  "crosscoder": ("experiments.study_bench", "bench_crosscoder"),
-                  "sweep": ("experiments.sweep", "bench"),
-                  "data": ("experiments.data_bench", "bench"),
-                  "suite": ("experiments.suite_bench", "bench")}
-
-
 def sections() -> dict:
+    """bench's own sections, then those the registry's studies and tools declare (`Entry.bench`),
+    imported only when asked for."""
     import importlib
-    import importlib.util
 
-    found = {"core": core, "torch": torch_section, "stacked": stacked_memory}
-    for name, (module, attr) in STUDY_SECTIONS.items():
-        if importlib.util.find_spec(module) is not None:
-            found[name] = (lambda module=module, attr=attr, **kw: getattr(importlib.import_module(module), attr)(**kw))
+    from experiments import registry
+
+    found = {"core": core, "torch": torch_section, "stacked": stacked_memory,
+             "quality": lambda **kw: importlib.import_module("experiments.bench_recipes").quality(**kw),
+             "sampling": lambda **kw: importlib.import_module("experiments.bench_recipes").sampling(**kw)}
+    for name, (module, attr) in registry.bench_sections().items():
+        found[name] = (lambda module=module, attr=attr, **kw: getattr(importlib.import_module(module), attr)(**kw))
     return found
 
 

@@ -150,10 +150,11 @@ def interleaved(fns: dict, steps: int, windows: int = 3) -> dict:
     return out
 
 
-def ontogeny_step(model_config, batch_size: int):
+def ontogeny_step(model_config, batch_size: int, mesh=None):
     """Ontogeny's jitted train step with the CLI's default optimizer settings on a fixed batch
-    (waits for the result, as the torch step does)."""
+    (waits for the result, as the torch step does); data parallel over `mesh` when given."""
     import jax
+    from dynamics import sharding
     from dynamics import train as train_lib
     from models import gpt
 
@@ -163,6 +164,8 @@ def ontogeny_step(model_config, batch_size: int):
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), optimizer, dropout=model_config.dropout > 0)
     x = np.random.default_rng(0).integers(0, model_config.vocab_size, (batch_size, model_config.context + 1))
     batch = {"inputs": x[:, :-1].astype(np.int32), "targets": x[:, 1:].astype(np.int32)}
+    if mesh is not None:
+        state[0], batch = sharding.replicate(state[0], mesh), sharding.shard_batch(batch, mesh)
 
     def run():
         state[0], metrics = step(state[0], batch)
@@ -194,11 +197,17 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
 
     `shapes` maps a name to (GPTConfig, batch size); `flops_per_token(config)` gives the training
     FLOPs a token for MFU against `peak_gflops`. Keys as in `bench core`'s JSON."""
+    import jax
+
+    from dynamics import sharding
+
     have_torch = available()
     results = {**cpu_info(), **(describe() if have_torch else {}), "torch_measured": have_torch}
     for name, (cfg, batch) in shapes.items():
         key, tokens = name.replace("-", "_"), batch * cfg.context
         fns = {"ontogeny": ontogeny_step(cfg, batch)}
+        if len(jax.devices()) >= 2 and batch % 2 == 0:  # e.g. ONTOGENY_HOST_DEVICES=2: the 2-device step too
+            fns["ontogeny_2dev"] = ontogeny_step(cfg, batch, sharding.data_mesh(jax.devices()[:2]))
         if have_torch:
             fns.update(_torch_contenders(cfg, batch))
         times = interleaved(fns, steps[name], windows)
@@ -209,10 +218,14 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             times.pop("torch_1_thread", None)
         for who, ts in times.items():
             tps = sorted(tokens / t for t in ts)
-            prefix = "" if who == "ontogeny" else "torch_"
-            results[f"{prefix}tokens_per_s_{key}"] = float(np.median(tps))
-            results[f"{prefix}tokens_per_s_{key}_range"] = [tps[0], tps[-1]]
-            results[f"{prefix}mfu_{key}"] = float(np.median(tps)) * flops_per_token(cfg) / 1e9 / peak_gflops
+            prefix, suffix = ("torch_" if who == "torch" else ""), ("_2dev" if who == "ontogeny_2dev" else "")
+            results[f"{prefix}tokens_per_s_{key}{suffix}"] = float(np.median(tps))
+            results[f"{prefix}tokens_per_s_{key}{suffix}_range"] = [tps[0], tps[-1]]
+            results[f"{prefix}mfu_{key}{suffix}"] = float(np.median(tps)) * flops_per_token(cfg) / 1e9 / peak_gflops
+        if "ontogeny_2dev" in times:
+            ratios = sorted(a / b for a, b in zip(times["ontogeny"], times["ontogeny_2dev"]))
+            results[f"ratio_2dev_over_1dev_{key}"] = float(np.median(ratios))
+            results[f"ratio_2dev_over_1dev_{key}_range"] = [ratios[0], ratios[-1]]
         results[f"batch_size_{key}"] = batch
         line = (f"train {name} ({cfg.n_layer}L d{cfg.d_model} T{cfg.context} B{batch}): ontogeny "
                 f"{results[f'tokens_per_s_{key}']:,.0f} tokens/s (MFU {results[f'mfu_{key}']:.3f})")
@@ -223,5 +236,13 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             line += (f", torch eager {results[f'torch_tokens_per_s_{key}']:,.0f} tokens/s "
                      f"(MFU {results[f'torch_mfu_{key}']:.3f}), ratio {results[f'ratio_vs_torch_{key}']:.2f}x "
                      f"({ratios[0]:.2f}-{ratios[-1]:.2f} over {windows} interleaved windows)")
+            if "ontogeny_2dev" in times:
+                ratios = sorted(a / b for a, b in zip(times["torch"], times["ontogeny_2dev"]))
+                results[f"ratio_vs_torch_{key}_2dev"] = float(np.median(ratios))
+                results[f"ratio_vs_torch_{key}_2dev_range"] = [ratios[0], ratios[-1]]
+        if "ontogeny_2dev" in times:
+            line += (f"; on 2 host devices {results[f'tokens_per_s_{key}_2dev']:,.0f} tokens/s, "
+                     f"{results[f'ratio_2dev_over_1dev_{key}']:.2f}x one device"
+                     + (f", {results[f'ratio_vs_torch_{key}_2dev']:.2f}x torch" if have_torch else ""))
         print(line, flush=True)
     return results

@@ -23,10 +23,8 @@ the first is analysed. Analyses:
 from __future__ import annotations
 
 import dataclasses
-import signal
 import time
 
-import jax
 import numpy as np
 
 from dynamics import data as data_lib
@@ -35,14 +33,22 @@ from dynamics import stats
 from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack, open_stack, set_memory_budget
 from dynamics.runlog import RunFolder, write_json
 from experiments import crosscoders_figures as figures
+from experiments import crosscoders_streams as streams
 from experiments import suite
 from experiments.config import require
 from experiments.pretrain import ensure_pretrain, pretrain_reference
 from models.families import logits_from_resid
 from probes import crosscoder as cc
+from probes import crosscoder_training as cct
 from probes import crosscoder_metrics as cm
 
 DESCRIPTION = "crosscoders across training snapshots (Ge et al. 2025): when features form, attribution, ablation"
+
+
+# [choice] the study's crosscoder: JumpReLU as Ge et al., a small dictionary and run for a CPU
+# (batchtopk at tiny left 33% of features dead); d_model is set from the run's width.
+STUDY_CROSSCODER = cc.CrosscoderConfig(n_snapshots=16, arch="jumprelu", n_features=512, steps=800, batch_size=256,
+                                       lr=2e-3, aux_k=64, dead_tokens=20_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,19 +62,10 @@ class Config:
     direct: bool = False             # each step's tokens go through every snapshot straight into the step (no buffer)
     memory_budget_gb: float = 0.0    # host memory for streamed snapshot chunks (0 = a quarter of free memory)
     layer: int = -1                  # -1 = the middle block, (n_layer - 1) // 2
-    n_snapshots: int = 16            # spread evenly over the series' index (0 and last included)
-    arch: str = "jumprelu"           # relu | jumprelu (the paper's) | batchtopk; tiny: batchtopk left 33% dead
-    n_features: int = 512            # dictionary size (features shared by all snapshots)
+    crosscoder: cc.CrosscoderConfig = STUDY_CROSSCODER  # the dictionaries (crosscoder.d_model is the run's width)
     ks: tuple[int, ...] = (24,)      # batchtopk: one crosscoder per k, trained together (vmapped)
     l1s: tuple[float, ...] = (0.3,)  # relu / jumprelu: one crosscoder per sparsity weight
     seed: int = 0                    # crosscoder init, activation windows and the random ablation draws
-    steps: int = 800                 # crosscoder optimizer steps
-    batch_size: int = 256            # activation rows (tokens) per crosscoder step
-    lr: float = 2e-3                 # crosscoder peak learning rate
-    aux_k: int = 64                  # AuxK: dead latents that reconstruct the residual (0 = off)
-    dead_tokens: int = 20_000        # a feature silent for this many tokens counts as dead
-    resample_every: int = 0          # resample dead features every this many steps (0 = off)
-    jump_eps: float = 0.1            # jumprelu: straight-through kernel bandwidth
     buffer_tokens: int = 16384       # activation rows held in the shuffle buffer
     windows_per_fetch: int = 16      # training-text windows run through the snapshots per buffer refill
     reuse: float = 8.0               # each activation row is drawn about this many times
@@ -84,7 +81,7 @@ class Config:
     n_contexts: int = 6              # top contexts shown per feature
 
     def __post_init__(self):
-        require(self.n_snapshots >= 2, f"n_snapshots={self.n_snapshots} must be >= 2")
+        require(self.crosscoder.n_snapshots >= 2, f"crosscoder.n_snapshots={self.crosscoder.n_snapshots} must be >= 2")
         require(not (self.run and self.pretrain_run), "give run (any family, streamed) or pretrain_run, not both")
         require(self.context >= 0, f"context={self.context} must be 0 (automatic) or a window length")
         require(self.memory_budget_gb >= 0, f"memory_budget_gb={self.memory_budget_gb} must be >= 0 (0 = automatic)")
@@ -94,19 +91,17 @@ class Config:
         require(0 < self.emergence_frac <= 1 and 0 < self.init_fade <= 1, "emergence_frac and init_fade lie in (0, 1]")
         require(len(self.ks) >= 1 and min(self.ks) >= 1, "ks must hold positive k values")
         require(len(self.l1s) >= 1 and min(self.l1s) >= 0, "l1s must hold non-negative sparsity weights")
-        require(self.reuse >= 1 and self.buffer_tokens >= self.batch_size, "reuse >= 1 and buffer_tokens >= batch_size")
+        require(self.reuse >= 1 and self.buffer_tokens >= self.crosscoder.batch_size,
+                "reuse must be >= 1 and buffer_tokens >= crosscoder.batch_size")
         require(self.eval_windows >= 4 and self.n_induction >= 4 and self.max_order >= 1, "eval sizes too small")
-        self.crosscoder_config()
 
-    def crosscoder_config(self, d_model: int = 128) -> cc.CrosscoderConfig:
-        return cc.CrosscoderConfig(n_snapshots=self.n_snapshots, d_model=d_model, n_features=self.n_features,
-                                   arch=self.arch, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                                   aux_k=self.aux_k, dead_tokens=self.dead_tokens, jump_eps=self.jump_eps,
-                                   resample_every=self.resample_every)
+    def crosscoder_config(self, d_model: int) -> cc.CrosscoderConfig:
+        """The embedded crosscoder config at the run's width."""
+        return dataclasses.replace(self.crosscoder, d_model=d_model)
 
     def unused(self) -> dict[str, str]:
         """Keys the chosen arch (or a given pretrain_run) leaves without effect: setting one is refused."""
-        keys = {}
+        keys = {"crosscoder.d_model": "the crosscoder's width is the run's d_model"}
         if self.pretrain_run or self.run:
             keys["pretrain_preset"] = "a run is given, so no pretrain preset is trained"
         if not self.run:
@@ -117,33 +112,32 @@ class Config:
         if self.direct:
             for k in ("buffer_tokens", "windows_per_fetch", "reuse"):
                 keys[k] = "direct=true feeds each step's tokens straight in, with no shuffle buffer"
-        if self.arch == "batchtopk":
-            keys["l1s"] = "arch=batchtopk has no L1 weight; its sparsity is ks"
+        if self.crosscoder.arch == "batchtopk":
+            keys["l1s"] = "crosscoder.arch=batchtopk has no L1 weight; its sparsity is ks"
         else:
-            keys["ks"] = f"arch={self.arch} has no k; its sparsity weights are l1s"
-        if self.arch != "jumprelu":
-            keys["jump_eps"] = f"jump_eps is the jumprelu kernel bandwidth and arch={self.arch}"
+            keys["ks"] = f"crosscoder.arch={self.crosscoder.arch} has no k; its sparsity weights are l1s"
         return keys
 
     def hps(self) -> list[dict]:
-        if self.arch == "batchtopk":
+        if self.crosscoder.arch == "batchtopk":
             return [{"k": k} for k in self.ks]
         return [{"l1": l1} for l1 in self.l1s]
 
 
 PRESETS = {
     "tiny": Config(),
-    "full": Config(pretrain_preset="shakespeare-char", n_snapshots=24, n_features=4096, l1s=(0.1, 0.3, 1.0, 3.0),
-                   steps=20000, batch_size=4096, buffer_tokens=1 << 19, windows_per_fetch=64, reuse=4.0,
-                   eval_windows=256, n_induction=256, n_ablate=32, dead_tokens=2_000_000),
+    "full": Config(pretrain_preset="shakespeare-char", l1s=(0.1, 0.3, 1.0, 3.0), buffer_tokens=1 << 19,
+                   windows_per_fetch=64, reuse=4.0, eval_windows=256, n_induction=256, n_ablate=32,
+                   crosscoder=dataclasses.replace(STUDY_CROSSCODER, n_snapshots=24, n_features=4096, steps=20000,
+                                                  batch_size=4096, dead_tokens=2_000_000)),
     # Ge et al. on an imported suite (`--set run=RUN --set site=resid_post.6`; their 32 Pythia
     # snapshots: `import --steps ge2025`): JumpReLU with the tanh sparsity penalty (probes.crosscoder),
     # straight-through window 4 as quoted, all 32 snapshots, activations fed straight from the
     # vmapped forward. [choice] dictionary size, steps, batch and sparsity weight are ours (the
-    # paper's run used 16+ GPUs); shorten with --set steps=... for a CPU.
-    "ge2025": Config(n_snapshots=32, arch="jumprelu", jump_eps=4.0, n_features=16384, l1s=(1.0,), steps=20000,
-                     batch_size=4096, lr=2e-3, direct=True, context=128, eval_windows=64, n_induction=64,
-                     n_ablate=32, n_random=4, dead_tokens=2_000_000),
+    # paper's run used 16+ GPUs); shorten with --set crosscoder.steps=... for a CPU.
+    "ge2025": Config(l1s=(1.0,), direct=True, context=128, eval_windows=64, n_induction=64, n_ablate=32, n_random=4,
+                     crosscoder=dataclasses.replace(STUDY_CROSSCODER, n_snapshots=32, jump_eps=4.0, n_features=16384,
+                                                    steps=20000, batch_size=4096, dead_tokens=2_000_000)),
 }
 
 
@@ -163,12 +157,11 @@ def resolve(config: Config) -> dict:
     if config.run and config.context:
         require(config.context <= ref["model"].context,
                 f"context={config.context} exceeds the model's context of {ref['model'].context}; lower it")
-    require(config.n_snapshots <= len(ref["steps"]), f"n_snapshots={config.n_snapshots} exceeds the "
+    require(config.crosscoder.n_snapshots <= len(ref["steps"]), f"crosscoder.n_snapshots={config.crosscoder.n_snapshots} exceeds the "
                                                      f"{len(ref['steps'])} checkpoints of the pretrain series")
-    crosscoder = dataclasses.asdict(config.crosscoder_config(d_model))
-    if config.arch != "jumprelu":
-        crosscoder.pop("jump_eps")  # probes.crosscoder reads the kernel width in the jumprelu encoder only
-    folded = set(crosscoder) | {"pretrain_run", "pretrain_preset", "layer", "ks", "l1s", "run", "site"}
+    ccfg = config.crosscoder_config(d_model)
+    crosscoder = {k: v for k, v in dataclasses.asdict(ccfg).items() if k not in ccfg.unused()}
+    folded = {"crosscoder", "pretrain_run", "pretrain_preset", "layer", "ks", "l1s", "run", "site"}
     folded |= set(config.unused())
     study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
     pretrain = {k: v for k, v in ref.items() if k != "steps"}
@@ -181,98 +174,11 @@ def choose_snapshots(available: list[int], n: int) -> list[int]:
     return [available[i] for i in index]
 
 
-def run_corpus(run_dir) -> data_lib.Corpus:
-    """The corpus the run was trained on (config.json's data section; Shakespeare if absent)."""
-    import json
-    from pathlib import Path
-
-    from experiments.config import from_dict
-
-    try:
-        data = json.loads((Path(run_dir) / "config.json").read_text())["config"]["data"]
-        return data_lib.load_corpus(from_dict(data_lib.DataConfig, data))
-    except (OSError, ValueError, KeyError, TypeError):
-        return data_lib.load_shakespeare()
-
-
-def train_resumable(ccfg: cc.CrosscoderConfig, hps: list[dict], seeds: list[int], buffer, folder: RunFolder):
-    """`cc.train` that survives SIGINT/SIGTERM: it stops after the current step, saves the state
-    and the metrics so far to OUT/_resume/crosscoder.npz and raises `Interrupted`; the same
-    command continues from there (the shuffle buffer replays its draws) to the result of an
-    uninterrupted run. In a multi-process job the processes agree on the stop step (checked
-    every 50 steps, since the buffer's refreshes are collective)."""
-    from dynamics import checkpoints, train as train_lib
-
-    path = folder.root / "_resume" / "crosscoder.npz"
-    resume = None
-    if path.exists():
-        template = cc.state_template(ccfg, len(hps), np.zeros((ccfg.batch_size, ccfg.n_snapshots, ccfg.d_model)))
-        state, record = checkpoints.load_tree(path, template)
-        resume = (record["step"], state, record["history"])
-    multi = jax.process_count() > 1
-    with train_lib.stop_on_signals() as flag:
-        def should_stop(i):
-            if multi:
-                return i % 50 == 49 and distributed.any_process(flag["signal"] is not None)
-            return flag["signal"] is not None
-
-        try:
-            state, history = cc.train(ccfg, hps, seeds, buffer, progress=True, should_stop=should_stop, resume=resume)
-        except cc.Stopped as stopped:
-            checkpoints.save_tree(path, stopped.state, {"step": stopped.step, "history": stopped.history})
-            distributed.barrier("crosscoder-interrupted")
-            raise train_lib.Interrupted(flag["signal"] or signal.SIGTERM, stopped.step) from None
-    if distributed.is_primary() and path.exists():
-        path.unlink()
-    return state, history
-
-
-def activation_buffer(config: Config, train_ids, stacked, site, n_snapshots: int, d_model: int, context: int):
-    """Training-text windows through every snapshot into a `cc.ShuffleBuffer` of rows [N, C, D]
-    (each row drawn about `reuse` times): (buffer, seconds to fill it)."""
-    def source(i):
-        tokens, _ = data_lib.get_batch(train_ids, config.seed + 17, i, config.windows_per_fetch, context)
-        acts = map_stack(site, stacked, tokens)                                 # [C, B, S, D]
-        return np.moveaxis(acts.reshape(n_snapshots, -1, d_model), 0, 1)        # [B*S, C, D]
-
-    fetch = config.windows_per_fetch * context
-    refresh_every = max(1, int(round(config.reuse * fetch / config.batch_size)))
-    t0 = time.perf_counter()
-    buffer = cc.ShuffleBuffer(source, config.buffer_tokens, config.batch_size, fetch, refresh_every, config.seed)
-    return buffer, time.perf_counter() - t0
-
-
-class DirectStream:
-    """Batch i of the crosscoder: fresh training windows (ceil(batch_size / context) of them)
-    through every snapshot in one vmapped forward (`map_stack`, streamed chunks of snapshots when
-    they do not all fit), straight into the step: no buffer, no activation store. [choice] The
-    per-snapshot normaliser comes from batch 0. `seconds` accumulates the forward time."""
-
-    def __init__(self, config: Config, train_ids, stacked, site, n_snapshots: int, d_model: int, context: int):
-        self.train_ids, self.stacked, self.site, self.seed = train_ids, stacked, site, config.seed + 17
-        self.shape = (n_snapshots, d_model, context, config.batch_size)
-        self.seconds = 0.0
-        self.first = self._rows(0)
-        self.scale_S = cc.normaliser(self.first)
-
-    def _rows(self, i: int) -> np.ndarray:
-        C, D, S, N = self.shape
-        t0 = time.perf_counter()
-        tokens, _ = data_lib.get_batch(self.train_ids, self.seed, i, -(-N // S), S)
-        acts = map_stack(self.site, self.stacked, tokens)                          # [C, B, S, D]
-        self.seconds += time.perf_counter() - t0
-        return np.moveaxis(acts.reshape(C, -1, D), 0, 1)[:N]                     # [N, C, D]
-
-    def __call__(self, i: int) -> np.ndarray:
-        rows = self.first if i == 0 else self._rows(i)
-        return rows * self.scale_S[None, :, None]
-
-
 def evaluate_members(state, hps: list[dict], ccfg: cc.CrosscoderConfig, x_eval, folder: RunFolder) -> list[dict]:
     """Each crosscoder's per-snapshot EV, L0 and dead fraction on the held-out rows (logged)."""
     members = []
     for m, hp in enumerate(hps):
-        params_m = cc.member(state["params"], m)
+        params_m = cct.member(state["params"], m)
         threshold = state["threshold"][m] if ccfg.arch == "batchtopk" else None
         ev = cm.evaluate(params_m, x_eval, ccfg, threshold)
         members.append({"hp": hp, "params": params_m, "threshold": threshold, **ev})
@@ -289,24 +195,24 @@ def run(config: Config, folder: RunFolder) -> dict:
     plan = resolve(config)  # references were checked by the CLI before the folder was claimed
     run_dir = config.run or config.pretrain_run or ensure_pretrain(folder.sub("pretrain"), preset=config.pretrain_preset)
     model_config, layer = load_model_config(run_dir), plan["layer"]
-    steps = choose_snapshots(Series(run_dir, "pretrain", create=False).steps(), config.n_snapshots)
-    require(len(steps) == config.n_snapshots,
-            f"the run has only {len(steps)} checkpoints; set n_snapshots <= {len(steps)}")
+    steps = choose_snapshots(Series(run_dir, "pretrain", create=False).steps(), config.crosscoder.n_snapshots)
+    require(len(steps) == config.crosscoder.n_snapshots,
+            f"the run has only {len(steps)} checkpoints; set crosscoder.n_snapshots <= {len(steps)}")
     set_memory_budget(int(config.memory_budget_gb * 2**30))
     steps, stacked = open_stack(run_dir, steps) if config.run else load_stack(run_dir, steps)
     S = (config.context or min(model_config.context, 128)) if config.run else model_config.context
     C, D = len(steps), model_config.d_model
     ccfg, hps = config.crosscoder_config(D), config.hps()
-    corpus = suite.text_corpus(run_dir, config.text) if config.run else run_corpus(run_dir)
+    corpus = suite.text_corpus(run_dir, config.text) if config.run else suite.own_corpus(run_dir)
     site = cm.site_fn(model_config, layer)
     if config.direct:
         t0 = time.perf_counter()
-        buffer = DirectStream(config, corpus.train_ids, stacked, site, C, D, S)
+        buffer = streams.DirectStream(config, corpus.train_ids, stacked, site, C, D, S)
         fill_s = time.perf_counter() - t0
     else:
-        buffer, fill_s = activation_buffer(config, corpus.train_ids, stacked, site, C, D, S)
+        buffer, fill_s = streams.activation_buffer(config, corpus.train_ids, stacked, site, C, D, S)
     t0 = time.perf_counter()
-    state, history = train_resumable(ccfg, hps, [config.seed] * len(hps), buffer, folder)
+    state, history = streams.train_resumable(ccfg, hps, [config.seed] * len(hps), buffer, folder)
     train_s = time.perf_counter() - t0
     for row in history:
         folder.log({"phase": "train", **{k: np.asarray(v).tolist() for k, v in row.items()}})
@@ -315,7 +221,7 @@ def run(config: Config, folder: RunFolder) -> dict:
     write_outputs(config, folder, steps, m, corpus.tokenizer.decode)
     timing = {"buffer_fill_s": fill_s, "train_s": train_s, "max_resident_snapshots": getattr(stacked, "max_resident", C),
               **({"forward_s": buffer.seconds} if config.direct else {}),
-              "train_tokens_per_s": config.steps * config.batch_size * len(hps) / train_s}
+              "train_tokens_per_s": config.crosscoder.steps * config.crosscoder.batch_size * len(hps) / train_s}
     return {**summarize(config, steps, layer, ccfg, m), **timing, "wall_s": time.perf_counter() - t_start}
 
 

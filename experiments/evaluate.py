@@ -24,6 +24,7 @@ import numpy as np
 
 from dynamics.errors import OntogenyError, require
 from dynamics.runlog import RunFolder
+from experiments import suite
 
 DESCRIPTION = "every checkpoint's loss, next-token accuracy and multiple-choice accuracy (vmapped over checkpoints)"
 
@@ -73,22 +74,9 @@ def resolve(config: Config) -> dict:
             "study": dataclasses.asdict(config)}
 
 
-def _own_validation_text(run_dir: Path) -> str:
-    from dynamics import data as data_lib
-    from dynamics.runlog import from_dict
-
-    try:
-        record = json.loads((run_dir / "config.json").read_text())
-        data = record["config"]["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise OntogenyError(f"{run_dir} is not a run trained here, so it has no corpus of its own; "
-                            f"give a text file with --set text=PATH") from None
-    return data_lib.load_corpus(from_dict(data_lib.DataConfig, data)).val_text
-
-
 def _read_text(config: Config, run_dir: Path) -> str:
     if not config.text:
-        return _own_validation_text(run_dir)
+        return suite.own_corpus(run_dir).val_text
     try:
         return Path(config.text).read_text()
     except (OSError, UnicodeDecodeError):

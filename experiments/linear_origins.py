@@ -1,7 +1,7 @@
 """Origins of linear representations (Jiang et al., ICML 2024): the theory's checks and sweeps.
 
-`run` trains the latent-concept learner (models/latent.py) with its own jitted loop, keeps a
-log-spaced checkpoint series (saved with `dynamics.checkpoints.Series`, stage "latent"),
+`run` trains the latent-concept learner (models/latent.py; its training: dynamics/latent_training.py),
+keeps a log-spaced checkpoint series (saved with `dynamics.checkpoints.Series`, stage "latent"),
 computes every geometry measure over the stacked series with `map_stack`, and prints each
 prediction of the theory with its measured value, threshold and PASS/FAIL. With `sweep`, a
 grid over (m, d, dependence strength, optimizer, weight decay, lr, seed) runs with one
@@ -23,14 +23,12 @@ concepts: see experiments/linear_verdicts.py):
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from dynamics import distributed
+from dynamics import distributed, latent_training
 from dynamics.checkpoints import Series, load_stack
 from dynamics.runlog import RunFolder, write_json
 from dynamics.schedule import checkpoint_steps
@@ -38,8 +36,8 @@ from experiments import linear_verdicts as lv
 from experiments.config import require
 from experiments.linear_figures import (gpt_case_check, plot_concept_matrix, plot_gpt, plot_histograms,
                                         plot_over_training, plot_sweep)
-from experiments.linear_scenarios import (headline_intervals, read_csv, require_finite, seeds_and_table,
-                                          write_csv)
+from experiments.linear_scenarios import (dependent_problem, headline_intervals, require_finite, run_sweep,
+                                          seeds_and_table, sweep_grid)
 from models import latent
 from probes import geometry
 
@@ -49,28 +47,10 @@ STAGE = "latent"
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    # generator (models.latent.LatentConfig)
-    n_concepts: int = 4  # m binary concepts (2^m tokens, 3^m contexts)
-    independent: bool = True  # independent concepts (no DAG); false: a random DAG Bayes net
-    edge_density: float = 0.5  # DAG: probability of each edge
-    strength: float = 0.0  # DAG: coupling strength of parents (0 = independent)
-    marginal_scale: float = 0.5  # concept biases b_i ~ U(-marginal_scale, marginal_scale)
-    p_fix: float = 0.5  # probability that a context fixes each concept
-    dag_seed: int = 0  # draws the DAG and the biases
-    # learner (models.latent.LearnerConfig)
-    d: int = 16  # representation width of f and g
-    f_kind: str = "mlp"  # context map f: mlp (network of the context code) or table
-    hidden: int = 64  # MLP hidden width
-    n_hidden: int = 1  # MLP hidden layers (0 = linear map)
-    init_scale: float = 0.01  # std of g and of a table f at init
-    # training (models.latent.TrainConfig); checkpoints at 0, 1, 2, 4, ..., n_steps
-    optimizer: str = "gd"  # gd (full batch), sgd (minibatch) or adam (full batch)
-    lr: float = 1.0  # learning rate
-    weight_decay: float = 0.0  # decoupled weight decay
-    n_steps: int = 4096  # training steps (checkpoints at 0, 1, 2, 4, ..., n_steps)
-    batch_size: int = 64  # sgd: minibatch size
-    n_samples: int = 0  # 0: exact population law; >0: a fixed sample of this size
-    seed: int = 0  # learner init and sampling seed
+    # the study's generator default differs from LatentConfig's: independent concepts
+    problem: latent.LatentConfig = latent.LatentConfig(independent=True)  # the latent-concept generator
+    learner: latent.LearnerConfig = latent.LearnerConfig()  # the learner softmax(f(x)^T g(y))
+    train: latent_training.TrainConfig = latent_training.TrainConfig()  # checkpoints at 0, 1, 2, 4, ..., steps
     # measures
     within_mode: str = "pairwise"  # within-concept cosine: pairwise or to_mean
     n_random_pairs: int = 64  # random item pairs of the concept-specific check's random-pair |cos|
@@ -109,11 +89,9 @@ class Config:
     gpt_run: str = ""  # character GPT run folder for the case-pair check (empty = skip)
 
     def __post_init__(self):
-        self.latent_config()
-        self.learner_config()
-        self.train_config()
-        require(self.n_concepts >= 2 and min(self.sweep_m) >= 2,
-                "n_concepts and sweep_m must be >= 2: cross-concept orthogonality needs two concepts")
+        m, d = self.problem.n_concepts, self.learner.d
+        require(m >= 2 and min(self.sweep_m) >= 2,
+                "problem.n_concepts and sweep_m must be >= 2: cross-concept orthogonality needs two concepts")
         require(self.within_mode in ("pairwise", "to_mean"),
                 f"within_mode={self.within_mode!r} must be pairwise or to_mean")
         require(self.n_random_pairs >= 2, f"n_random_pairs={self.n_random_pairs} must be >= 2")
@@ -121,12 +99,13 @@ class Config:
         require(self.margin_cos >= 0 and self.margin_logodds >= 0, "margin_cos and margin_logodds must be >= 0")
         require(self.n_random_draws >= 1 and self.n_seeds >= 1, "n_random_draws and n_seeds must be >= 1")
         if self.verdict_table:
-            require(1 <= self.table_small_d < min(self.d, self.n_concepts),
-                    f"table_small_d={self.table_small_d} must be in 1..min(d, n_concepts)-1 (the d < m case)")
-            require(1 <= self.table_few_steps < self.n_steps,
-                    f"table_few_steps={self.table_few_steps} must be in 1..n_steps-1")
-            self.latent_config(strength=self.table_strength, independent=False, edge_density=self.table_edge_density)
-            self.learner_config(init_scale=self.table_init_scale)
+            require(1 <= self.table_small_d < min(d, m),
+                    f"table_small_d={self.table_small_d} must be in 1..min(learner.d, problem.n_concepts)-1 "
+                    f"(the d < m case)")
+            require(1 <= self.table_few_steps < self.train.steps,
+                    f"table_few_steps={self.table_few_steps} must be in 1..train.steps-1")
+            dependent_problem(self)
+            dataclasses.replace(self.learner, init_scale=self.table_init_scale)
             require(self.table_adam_lr > 0, f"table_adam_lr={self.table_adam_lr} must be > 0")
         for name in ("sweep_m", "sweep_d", "sweep_strength", "sweep_optimizers", "sweep_weight_decay", "sweep_seeds"):
             require(len(getattr(self, name)) >= 1, f"{name} is empty; give at least one value, e.g. --set {name}=1")
@@ -135,27 +114,12 @@ class Config:
         for d in self.sweep_d:
             latent.LearnerConfig(d=d)
         for kind in self.sweep_optimizers:
-            require(kind in latent.OPTIMIZERS,
-                    f"sweep_optimizers has {kind!r}; choose from {', '.join(latent.OPTIMIZERS)}")
+            require(kind in latent_training.OPTIMIZERS,
+                    f"sweep_optimizers has {kind!r}; choose from {', '.join(latent_training.OPTIMIZERS)}")
             require(len(self.sweep_lrs(kind)) >= 1 and min(self.sweep_lrs(kind)) > 0,
                     f"sweep_lr_{kind} must hold positive learning rates")
         require(min(self.sweep_strength) >= 0 and min(self.sweep_weight_decay) >= 0,
                 "sweep_strength and sweep_weight_decay values must be >= 0")
-
-    def latent_config(self, **changes) -> latent.LatentConfig:
-        base = dict(n_concepts=self.n_concepts, independent=self.independent, edge_density=self.edge_density,
-                    strength=self.strength, marginal_scale=self.marginal_scale, p_fix=self.p_fix, seed=self.dag_seed)
-        return latent.LatentConfig(**{**base, **changes})
-
-    def learner_config(self, **changes) -> latent.LearnerConfig:
-        base = dict(d=self.d, f_kind=self.f_kind, hidden=self.hidden, n_hidden=self.n_hidden,
-                    init_scale=self.init_scale)
-        return latent.LearnerConfig(**{**base, **changes})
-
-    def train_config(self) -> latent.TrainConfig:
-        return latent.TrainConfig(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                                  n_steps=self.n_steps, batch_size=self.batch_size, n_samples=self.n_samples,
-                                  seed=self.seed)
 
     def sweep_lrs(self, kind: str) -> tuple[float, ...]:
         return getattr(self, f"sweep_lr_{kind}")
@@ -167,53 +131,44 @@ class Config:
             keys.update({f.name: "sweep=false; add --sweep" for f in dataclasses.fields(self)
                          if f.name.startswith("sweep_")})
         else:
-            keys.update({f"sweep_lr_{k}": f"{k} is not in sweep_optimizers" for k in latent.OPTIMIZERS
+            keys.update({f"sweep_lr_{k}": f"{k} is not in sweep_optimizers" for k in latent_training.OPTIMIZERS
                          if k not in self.sweep_optimizers})
         if not self.verdict_table:
             keys.update({f.name: "verdict_table=false; add --verdicts" for f in dataclasses.fields(self)
                          if f.name.startswith("table_")})
-        if self.independent:
-            keys["strength"] = "independent=true ignores the DAG; set independent=false too"
+        if self.problem.independent:
+            keys["problem.strength"] = "problem.independent=true ignores the DAG; set problem.independent=false too"
         if not _uses_dag_edges(self):
-            keys["edge_density"] = "no run here draws DAG edges (independent or strength 0, no dependent sweep/table)"
+            keys["problem.edge_density"] = ("no run here draws DAG edges (independent or strength 0, no dependent "
+                                            "sweep/table)")
         if not _uses_batches(self):
-            keys["batch_size"] = "only sgd runs use minibatches and no run here uses sgd"
-        if self.f_kind == "table":
-            keys.update(hidden="f_kind=table has no MLP", n_hidden="f_kind=table has no MLP")
+            keys["train.batch_size"] = "only sgd runs use minibatches and no run here uses sgd"
+        if self.learner.f_kind == "table":
+            keys.update({"learner.hidden": "learner.f_kind=table has no MLP",
+                         "learner.n_hidden": "learner.f_kind=table has no MLP"})
         return keys
 
 
 def _uses_dag_edges(config: Config) -> bool:
-    return ((not config.independent and config.strength > 0)  # the verdict table has table_edge_density
+    return ((not config.problem.independent and config.problem.strength > 0)  # the table has table_edge_density
             or (config.sweep and max(config.sweep_strength) > 0))
 
 
 def _uses_batches(config: Config) -> bool:
-    return config.optimizer == "sgd" or (config.sweep and "sgd" in config.sweep_optimizers)
+    return config.train.optimizer == "sgd" or (config.sweep and "sgd" in config.sweep_optimizers)
 
 
 def resolve(config: Config) -> dict:
     """What `run` runs, references checked before anything is created: the main run's generator,
     learner and training settings (only the fields they read), the sweep grid and the verdict
     table when on, the measures, and the GPT run of the case check (its tokenizer checked)."""
-    generator = dataclasses.asdict(config.latent_config())
-    if config.independent:
-        generator.pop("strength")
-    if not _uses_dag_edges(config):
-        generator.pop("edge_density")
-    learner = dataclasses.asdict(config.learner_config())
-    if config.f_kind == "table":
-        learner = {k: v for k, v in learner.items() if k not in ("hidden", "n_hidden")}
-    train = dataclasses.asdict(config.train_config())
-    if not _uses_batches(config):
-        train.pop("batch_size")
-    plan = {"generator": generator, "learner": learner, "train": train, "gpt_run": None}
+    unused = config.unused()
+    read = lambda group: {k: v for k, v in dataclasses.asdict(getattr(config, group)).items()
+                          if f"{group}.{k}" not in unused}
+    plan = {"generator": read("problem"), "learner": read("learner"), "train": read("train"), "gpt_run": None}
     if config.sweep:
         plan["sweep"] = {"grid": sweep_grid(config), "steps": config.sweep_steps}
-    folded = {"n_concepts", "independent", "edge_density", "strength", "marginal_scale", "p_fix", "dag_seed", "d",
-              "f_kind", "hidden", "n_hidden", "init_scale", "optimizer", "lr", "weight_decay", "n_steps",
-              "batch_size", "n_samples", "seed", "gpt_run", "sweep"}
-    unused = config.unused()
+    folded = {"problem", "learner", "train", "gpt_run", "sweep"}
     plan["study"] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                      if f.name not in folded and not f.name.startswith("sweep_") and f.name not in unused}
     if config.gpt_run:
@@ -229,12 +184,14 @@ def resolve(config: Config) -> dict:
     return plan
 
 
+M5 = latent.LatentConfig(n_concepts=5, independent=True)
 PRESETS = {
     # [choice] m = 5, not 4: the verdicts' interval is over concepts, and with 4 the paired step-0
     # comparison lacks power (orthogonality failed it on 2 of 6 seeds at m = 4, passed 6 of 6 at m = 5)
-    "tiny": Config(n_concepts=5, sweep=True, n_seeds=4),
-    "verdicts": Config(n_concepts=5, verdict_table=True, n_seeds=4),  # where the checks pass and fail (README)
-    "full": Config(n_concepts=5, d=32, n_steps=16384, sweep_steps=8192, sweep_m=(3, 4, 5, 6), sweep_d=(4, 8, 16, 64),
+    "tiny": Config(problem=M5, sweep=True, n_seeds=4),
+    "verdicts": Config(problem=M5, verdict_table=True, n_seeds=4),  # where the checks pass and fail (README)
+    "full": Config(problem=M5, learner=latent.LearnerConfig(d=32), train=latent_training.TrainConfig(steps=16384),
+                   sweep_steps=8192, sweep_m=(3, 4, 5, 6), sweep_d=(4, 8, 16, 64),
                    sweep_strength=(0.0, 0.5, 1.0, 2.0), sweep_optimizers=("gd", "sgd", "adam"),
                    sweep_weight_decay=(0.0, 0.01), sweep_lr_gd=(0.5, 1.0), sweep_lr_sgd=(0.5, 1.0),
                    sweep_lr_adam=(0.003, 0.01), sweep_seeds=(0, 1, 2)),
@@ -242,24 +199,17 @@ PRESETS = {
 FLAGS = {"sweep": "sweep", "verdicts": "verdict_table"}
 
 
-# ----------------------------------------------------------------------------- measures
-SCALARS = ("within_cos_mean", "within_cos_min", "cross_abs_cos_mean", "cross_abs_cos_max", "random_abs_cos_mean",
-           "emb_within_cos_mean", "emb_within_cos_min", "emb_cross_abs_cos_mean", "emb_random_abs_cos_mean",
-           "alignment_mean", "logodds_error", "g_norm_mean")
-
-
 # ----------------------------------------------------------------------------- the default run
 def train_or_load(problem: latent.LatentProblem, config: Config, folder: RunFolder):
     """The main run's series: reuse a finished one in the folder, else train and save every snapshot."""
-    steps = checkpoint_steps(config.n_steps, log_until=config.n_steps, every=0)
+    steps = checkpoint_steps(config.train.steps, log_until=config.train.steps, every=0)
     series = Series(folder.root, STAGE)
     if series.steps() == steps:
         loaded_steps, params = load_stack(folder.root, stage=STAGE)
         losses = np.array([series.meta(s)["loss"] for s in steps])
         return np.asarray(loaded_steps), params, losses, False
     series.delete_after(-1)  # a partial series (interrupted run) is retrained from scratch
-    with tqdm(total=len(steps), desc="latent learner (checkpoints)", leave=False) as bar:
-        params, losses = latent.train(problem, config.learner_config(), config.train_config(), steps, progress=bar)
+    params, losses = latent_training.train(problem, config.learner, config.train, steps, progress=True)
     for t, step in enumerate(steps):
         series.save(step, jax.tree.map(lambda x: x[t], params), meta={"loss": float(losses[t])})
     distributed.barrier("latent-series-saved")  # process 0 wrote it; every process may read it next
@@ -267,19 +217,20 @@ def train_or_load(problem: latent.LatentProblem, config: Config, folder: RunFold
 
 
 def run_default(config: Config, folder: RunFolder) -> dict:
-    problem = latent.build_problem(config.latent_config())
+    problem = latent.build_problem(config.problem)
     steps, params, losses, fresh = train_or_load(problem, config, folder)
     T, m = len(steps), problem.n_concepts
     data = lv.problem_data(problem, config.n_random_pairs)
     res = lv.measure(params, jax.tree.map(lambda x: np.broadcast_to(x, (T,) + x.shape), data), m, config)
     data1 = lv.stack_data([data])
-    rand = lv.measure_random(res["embedding"][-1:], np.asarray(params["g"][-1:]), [config.d], data1, m, config)
-    step0 = lv.measure_step0(config.learner_config(), [config.seed], [config.d], [config.init_scale], data1, m, config)
+    d = config.learner.d
+    rand = lv.measure_random(res["embedding"][-1:], np.asarray(params["g"][-1:]), [d], data1, m, config)
+    step0 = lv.measure_step0(config.learner, [config.train.seed], [d], [config.learner.init_scale], data1, m, config)
     verdicts = lv.judge(lv.per_concept(res, T - 1), lv.per_concept(step0, 0), lv.per_concept(rand, 0), config)
     if fresh:
         for t, step in enumerate(steps):
-            folder.log({"step": int(step), "loss": float(losses[t]), **{k: float(res[k][t]) for k in SCALARS}})
-    final = {k: float(res[k][-1]) for k in SCALARS}
+            folder.log({"step": int(step), "loss": float(losses[t]), **{k: float(res[k][t]) for k in lv.SCALARS}})
+    final = {k: float(res[k][-1]) for k in lv.SCALARS}
     final["loss"], final["loss_floor"] = float(losses[-1]), latent.conditional_entropy(problem.weight_XY)
 
     plot_histograms(np.asarray(params["g"][-1]), res["embedding"][-1], m, config, folder.figure("cosine_histograms"))
@@ -288,77 +239,17 @@ def run_default(config: Config, folder: RunFolder) -> dict:
     return {"steps": steps, "final": final, "per_step": res, "verdicts": verdicts}
 
 
-# ----------------------------------------------------------------------------- sweep
-SWEEP_KEYS = ("m", "d", "strength", "optimizer", "weight_decay", "lr", "seed")
-
-
-def sweep_grid(config: Config) -> list[dict]:
-    runs = []
-    for m, d, strength, kind, wd, seed in itertools.product(config.sweep_m, config.sweep_d, config.sweep_strength,
-                                                            config.sweep_optimizers, config.sweep_weight_decay,
-                                                            config.sweep_seeds):
-        for lr in config.sweep_lrs(kind):
-            runs.append({"m": m, "d": d, "strength": float(strength), "optimizer": kind, "weight_decay": float(wd),
-                         "lr": float(lr), "seed": int(seed)})
-    return runs
-
-
-def run_sweep(config: Config, folder: RunFolder) -> list[dict]:
-    """Train every grid point. All runs of one m train together in one vmapped, compiled call:
-    seed, lr, weight decay, optimizer, dependence strength and width d (zero-padded to the
-    largest d, which is exact: see `latent.init_learner`) are per-run values."""
-    path = folder.root / "sweep.csv"
-    grid = sweep_grid(config)
-    if path.exists():
-        rows = read_csv(path)
-        if [tuple(str(r[k]) for k in SWEEP_KEYS) for r in rows] == [tuple(str(g[k]) for k in SWEEP_KEYS) for g in grid]:
-            return rows
-    groups: dict[int, list[dict]] = {}
-    for run in grid:
-        groups.setdefault(run["m"], []).append(run)
-    learner = config.learner_config(d=max(config.sweep_d))
-    rows = []
-    for m, runs in tqdm(groups.items(), desc="sweep (one compiled call per m)", leave=False):
-        problems = [latent.build_problem(config.latent_config(n_concepts=m, strength=r["strength"],
-                                                              independent=r["strength"] == 0,
-                                                              seed=config.dag_seed + r["seed"])) for r in runs]
-        weights = np.stack([latent.training_weight(p, dataclasses.replace(config.train_config(), seed=r["seed"]))
-                            for p, r in zip(problems, runs)])
-        params, losses = latent.train_runs(m, learner, [config.sweep_steps], seeds=[r["seed"] for r in runs],
-                                           lrs=[r["lr"] for r in runs], weight_decays=[r["weight_decay"] for r in runs],
-                                           optimizers=[r["optimizer"] for r in runs], widths=[r["d"] for r in runs],
-                                           weights_RXY=weights, batch_size=config.batch_size)
-        data = lv.stack_data([lv.problem_data(p, config.n_random_pairs) for p in problems])
-        info = {"learner": learner, "seeds": [r["seed"] for r in runs], "widths": [r["d"] for r in runs],
-                "init_scales": [learner.init_scale] * len(runs)}
-        res, verdicts = lv.evaluate(jax.tree.map(lambda x: x[:, -1], params), info, data, m, config,
-                                    labels=[f" (sweep run {r})" for r in runs], lenient=True)
-        for i, (run, problem) in enumerate(zip(runs, problems)):
-            row = {**run, "loss": float(losses[i, -1]), "loss_floor": latent.conditional_entropy(problem.weight_XY),
-                   **{k: float(res[k][i]) for k in SCALARS}}
-            row["judged"] = int(verdicts[i] is not None)  # 0: diverged or no data, every check fails
-            for key, v in zip(PREDICTION_KEYS, verdicts[i] or [None] * len(PREDICTION_KEYS)):
-                row[f"pass_{key}"] = int(v is not None and v["passed"])
-            rows.append(row)
-    write_csv(path, rows)
-    distributed.barrier("linear-origins-sweep-csv")  # process 0 wrote it; all read it back alike
-    return read_csv(path)
-
-
-PREDICTION_KEYS = lv.PREDICTION_KEYS
-
-
 # ----------------------------------------------------------------------------- the study
 def run(config: Config, folder: RunFolder) -> dict:
     gpt = gpt_case_check(config.gpt_run, config.n_random_pairs) if config.gpt_run else None  # bad input fails fast
     main = run_default(config, folder)
     final = main["final"]
     preds = main["verdicts"]
-    setting = (f"{config.optimizer}, m={config.n_concepts}, d={config.d}, "
-               f"{'independent' if config.independent or config.strength == 0 else f'strength {config.strength:g}'}, "
-               f"{config.n_steps} steps")
+    problem, d = config.problem, config.learner.d
+    dependence = "independent" if problem.independent or problem.strength == 0 else f"strength {problem.strength:g}"
+    setting = f"{config.train.optimizer}, m={problem.n_concepts}, d={d}, {dependence}, {config.train.steps} steps"
     print(f"Jiang et al. predictions ({setting}), each against random directions and the step-0 model at "
-          f"d={config.d}, 95% bootstrap interval over concepts:")
+          f"d={d}, 95% bootstrap interval over concepts:")
     for p in preds:
         print("  " + lv.format_verdict(p))
     summary = {
@@ -385,7 +276,7 @@ def run(config: Config, folder: RunFolder) -> dict:
         plot_sweep(rows, "d", "strength", folder.figure("sweep_d_strength"), config)
         plot_sweep(rows, "m", "lr", folder.figure("sweep_m_lr"), config)
         summary["sweep_runs"] = len(rows)
-        summary["sweep_pass_fraction"] = {k: float(np.mean([r[f"pass_{k}"] for r in rows])) for k in PREDICTION_KEYS}
+        summary["sweep_pass_fraction"] = {k: float(np.mean([r[f"pass_{k}"] for r in rows])) for k in lv.PREDICTION_KEYS}
     if gpt is not None:
         plot_gpt(gpt, folder.figure("gpt_case_cosines"))
         write_json(folder.root / "gpt_case.json", {"run": config.gpt_run, **gpt})

@@ -1,18 +1,21 @@
 """The linear-origins verdict table (the checks where the theory says they hold and where it
-says they fail), the spread over seeds, and the summary helpers (intervals, csv, finiteness)."""
+says they fail), the spread over seeds, the vmapped sweep, and the summary helpers (intervals,
+csv, finiteness)."""
 from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
-from dynamics import distributed
+from dynamics import distributed, latent_training
 from dynamics.errors import OntogenyError
 from dynamics.stats import mean_ci, t_ci
-from experiments.linear_verdicts import CHECKS, PREDICTION_KEYS, evaluate, problem_data, stack_data
+from experiments.linear_verdicts import CHECKS, PREDICTION_KEYS, SCALARS, evaluate, problem_data, stack_data
 from models import latent
 
 
@@ -43,21 +46,26 @@ SCENARIOS = (
 )
 
 
+def dependent_problem(config) -> latent.LatentConfig:
+    """The dependent-concepts case's generator: the configured one with the table's dense DAG."""
+    return dataclasses.replace(config.problem, strength=config.table_strength, independent=False,
+                               edge_density=config.table_edge_density)
+
+
 def scenario_runs(config) -> list[dict]:
     """Every (scenario, seed) run with its generator, optimizer, lr, width, init scale, snapshot."""
-    runs = []
+    runs, learner, train = [], config.learner, config.train
     for name, change, expect, why in SCENARIOS:
         dependent = change.get("dependent", False)
-        lat = config.latent_config(**({"strength": config.table_strength, "independent": False,
-                                        "edge_density": config.table_edge_density} if dependent else {}))
+        lat = dependent_problem(config) if dependent else config.problem
         adam = change.get("optimizer") == "adam"
         for k in range(config.n_seeds):
-            runs.append({"scenario": name, "seed": config.seed + k, "latent": lat, "expect": expect, "why": why,
-                         "optimizer": "adam" if adam else config.optimizer,
-                         "lr": config.table_adam_lr if adam else config.lr,
-                         "width": config.table_small_d if change.get("small_d") else config.d,
-                         "init_scale": config.table_init_scale if change.get("large_init") else config.init_scale,
-                         "step": config.table_few_steps if change.get("few_steps") else config.n_steps})
+            runs.append({"scenario": name, "seed": train.seed + k, "latent": lat, "expect": expect, "why": why,
+                         "optimizer": "adam" if adam else train.optimizer,
+                         "lr": config.table_adam_lr if adam else train.lr,
+                         "width": config.table_small_d if change.get("small_d") else learner.d,
+                         "init_scale": config.table_init_scale if change.get("large_init") else learner.init_scale,
+                         "step": config.table_few_steps if change.get("few_steps") else train.steps})
     return runs
 
 
@@ -68,25 +76,25 @@ def run_scenarios(config, scenarios=None) -> list[dict]:
     Returns one row per run: scenario, seed, expectations, final measures and verdicts."""
     runs = [r for r in scenario_runs(config) if scenarios is None or r["scenario"] in scenarios]
     trained = [r for r in runs if r["scenario"] != "too few steps"]  # it reuses the configured runs
-    steps = sorted({0, config.n_steps, *(r["step"] for r in runs)})
+    train, m = config.train, config.problem.n_concepts
+    steps = sorted({0, train.steps, *(r["step"] for r in runs)})
     problems = {r["latent"]: latent.build_problem(r["latent"]) for r in runs}
-    train = config.train_config()
-    weights = np.stack([latent.training_weight(problems[r["latent"]], dataclasses.replace(train, seed=r["seed"]))
-                        for r in trained])
-    params, _ = latent.train_runs(config.n_concepts, config.learner_config(), steps, seeds=[r["seed"] for r in trained],
-                                  lrs=[r["lr"] for r in trained], weight_decays=[config.weight_decay] * len(trained),
-                                  optimizers=[r["optimizer"] for r in trained], widths=[r["width"] for r in trained],
-                                  weights_RXY=weights, batch_size=config.batch_size,
-                                  init_scales=[r["init_scale"] for r in trained])
+    weights = np.stack([latent_training.training_weight(problems[r["latent"]],
+                                                        dataclasses.replace(train, seed=r["seed"])) for r in trained])
+    params, _ = latent_training.train_runs(
+        m, config.learner, steps, seeds=[r["seed"] for r in trained], lrs=[r["lr"] for r in trained],
+        weight_decays=[train.weight_decay] * len(trained), optimizers=[r["optimizer"] for r in trained],
+        widths=[r["width"] for r in trained], weights_RXY=weights, batch_size=train.batch_size,
+        init_scales=[r["init_scale"] for r in trained])
     source = {("as configured" if r["scenario"] == "too few steps" else r["scenario"], r["seed"]): i
               for i, r in enumerate(trained)}
     index = [source["as configured" if r["scenario"] == "too few steps" else r["scenario"], r["seed"]] for r in runs]
     at = [steps.index(r["step"]) for r in runs]
     final_p = jax.tree.map(lambda x: x[np.asarray(index), np.asarray(at)], params)
     data = stack_data([problem_data(problems[r["latent"]], config.n_random_pairs) for r in runs])
-    info = {"learner": config.learner_config(), "seeds": [r["seed"] for r in runs],
+    info = {"learner": config.learner, "seeds": [r["seed"] for r in runs],
             "widths": [r["width"] for r in runs], "init_scales": [r["init_scale"] for r in runs]}
-    final, verdicts = evaluate(final_p, info, data, config.n_concepts, config,
+    final, verdicts = evaluate(final_p, info, data, m, config,
                                labels=[f" ({r['scenario']}, seed {r['seed']})" for r in runs])
     scalars = ("within_cos_mean", "cross_abs_cos_mean", "emb_within_cos_mean", "alignment_mean", "logodds_error")
     return [{**{k: r[k] for k in ("scenario", "seed", "expect", "why", "width", "step", "optimizer")},
@@ -113,6 +121,63 @@ def verdict_table(rows: list[dict]) -> tuple[str, int, int]:
         lines.append(f"| {name} (d={mine[0]['width']}, {mine[0]['optimizer']}, {mine[0]['step']} steps) | "
                      + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n", predicted, agree
+
+
+# ----------------------------------------------------------------------------- sweep
+SWEEP_KEYS = ("m", "d", "strength", "optimizer", "weight_decay", "lr", "seed")
+
+
+def sweep_grid(config) -> list[dict]:
+    runs = []
+    for m, d, strength, kind, wd, seed in itertools.product(config.sweep_m, config.sweep_d, config.sweep_strength,
+                                                            config.sweep_optimizers, config.sweep_weight_decay,
+                                                            config.sweep_seeds):
+        for lr in config.sweep_lrs(kind):
+            runs.append({"m": m, "d": d, "strength": float(strength), "optimizer": kind, "weight_decay": float(wd),
+                         "lr": float(lr), "seed": int(seed)})
+    return runs
+
+
+def run_sweep(config, folder) -> list[dict]:
+    """Train every grid point. All runs of one m train together in one vmapped, compiled call:
+    seed, lr, weight decay, optimizer, dependence strength and width d (zero-padded to the
+    largest d, which is exact: see `latent.init_learner`) are per-run values."""
+    path = folder.root / "sweep.csv"
+    grid = sweep_grid(config)
+    if path.exists():
+        rows = read_csv(path)
+        if [tuple(str(r[k]) for k in SWEEP_KEYS) for r in rows] == [tuple(str(g[k]) for k in SWEEP_KEYS) for g in grid]:
+            return rows
+    groups: dict[int, list[dict]] = {}
+    for run in grid:
+        groups.setdefault(run["m"], []).append(run)
+    learner = dataclasses.replace(config.learner, d=max(config.sweep_d))
+    rows = []
+    for m, runs in tqdm(groups.items(), desc="sweep (one compiled call per m)", leave=False):
+        problems = [latent.build_problem(dataclasses.replace(config.problem, n_concepts=m, strength=r["strength"],
+                                                             independent=r["strength"] == 0,
+                                                             seed=config.problem.seed + r["seed"])) for r in runs]
+        weights = np.stack([latent_training.training_weight(p, dataclasses.replace(config.train, seed=r["seed"]))
+                            for p, r in zip(problems, runs)])
+        params, losses = latent_training.train_runs(
+            m, learner, [config.sweep_steps], seeds=[r["seed"] for r in runs], lrs=[r["lr"] for r in runs],
+            weight_decays=[r["weight_decay"] for r in runs], optimizers=[r["optimizer"] for r in runs],
+            widths=[r["d"] for r in runs], weights_RXY=weights, batch_size=config.train.batch_size)
+        data = stack_data([problem_data(p, config.n_random_pairs) for p in problems])
+        info = {"learner": learner, "seeds": [r["seed"] for r in runs], "widths": [r["d"] for r in runs],
+                "init_scales": [learner.init_scale] * len(runs)}
+        res, verdicts = evaluate(jax.tree.map(lambda x: x[:, -1], params), info, data, m, config,
+                                    labels=[f" (sweep run {r})" for r in runs], lenient=True)
+        for i, (run, problem) in enumerate(zip(runs, problems)):
+            row = {**run, "loss": float(losses[i, -1]), "loss_floor": latent.conditional_entropy(problem.weight_XY),
+                   **{k: float(res[k][i]) for k in SCALARS}}
+            row["judged"] = int(verdicts[i] is not None)  # 0: diverged or no data, every check fails
+            for key, v in zip(PREDICTION_KEYS, verdicts[i] or [None] * len(PREDICTION_KEYS)):
+                row[f"pass_{key}"] = int(v is not None and v["passed"])
+            rows.append(row)
+    write_csv(path, rows)
+    distributed.barrier("linear-origins-sweep-csv")  # process 0 wrote it; all read it back alike
+    return read_csv(path)
 
 
 # ----------------------------------------------------------------------------- summary helpers
@@ -148,7 +213,7 @@ def seeds_and_table(config, folder, final: dict, preds: list[dict]) -> dict:
     bit-identical (other reduction order), and GD at lr 1 amplifies such rounding differences."""
     rows = run_scenarios(config, None if config.verdict_table else ("as configured",))
     mine = [r for r in rows if r["scenario"] == "as configured"]
-    mine = [{**r, **final, "verdicts": preds} if r["seed"] == config.seed else r for r in mine]
+    mine = [{**r, **final, "verdicts": preds} if r["seed"] == config.train.seed else r for r in mine]
     out = {"n_seeds": len(mine), "predictions_passed_seeds": [sum(v["passed"] for v in r["verdicts"]) for r in mine]}
     for name, key in SEED_KEYS.items():
         values = [r[key] for r in mine]

@@ -57,6 +57,10 @@ CHECKS = (
           "margin_logodds"),
 )
 PREDICTION_KEYS = tuple(c.key for c in CHECKS)
+# the scalar measures logged per checkpoint and per sweep run
+SCALARS = ("within_cos_mean", "within_cos_min", "cross_abs_cos_mean", "cross_abs_cos_max", "random_abs_cos_mean",
+           "emb_within_cos_mean", "emb_within_cos_min", "emb_cross_abs_cos_mean", "emb_random_abs_cos_mean",
+           "alignment_mean", "logodds_error", "g_norm_mean")
 
 
 # ----------------------------------------------------------------------------- measures

@@ -27,7 +27,7 @@ import models
 from dynamics import checkpoints
 from dynamics import data as data_lib
 from dynamics import run_tokenizer
-from dynamics import stats
+from dynamics import stacks, stats
 from dynamics import train as train_lib
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
@@ -165,7 +165,7 @@ def analyse_model(run_dir: Path, config: Config, val_text: str) -> dict:
     control = {k: np.concatenate([d[k] for d in draws], axis=1) for k in draws[0]}
     evals = measures.evaluate_series(stacked, model_config, tokenizer, val_text, config.eval_windows,
                                      model_config.context)
-    first = checkpoints.unstack_tree(stacked, 0)
+    first = stacks.unstack_tree(stacked, 0)
     n_params = gpt.n_params(first, non_embedding=True) - first["wte"].size  # blocks + final norm
     return {"steps": steps, "model": model_config, "n_params": int(n_params), "spectra": spectra,
             "summary": spectrum.summarize(spectra), "control": spectrum.summarize(control),
@@ -228,7 +228,7 @@ def analyse_run(run_dir: Path, config: Config, val_text: str) -> dict:
     keys = np.asarray(jax.random.split(jax.random.PRNGKey(config.control_seed), len(steps)))
     net = checkpoints.map_stack(_suite_network_fn(model_config, config.mfa.variant, config.control_draws),
                                 {"model": disk, "key": keys}, idx)
-    spectra_fn = spectrum._spectra_fn(config.mfa)
+    spectra_fn = spectrum.spectra_fn(config.mfa)
     spectra = {**checkpoints.map_stack(spectra_fn, net["real"]["dist"]), "mean_abs_w": net["real"]["mean_abs_w"]}
     C, K, M = net["control"]["dist"].shape[:3]
     flat = lambda x: x.reshape(C, K * M, *x.shape[3:])

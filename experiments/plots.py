@@ -38,9 +38,9 @@ def enforce_legible(fig) -> None:
 
 
 def save(fig, path, tight: bool = True) -> None:
-    from dynamics.runlog import _primary
+    from dynamics import distributed
 
-    if _primary():  # one writer in a multi-process job
+    if distributed.is_primary():  # one writer in a multi-process job
         enforce_legible(fig)
         if tight:
             fig.tight_layout()

@@ -149,6 +149,8 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
         "tokens_per_s": float(np.median(tps)) if tps else None,
         "train_wall_s": wall,
         **data_counts(corpus, train_ids, val_ids),
+        **full_split_summary(distributed.to_host(state["params"]), model_config, val_ids),
+        "train_devices": int(mesh.devices.size) if mesh is not None else 1,
     }
 
 
@@ -160,6 +162,14 @@ def data_counts(corpus, train_ids, val_ids) -> dict:
             "val_works": list(corpus.val_works), "tokenizer": record.get("tokenizer", "char")}
 
 
+def window_loss_fn(model_config: gpt.GPTConfig):
+    """Jitted (params, inputs [B, S], targets [B, S]) -> each window's mean next-token loss [B]."""
+    def per_window(p, x_BS, y_BS):
+        logp_BSV = jax.nn.log_softmax(gpt.apply(p, x_BS, model_config)[0].astype(jnp.float32), -1)
+        return -jnp.take_along_axis(logp_BSV, y_BS[..., None], -1)[..., 0].mean(-1)
+    return jax.jit(per_window)
+
+
 def val_window_losses(params, model_config: gpt.GPTConfig, val_batches: list[dict]) -> np.ndarray:
     """Mean loss of every held-out window [N] (their mean is the reported val loss).
 
@@ -167,12 +177,30 @@ def val_window_losses(params, model_config: gpt.GPTConfig, val_batches: list[dic
     `context` characters at fixed random offsets in the held-out plays, the text's natural
     unit (characters within a block are strongly dependent). One training seed: the spread
     over seeds is not in it (a tiny run costs ~5 min)."""
-    def per_window(p, x, y):
-        logp = jax.nn.log_softmax(gpt.apply(p, x, model_config)[0].astype(jnp.float32), -1)
-        return -jnp.take_along_axis(logp, y[..., None], -1)[..., 0].mean(-1)
-
-    fn = jax.jit(per_window)
+    fn = window_loss_fn(model_config)
     return np.concatenate([np.asarray(fn(params, b["inputs"], b["targets"])) for b in val_batches])
+
+
+def full_split_losses(window_loss, context: int, ids: np.ndarray, tokens_per_batch: int = 8192) -> np.ndarray:
+    """Mean loss of every non-overlapping window of the split `ids` [N] (`data.full_split_batches`),
+    scored `tokens_per_batch // context` windows at a time: memory is bounded by one batch
+    whatever the split's size, and one shape compiles once. `window_loss(inputs, targets)` gives
+    the per-window losses [B] (any framework: `bench` scores a PyTorch model through this too)."""
+    out = []
+    for x_BS, y_BS, n_real in data_lib.full_split_batches(ids, context, max(1, tokens_per_batch // context)):
+        out.append(np.asarray(window_loss(x_BS, y_BS), np.float64)[:n_real])
+    return np.concatenate(out)
+
+
+def full_split_summary(params, model_config: gpt.GPTConfig, ids: np.ndarray, tokens_per_batch: int = 8192) -> dict:
+    """The summary's whole-split validation: `val_loss_full` (mean over every non-overlapping
+    window, so over every scored token alike), its bootstrap interval over windows (as
+    `val_loss_ci`), the number of windows and of tokens scored. The periodic evaluations keep
+    their fixed subset (`train.eval_batches`): this runs once, at the end."""
+    fn = window_loss_fn(model_config)
+    losses = full_split_losses(lambda x, y: fn(params, x, y), model_config.context, ids, tokens_per_batch)
+    return {"val_loss_full": float(losses.mean()), "val_loss_full_ci": stats.mean_ci(losses),
+            "n_val_windows_full": int(losses.size), "val_tokens_full": int(losses.size * model_config.context)}
 
 
 def findings(summary: dict) -> list[str]:
@@ -187,6 +215,9 @@ def findings(summary: dict) -> list[str]:
     if s.get("val_loss_ci") is not None:
         out.append(f"The interval is a bootstrap over {s['n_val_windows']} held-out windows of one training seed; "
                    f"seed-to-seed spread is not in it.")
+    if s.get("val_loss_full") is not None:
+        out.append(f"On the whole held-out split ({s['val_tokens_full']:,} tokens in {s['n_val_windows_full']:,} "
+                   f"windows) the final model scores {stats.ci_text(s, 'val_loss_full', 3)}.")
     return out
 
 

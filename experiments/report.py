@@ -14,6 +14,7 @@ import html
 import json
 from pathlib import Path
 
+from dynamics import distributed
 from dynamics.errors import OntogenyError
 from experiments import plots, registry
 from experiments.config import ArgumentParser
@@ -91,7 +92,7 @@ def render(root: Path) -> str:
     if not runs:
         raise OntogenyError(f"{root} holds no finished run (no summary.json in it or its sub-folders); "
                             f"run a study or `python -m experiments quickstart --out {root}` first")
-    order = list(registry.MODULES)
+    order = list(registry.ENTRIES)   # sections in registry order
     runs.sort(key=lambda r: (order.index(_experiment(r)) if _experiment(r) in order else len(order), str(r)))
     w = FIGURE_WIDTH_PX
     style = (f"body{{font-family:sans-serif;max-width:{w}px;margin:2em auto;padding:0 1em;color:#222;font-size:16px}}"
@@ -111,9 +112,7 @@ def write_report(root) -> Path:
     if not root.is_dir():
         raise OntogenyError(f"{root} is not a folder; give the folder a study or quickstart wrote")
     path = root / "report.html"
-    from dynamics.runlog import _primary
-
-    if _primary():  # one writer in a multi-process job
+    if distributed.is_primary():  # one writer in a multi-process job
         path.write_text(render(root))
     return path
 

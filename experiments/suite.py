@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 from dynamics import checkpoints
 from dynamics import run_tokenizer
+from dynamics.errors import OntogenyError
 from experiments.config import require
 
 
@@ -21,6 +22,23 @@ def run_reference(run: str, key: str = "run") -> dict:
     steps = checkpoints.Series(run, "pretrain", create=False).steps()
     require(len(steps) >= 1, f"{key}={run} holds no pretrain checkpoints; point at a finished or imported run")
     return {"run": str(Path(run).resolve()), "model": model, "steps": steps}
+
+
+def own_corpus(run: str | Path):
+    """The corpus a run trained here was trained on (its config.json's data section, re-read and
+    re-tokenized exactly as training did). A run without one (an imported suite) is an error
+    that names the fix, never a silent fallback to another text."""
+    import json
+
+    from dynamics import data as data_lib
+    from dynamics.runlog import from_dict
+
+    try:
+        data = json.loads((Path(run) / "config.json").read_text())["config"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OntogenyError(f"{run} is not a run trained here, so it has no corpus of its own; "
+                            f"give a text file with --set text=PATH") from None
+    return data_lib.load_corpus(from_dict(data_lib.DataConfig, data))
 
 
 def parse_site(site: str) -> int:

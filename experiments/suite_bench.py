@@ -122,10 +122,11 @@ def bench(quick: bool = False, n_steps: int | None = None, cc_steps: int | None 
         tag = time.strftime("%Y%m%d-%H%M%S")
         r["crosscoders"] = measured(["crosscoders", "--out", str(root / f"cc-{tag}"), "--preset", "ge2025",
                                      "--set", f"run={root / 'run'}", "--set", "site=resid_post.3",
-                                     "--set", f"n_snapshots={len(steps)}", "--set", "n_features=4096",
-                                     "--set", f"steps={cc_steps}", "--set", "batch_size=512",
+                                     "--set", f"crosscoder.n_snapshots={len(steps)}",
+                                     "--set", "crosscoder.n_features=4096", "--set", f"crosscoder.steps={cc_steps}",
+                                     "--set", "crosscoder.batch_size=512",
                                      "--set", "eval_windows=8", "--set", "n_induction=8", "--set", "n_ablate=8",
-                                     "--set", "n_random=1", "--set", "dead_tokens=20000"])
+                                     "--set", "n_random=1", "--set", "crosscoder.dead_tokens=20000"])
         r["neuromfa"] = measured(["neuromfa", "--out", str(root / f"nm-{tag}"), "--preset", "xiao2025",
                                   "--set", f"run={root / 'run'}"])
     finally:

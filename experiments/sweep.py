@@ -7,7 +7,8 @@
 A spec file is JSON: {"study", "preset", "grid": {key: [values]}, "random": n,
 "ranges": {key: [lo, hi, "lin"|"log"]}, "set": {key: value}, "seed": s}; the command line adds to it.
 
-Each point gets its own ordinary run folder DIR/runs/NNN-key=value... For `pretrain`, points
+Each point gets its own ordinary run folder DIR/runs/NNN-key=value... For `pretrain` (the
+registry's `sweep_vmapped` studies), points
 that differ only in values that keep shapes (train.seed, train.lr, train.min_lr,
 train.weight_decay) train together in one compiled program, vmapped over a member axis
 (`dynamics.members`, learning rate and weight decay injected as traced hyperparameters) and
@@ -23,7 +24,6 @@ others go on.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import itertools
 import json
 import math
@@ -35,10 +35,10 @@ import numpy as np
 
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder, non_finite, require_finite_summary, to_jsonable, write_json
+from experiments import registry
 from experiments.config import ArgumentParser, all_keys, claim_folder, field_types, override
 
 DESCRIPTION = "grid or random sweep over a study's config (vmapped over shape-keeping values where possible)"
-VMAP_STUDIES = {"pretrain"}
 
 
 def _kind(config, key: str):
@@ -122,9 +122,8 @@ def run_points(module, study: str, preset: str, configs: list, folders: list[Pat
         (folder / "error.txt").unlink(missing_ok=True)
         todo.append(i)
     if vmap and len(todo) > 1:
-        from experiments.pretrain import run_group
         try:
-            outs = run_group([configs[i] for i in todo], [RunFolder(folders[i]) for i in todo])
+            outs = module.run_group([configs[i] for i in todo], [RunFolder(folders[i]) for i in todo])
         except OntogenyError as e:
             outs = [{"error": str(e)}] * len(todo)
         except Exception:  # a crash of the shared program fails its members, and is recorded
@@ -164,8 +163,9 @@ def write_results(out: Path, points: list[dict], folders: list[Path], results: l
     return rows
 
 
-def headline_keys(module, rows: list[dict], swept: list[str]) -> list[str]:
-    keys = ["val_loss"] if getattr(module, "DESCRIPTION", "").startswith("train a character-level GPT") else []
+def headline_keys(study: str, rows: list[dict], swept: list[str]) -> list[str]:
+    """What to plot: the registry's `sweep_metrics` of the study, else the first four numbers."""
+    keys = list(registry.ENTRIES[study].sweep_metrics) if study in registry.ENTRIES else []
     if not keys:
         numeric = [k for row in rows for k, v in row.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in swept
@@ -199,9 +199,7 @@ def plot_results(out: Path, rows: list[dict], swept: list[str], metrics: list[st
         save(fig, out / "figures" / f"sweep_{safe}.png")
 
 
-def main(argv: list[str]) -> int:
-    from experiments import registry
-
+def parse_args(argv: list[str]):
     parser = ArgumentParser(prog="python -m experiments sweep", description=DESCRIPTION)
     parser.add_argument("study", nargs="?", default=None, help="the study to sweep (or give it in --file)")
     parser.add_argument("--preset", default=None, help="the study's preset (default tiny)")
@@ -213,24 +211,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the random draws (default 0)")
     parser.add_argument("--sequential", action="store_true", help="never vmap: run the points one after another")
     parser.add_argument("--out", default=None, help="sweep folder (default runs/sweep-STUDY)")
-    args = parser.parse_args(argv)
-    import jax
+    return parser.parse_args(argv)
 
-    if jax.process_count() > 1:
-        raise OntogenyError("sweep runs in one process (its member axis is sharded over that process's devices); "
-                            "launch it without ONTOGENY_COORDINATOR, or launch each point as its own multi-process job")
 
-    spec = {}
-    if args.file:
-        try:
-            spec = json.loads(Path(args.file).read_text())
-        except (OSError, ValueError) as e:
-            raise OntogenyError(f"--file {args.file}: cannot read a JSON sweep spec ({e.__class__.__name__}); "
-                                f"see `python -m experiments sweep --help`") from None
-        if not isinstance(spec, dict):
-            raise OntogenyError(f"--file {args.file}: the spec must be a JSON object")
+def read_spec(path: str | None) -> dict:
+    """The --file spec (a JSON object), {} without one."""
+    if not path:
+        return {}
+    try:
+        spec = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise OntogenyError(f"--file {path}: cannot read a JSON sweep spec ({e.__class__.__name__}); "
+                            f"see `python -m experiments sweep --help`") from None
+    if not isinstance(spec, dict):
+        raise OntogenyError(f"--file {path}: the spec must be a JSON object")
+    return spec
+
+
+def plan(args, spec: dict) -> dict:
+    """The sweep the arguments and spec ask for: study, module, preset, fixed overrides, points
+    and their configs, every point's references checked (before any folder is made)."""
     study = args.study or spec.get("study")
-    studies = [n for n, m in registry.available().items() if not hasattr(registry.load(n), "main")]
+    studies = registry.studies()
     if study not in studies:
         raise OntogenyError(f"sweep needs a study, one of: {', '.join(studies)} (got {study!r})")
     module = registry.load(study)
@@ -247,11 +249,13 @@ def main(argv: list[str]) -> int:
     if not points or points == [{}]:
         raise OntogenyError("nothing to sweep: give --grid key=v1,v2 or --random N --range key=lo:hi")
     configs = [override(base, [f"{k}={v}" for k, v in p.items()]) for p in points]
-    for config in configs:  # every point's references too, before the sweep folder is created
+    for config in configs:
         module.resolve(config)
+    return {"study": study, "module": module, "preset": preset, "fixed": fixed, "points": points, "configs": configs}
 
-    out = Path(args.out or f"runs/sweep-{study}")
-    record = {"study": study, "preset": preset, "set": fixed, "points": points}
+
+def claim_sweep(out: Path, record: dict) -> None:
+    """Create the sweep folder with its sweep.json, or check that an existing one is this sweep."""
     spec_path = out / "sweep.json"
     if spec_path.exists():
         try:
@@ -264,12 +268,25 @@ def main(argv: list[str]) -> int:
         out.mkdir(parents=True, exist_ok=True)
         write_json(spec_path, record)
 
-    swept = list(dict.fromkeys(k for p in points for k in p))
-    folders = [out / "runs" / point_name(i, p) for i, p in enumerate(points)]
-    vmap = (study in VMAP_STUDIES and not args.sequential and all(k in _vmap_keys() for k in swept))
-    results = run_points(module, study, preset, configs, folders, vmap)
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    import jax
+
+    if jax.process_count() > 1:
+        raise OntogenyError("sweep runs in one process (its member axis is sharded over that process's devices); "
+                            "launch it without ONTOGENY_COORDINATOR, or launch each point as its own multi-process job")
+    p = plan(args, read_spec(args.file))
+    study, points = p["study"], p["points"]
+    out = Path(args.out or f"runs/sweep-{study}")
+    claim_sweep(out, {"study": study, "preset": p["preset"], "set": p["fixed"], "points": points})
+
+    swept = list(dict.fromkeys(k for point in points for k in point))
+    folders = [out / "runs" / point_name(i, point) for i, point in enumerate(points)]
+    vmap = (registry.ENTRIES[study].sweep_vmapped and not args.sequential and all(k in _vmap_keys() for k in swept))
+    results = run_points(p["module"], study, p["preset"], p["configs"], folders, vmap)
     rows = write_results(out, points, folders, results)
-    metrics = headline_keys(module, rows, swept)
+    metrics = headline_keys(study, rows, swept)
     plot_results(out, rows, swept, metrics)
     n_ok = sum(r["status"] == "ok" for r in rows)
     print(f"{study} sweep: {n_ok}/{len(rows)} runs finished" + (" (vmapped)" if vmap else ""))
@@ -283,98 +300,3 @@ def main(argv: list[str]) -> int:
 def _vmap_keys():
     from dynamics.members import VMAP_KEYS
     return VMAP_KEYS
-
-
-# ---------------------------------------------------------------------------- benchmark
-def _bench_setup(K: int, batch_size: int = 16):
-    import jax
-
-    from dynamics import train as train_lib
-    from models import gpt
-
-    from experiments.pretrain import PRESETS
-
-    model_config = dataclasses.replace(PRESETS["tiny"].model, vocab_size=84)
-    tc = train_lib.TrainConfig(steps=1000, batch_size=batch_size, lr=2e-3, warmup=100)
-    configs = [dataclasses.replace(tc, seed=k, lr=tc.lr * (1 + 0.1 * k)) for k in range(K)]
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 84, (K, batch_size, model_config.context + 1)).astype(np.int32)
-    batch = {"inputs": tokens[:, :, :-1], "targets": tokens[:, :, 1:]}
-    init = lambda seed: gpt.init_params(model_config, jax.random.PRNGKey(seed))
-    return model_config, tc, configs, batch, init
-
-
-def bench_vmapped(K: int, n_steps: int) -> dict:
-    """Seconds per step of K tiny models trained as one vmapped program (member axis sharded
-    over the devices when there are several), compile apart."""
-    import time
-
-    import jax
-
-    from dynamics import members
-    from dynamics import train as train_lib
-
-    model_config, tc, configs, batch, init = _bench_setup(K)
-    states = members._shard(members.init_states(init, configs), K)
-    batch = members._shard(batch, K)
-    hp = members.hyperparams(configs)
-    step = members.make_step(train_lib.lm_loss(model_config), tc, dropout=False)
-    t0 = time.perf_counter()
-    states, m = step(states, batch, hp)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(n_steps):
-        states, m = step(states, batch, hp)
-    jax.block_until_ready(m)
-    return {"step_s": (time.perf_counter() - t0) / n_steps, "compile_s": compile_s, "devices": len(jax.devices())}
-
-
-def bench(quick: bool = False) -> dict:
-    """K=8 tiny-shape trainings (4 layers, width 128, context 64, batch 16) as one vmapped program
-    against 8 sequential trainings with the ordinary step, in one run; also the vmapped program
-    with the member axis sharded over 2 host devices (a subprocess with XLA's host device count)."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    import jax
-
-    from dynamics import train as train_lib
-
-    K, n_steps = (4, 3) if quick else (8, 10)
-    model_config, tc, configs, batch, init = _bench_setup(K)
-    optimizer = train_lib.make_optimizer(tc)
-    step = train_lib.make_train_step(train_lib.lm_loss(model_config), optimizer, dropout=False)
-    seq_s, compile_s = 0.0, None
-    for k in range(K):
-        state = train_lib.init_state(init(k), optimizer, k)
-        one = {n: v[k] for n, v in batch.items()}
-        t0 = time.perf_counter()
-        state, m = step(state, one)
-        jax.block_until_ready(m)
-        compile_s = compile_s if compile_s is not None else time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(n_steps):
-            state, m = step(state, one)
-        jax.block_until_ready(m)
-        seq_s += time.perf_counter() - t0
-    vm = bench_vmapped(K, n_steps)
-    tokens = K * n_steps * tc.batch_size * model_config.context
-    result = {"sweep_K": K, "sweep_steps": n_steps, "sweep_sequential_tokens_per_s": tokens / seq_s,
-              "sweep_vmapped_tokens_per_s": tokens / (vm["step_s"] * n_steps),
-              "sweep_speedup": seq_s / (vm["step_s"] * n_steps), "sweep_compile_sequential_s": compile_s,
-              "sweep_compile_vmapped_s": vm["compile_s"]}
-    code = ("import json; from experiments import sweep; "
-            f"print(json.dumps(sweep.bench_vmapped({K}, {n_steps})))")
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if proc.returncode == 0:
-        sharded = json.loads(proc.stdout.strip().splitlines()[-1])
-        result["sweep_sharded2_speedup"] = seq_s / (sharded["step_s"] * n_steps)
-    print(f"sweep: K={K} tiny trainings x {n_steps} steps: sequential {result['sweep_sequential_tokens_per_s']:,.0f} "
-          f"tokens/s, vmapped {result['sweep_vmapped_tokens_per_s']:,.0f} tokens/s, speed-up {result['sweep_speedup']:.2f}x"
-          + (f", sharded over 2 host devices {result['sweep_sharded2_speedup']:.2f}x" if "sweep_sharded2_speedup" in result
-             else "") + f" (compile {compile_s:.1f} s sequential, {vm['compile_s']:.1f} s vmapped)", flush=True)
-    return result

@@ -28,13 +28,18 @@ dispersion, binomial baseline, excess and the verdict on the paper's claim (rule
 `claim_survives_baseline`), taken between the earliest spelling checkpoint where both
 counts have a nonzero mean in both variants (Q is undefined otherwise) and the last.
 
+On `run=RUN` (any family: an imported GPT-NeoX / LLaMA / GPT-2 suite or a run trained here) the
+checkpoints stay on disk and stream through `map_stack` in chunks under `memory_budget_gb`;
+passages and samples come from `generate_any` (`probes.waves_any`; they must fit the context),
+and the spelling vocabulary is the words of `text` read through the run's tokenizer (default: a
+run trained here, its own corpus; an imported suite, Shakespeare). A `pretrain_run` keeps the path above, number for number.
+
 This module orchestrates (config, the passes, the summary, the findings); the method is in
-`probes.waves` and `probes.spelling`, the figures in `experiments.waves_figures`.
+`probes.waves`, `probes.waves_any` and `probes.spelling`, the figures in `experiments.waves_figures`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -44,12 +49,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dynamics import stats
-from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack
+from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack, set_memory_budget
 from dynamics import data as data_lib
+from dynamics import run_tokenizer
 from dynamics.errors import OntogenyError
-from dynamics.runlog import RunFolder, from_dict
-from experiments import pretrain
+from dynamics.runlog import RunFolder
+from experiments import pretrain, suite
 from experiments import waves_figures as figures
+from experiments import waves_suite
+from experiments.waves_suite import spread
 from experiments.config import require
 from probes import spelling, waves
 
@@ -60,6 +68,9 @@ DESCRIPTION = "wave dynamics of hidden channels and spelling-error statistics ov
 class Config:
     pretrain_run: str = ""                      # empty: train `pretrain_preset` into OUT/pretrain
     pretrain_preset: str = "tiny"               # the preset trained when pretrain_run is empty
+    run: str = ""                               # a run of any family (imported suite or trained here), streamed from disk
+    text: str = ""                              # on `run`: text file or folder of the spelling vocabulary ("" = the run's corpus, else Shakespeare)
+    memory_budget_gb: float = 0.0               # host memory for the checkpoint chunks (0 = a quarter of free memory)
     layer: int = -1                             # -1: final normalised hidden state; l: residual after block l
     prompts: tuple[str, ...] = ("\n", "KING")   # wave passages start from these ...
     seeds_per_prompt: int = 2                   # ... with this many independent samples each
@@ -82,6 +93,8 @@ class Config:
     seed: int = 0                               # sampling seed of passages and spelling samples
 
     def __post_init__(self):
+        require(not (self.run and self.pretrain_run), "give run (any family, streamed) or pretrain_run, not both")
+        require(self.memory_budget_gb >= 0, f"memory_budget_gb={self.memory_budget_gb} must be >= 0 (0 = automatic)")
         require(len(self.prompts) >= 1 and all(len(p) >= 1 for p in self.prompts),
                 "prompts must hold at least one non-empty prompt, e.g. --set prompts=KING")
         require(self.layer >= -1, f"layer={self.layer}: use -1 (final normalised hidden state) or a block index")
@@ -106,19 +119,27 @@ class Config:
         require(self.n_heatmaps >= 1 and self.chunk_size >= 0, "n_heatmaps must be >= 1 and chunk_size >= 0")
 
     def unused(self) -> dict[str, str]:
-        """Keys a given pretrain_run leaves without effect: setting one is refused."""
-        return {"pretrain_preset": "pretrain_run is given, so no pretrain preset is trained"} if self.pretrain_run else {}
+        """Keys a given pretrain_run (or run) leaves without effect: setting one is refused."""
+        keys = {"pretrain_preset": "a run is given, so no pretrain preset is trained"} if self.pretrain_run or self.run else {}
+        if not self.run:
+            keys["text"] = "text is read on run=...; a pretrain run's spelling vocabulary is its own corpus"
+        return keys
 
 
 def resolve(config: Config) -> dict:
     """What `run` runs, references checked before anything is created: the pretrain series (a
-    given run, or the preset trained into OUT/pretrain), the layer read, and the study's keys."""
-    ref = pretrain.pretrain_reference(config.pretrain_run, config.pretrain_preset)
+    given run, or the preset trained into OUT/pretrain; or `run` of any family), the layer read,
+    and the study's keys. On `run` the passages and samples must fit the model's context."""
+    if config.run:
+        ref = suite.run_reference(config.run)
+        waves_suite.check_run_shapes(config, ref["model"], run_tokenizer.load_tokenizer(config.run))
+    else:
+        ref = pretrain.pretrain_reference(config.pretrain_run, config.pretrain_preset)
     model = ref["model"] if isinstance(ref["model"], dict) else dataclasses.asdict(ref["model"])
     require(config.layer < model["n_layer"], f"layer={config.layer} must be < the pretrain model's "
                                              f"n_layer={model['n_layer']} (or -1, the final hidden state)")
-    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-             if f.name not in ("pretrain_run", "pretrain_preset")}
+    folded = {"pretrain_run", "pretrain_preset", "run"} | set(config.unused())
+    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
     return {"pretrain": {k: v for k, v in ref.items() if k != "steps"}, "study": study}
 
 
@@ -141,22 +162,6 @@ def resolve_run(config: Config, folder: RunFolder) -> Path:
     return pretrain.ensure_pretrain(folder.sub("pretrain"), preset=config.pretrain_preset)
 
 
-def run_corpus_text(run_dir: Path) -> str:
-    """Training text of the run's corpus: its word list is the spelling vocabulary."""
-    try:
-        record = json.loads((run_dir / "config.json").read_text())["config"].get("data", {})
-    except (OSError, ValueError, KeyError):
-        record = {}
-    return data_lib.load_corpus(from_dict(data_lib.DataConfig, record)).train_text
-
-
-def spread(n_total: int, n: int) -> np.ndarray:
-    """n indices spread evenly over range(n_total), first and last included (0: all)."""
-    if n == 0 or n >= n_total:
-        return np.arange(n_total)
-    return np.unique(np.round(np.linspace(0, n_total - 1, n)).astype(int))
-
-
 # ----------------------------------------------------------------------------- the study
 
 def _load(config: Config, folder: RunFolder) -> dict:
@@ -172,7 +177,7 @@ def _load(config: Config, folder: RunFolder) -> dict:
     if config.sample_length + 1 > model.context:
         raise OntogenyError(f"sample_length+1={config.sample_length + 1} exceeds the model context {model.context}, "
                             f"where generation would recompute a sliding window per character; lower sample_length")
-    vocab = spelling.build_vocabulary(run_corpus_text(run_dir), config.case_sensitive)
+    vocab = spelling.build_vocabulary(suite.own_corpus(run_dir).train_text, config.case_sensitive)
     return {"tokenizer": tokenizer, "steps": steps, "stacked": stacked, "model": model, "vocab": vocab}
 
 
@@ -230,13 +235,14 @@ def _per_checkpoint(config: Config, folder: RunFolder, steps, W: dict, texts: di
 
 
 def run(config: Config, folder: RunFolder) -> dict:
-    """Load the series, the wave and sample passes, the host work per checkpoint, the verdict,
-    the figures and the summary."""
+    """Load the series (on `run`: left on disk, streamed in chunks under memory_budget_gb), the
+    wave and sample passes, the host work per checkpoint, the verdict, the figures and the summary."""
     t_start = time.perf_counter()
-    loaded = _load(config, folder)
+    set_memory_budget(int(config.memory_budget_gb * 2**30))
+    loaded = waves_suite.load(config) if config.run else _load(config, folder)
     steps, names = loaded["steps"], waves.class_names()
-    W, wave_s = _wave_pass(config, loaded)
-    texts, sample_s = _sample_pass(config, loaded)
+    W, wave_s = (waves_suite.wave_pass if config.run else _wave_pass)(config, loaded)
+    texts, sample_s = (waves_suite.sample_pass if config.run else _sample_pass)(config, loaded)
     per = _per_checkpoint(config, folder, steps, W, texts, loaded["vocab"], names)
     i0, i1, verdict, checks = spelling.claim_verdict(per["spell"], len(steps), config.ci_level)
     figures.plot_all(folder, config, steps, W, per, names, loaded["tokenizer"], i0, i1)
@@ -244,6 +250,8 @@ def run(config: Config, folder: RunFolder) -> dict:
     summary.update({"claim_survives_baseline": bool(verdict), "claim_checkpoints": [int(steps[i0]), int(steps[i1])],
                     "claim_checks": checks, "wave_pass_s": wave_s, "sample_pass_s": sample_s,
                     "wall_s": time.perf_counter() - t_start})
+    if config.run:
+        summary["max_resident_checkpoints"] = int(loaded["max_resident"])
     spell, C = per["spell"], len(steps)
     summary.update(intervals(W["coherence"], spell[0]["fixed_length"], spell[C - 1]["fixed_length"],
                              config.n_boot, config.ci_level))
@@ -274,7 +282,17 @@ def _summary(config: Config, steps, W: dict, per: dict, names) -> dict:
                     f"q_{w}_excess_last_ci": fl_last[f"q_{w}_excess_ci"],
                     f"poisson_p_{w}_last": fl_last[f"poisson_{w}"]["p_value"]})
     out["fixed_words"] = {k: fw_last[k] for k in FIXED_WORDS_KEYS} if fw_last else None
-    return out
+    # Q and the Poisson test are undefined without correct (or misspelled) words, e.g. a random
+    # model: null, as the summary contract has it, not NaN
+    return {k: _null_if_undefined(v) if k.startswith(("q_", "poisson_p_", "fixed_words")) else v for k, v in out.items()}
+
+
+def _null_if_undefined(x):
+    if isinstance(x, dict):
+        return {k: _null_if_undefined(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return None if any(v is None or not np.isfinite(v) for v in np.ravel(np.asarray(x, dtype=object))) else x
+    return None if x is not None and not np.isfinite(x) else x
 
 
 def intervals(coherence_CP, fl_first, fl_last, n_boot: int = 2000, level: float = 0.95) -> dict:
@@ -295,6 +313,10 @@ def _change(summary: dict, key: str, what: str, digits: int = 3) -> str:
     return f"{text}: {verdict} ({stats.format_ci(d, ci, digits, signed=True)})"
 
 
+def _fmt(x) -> str:
+    return "undefined" if x is None else f"{x:.3f}"
+
+
 def findings(summary: dict) -> list[str]:
     """The conclusions of a waves summary, with intervals and verdicts."""
     n_p, n_s = summary.get("n_passages", "?"), summary.get("n_spelling_samples", "?")
@@ -308,7 +330,7 @@ def findings(summary: dict) -> list[str]:
         _change(s, "fraction_correct", f"The fraction of correctly spelled words (bootstrap over {n_s} samples)",
                 2) + ".",
         f"Mandel Q of correct-word counts is {stats.ci_text(summary, 'q_correct_last', 3)} against the binomial "
-        f"baseline {summary['q_correct_baseline_last']:.3f} (excess {excess}), so the sub-Poisson claim "
+        f"baseline {_fmt(summary['q_correct_baseline_last'])} (excess {excess}), so the sub-Poisson claim "
         f"{'survives' if survives else 'does not survive'} the baseline; intervals are over units of one "
         f"training seed.",
     ]

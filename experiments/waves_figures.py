@@ -91,15 +91,15 @@ def plot_space_waves(steps, W, names, tokenizer, path) -> None:
     space = np.maximum(np.abs(R[:, names.index("space@t")]), np.abs(R[:, names.index("space@t+1")]))
     top = np.argsort(-space)[:4]
     tokens = W["tokens"][-1, 0]
-    shown = 64  # characters: each tick label stays legible at the report's width
-    text = tokenizer.decode(tokens[:-1])[:shown]
+    shown = 64  # tokens: each tick label stays legible at the report's width
+    text = [tokenizer.decode([int(t)]) for t in tokens[:-1][:shown]]  # one label per token (BPE: several chars)
     x = W["waves"][-1, 0][:shown]
     fig, ax = plt.subplots(figsize=(12, 4.5))
     for j, d in enumerate(top):
         z = (x[:, d] - x[:, d].mean()) / (x[:, d].std() + 1e-8)
         ax.plot(z + 4 * j, lw=1, label=f"channel {d} (|r| space = {space[d]:.2f})")
     for s, ch in enumerate(text):
-        if ch == " ":
+        if ch[:1] == " ":
             ax.axvline(s, color="grey", lw=0.5, alpha=0.5)
     ax.set_xticks(range(len(text)))
     ax.set_xticklabels([repr(ch)[1:-1] for ch in text], fontsize=5)

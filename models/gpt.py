@@ -21,6 +21,7 @@ from typing import Iterable
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 
 from models.errors import require
 
@@ -125,14 +126,14 @@ def causal_attention(q_BHTK, k_BHSK, v_BHSK, mask_TS):
     return jnp.einsum("bhts,bhsk->bhtk", jax.nn.softmax(scores, axis=-1), v_BHSK)
 
 
-def split_heads(x_BTD, n_head):
-    B, T, D = x_BTD.shape
-    return x_BTD.reshape(B, T, n_head, D // n_head).transpose(0, 2, 1, 3)
+def split_heads(x_BSD, n_head):
+    """[B, S, D] -> [B, H, S, E] with D = H * E."""
+    return rearrange(x_BSD, "b s (h e) -> b h s e", h=n_head)
 
 
-def merge_heads(x_BHTK):
-    B, H, T, K = x_BHTK.shape
-    return x_BHTK.transpose(0, 2, 1, 3).reshape(B, T, H * K)
+def merge_heads(x_BHSE):
+    """[B, H, S, E] -> [B, S, H * E]."""
+    return rearrange(x_BHSE, "b h s e -> b s (h e)")
 
 
 def block(p, x_BTD, config: GPTConfig, key=None):

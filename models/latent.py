@@ -15,22 +15,18 @@ with b_i ~ U(-marginal_scale, marginal_scale), w_ij ~ U(0.5, 1) * random sign. s
 or `independent=True` gives independent concepts.
 
 Learner. p_hat(y|x) = softmax_y f(x)^T g(y): f is a table [X, d] or an MLP of the context's
-one-hot code [X, 3m] -> d; g is an unembedding table [Y, d]. Trained on the weight matrix
-W[x, y] = w(x) p(y|x) (exact population loss) or an empirical one (finite sample), by full-batch
-gradient descent ("gd"), minibatch SGD ("sgd", batch drawn from W each step) or Adam, with
-optional weight decay. Every training entry point is vmapped over runs (seed, lr, weight
-decay, optimizer, width d, data): a sweep trains all runs of one m in one compiled call.
+one-hot code [X, 3m] -> d; g is an unembedding table [Y, d]. Its loss is the cross-entropy under
+a weight matrix W[x, y] (the exact law w(x) p(y|x) or an empirical one); its training lives in
+dynamics/latent_training.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from models.errors import require
 
@@ -40,13 +36,13 @@ UNKNOWN = 2
 # ----------------------------------------------------------------------------- generator
 @dataclasses.dataclass(frozen=True)
 class LatentConfig:
-    n_concepts: int = 4
-    independent: bool = False
-    edge_density: float = 0.5
-    strength: float = 0.0
-    marginal_scale: float = 0.5
-    p_fix: float = 0.5
-    seed: int = 0
+    n_concepts: int = 4  # m binary concepts (2^m tokens, 3^m contexts)
+    independent: bool = False  # independent concepts (no DAG); false: a random DAG Bayes net
+    edge_density: float = 0.5  # DAG: probability of each edge
+    strength: float = 0.0  # DAG: coupling strength of parents (0 = independent)
+    marginal_scale: float = 0.5  # concept biases b_i ~ U(-marginal_scale, marginal_scale)
+    p_fix: float = 0.5  # probability that a context fixes each concept
+    seed: int = 0  # draws the DAG and the biases
 
     def __post_init__(self):
         require(1 <= self.n_concepts <= 8,
@@ -202,11 +198,11 @@ def context_inputs(m: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- learner
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
-    d: int = 16
-    f_kind: str = "mlp"          # "mlp" (network of the context code) or "table"
-    hidden: int = 64
-    n_hidden: int = 1            # hidden layers of the MLP (0 = linear map)
-    init_scale: float = 0.01     # std of g and of a table f (small: the learned part dominates)
+    d: int = 16  # representation width of f and g
+    f_kind: str = "mlp"  # context map f: mlp (network of the context code) or table
+    hidden: int = 64  # MLP hidden width
+    n_hidden: int = 1  # MLP hidden layers (0 = linear map)
+    init_scale: float = 0.01  # std of g and of a table f at init (small: the learned part dominates)
 
     def __post_init__(self):
         require(self.d >= 1, f"d={self.d} must be a positive integer")
@@ -268,135 +264,3 @@ def conditional_entropy(weight_XY: np.ndarray) -> float:
     w = np.asarray(weight_XY, dtype=np.float64)
     cond = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
     return float(-np.sum(np.where(w > 0, w * np.log(np.where(w > 0, cond, 1.0)), 0.0)))
-
-
-# ----------------------------------------------------------------------------- training
-OPTIMIZERS = ("gd", "sgd", "adam")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    optimizer: str = "gd"         # gd: full batch; sgd: minibatch of batch_size; adam: full batch
-    lr: float = 1.0
-    weight_decay: float = 0.0     # decoupled (AdamW); for gd/sgd it equals an L2 penalty
-    n_steps: int = 4096
-    batch_size: int = 64          # used by sgd only
-    n_samples: int = 0            # 0: exact population law; >0: a fixed sample of that size
-    seed: int = 0
-
-    def __post_init__(self):
-        require(self.optimizer in OPTIMIZERS, f"optimizer={self.optimizer!r} must be one of {', '.join(OPTIMIZERS)}")
-        require(self.lr > 0, f"lr={self.lr} must be > 0")
-        require(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
-        require(self.n_steps >= 1, f"n_steps={self.n_steps} must be >= 1")
-        require(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
-        require(self.n_samples >= 0, f"n_samples={self.n_samples} must be >= 0 (0 = exact law)")
-
-
-OPTIMIZER_CODE = {name: i for i, name in enumerate(OPTIMIZERS)}
-ADAM = optax.scale_by_adam()  # optax defaults: b1 0.9, b2 0.999, eps 1e-8
-
-
-def init_state(params, lr, weight_decay, kind_code, seed):
-    """One run's state; lr, weight decay, optimizer code and seed are per-run values (traceable)."""
-    hyper = {"lr": jnp.asarray(lr, jnp.float32), "weight_decay": jnp.asarray(weight_decay, jnp.float32),
-             "kind": jnp.asarray(kind_code, jnp.int32)}
-    return {"params": params, "adam": ADAM.init(params), "key": jax.random.PRNGKey(seed),
-            "step": jnp.zeros((), jnp.int32), "hyper": hyper}
-
-
-def _minibatch_weight(key, weight_XY, batch_size: int):
-    """Empirical law of `batch_size` (x, y) draws from `weight_XY`."""
-    flat = weight_XY.reshape(-1)
-    cdf = jnp.cumsum(flat)  # inverse-CDF sampling: O(B log XY), unlike Gumbel's O(B XY)
-    idx = jnp.minimum(jnp.searchsorted(cdf, jax.random.uniform(key, (batch_size,)) * cdf[-1], side="right"),
-                      flat.size - 1)
-    return (jnp.zeros_like(flat).at[idx].add(1.0) / batch_size).reshape(weight_XY.shape)
-
-
-def train_step(state, inputs_XI, weight_XY, *, batch_size: int):
-    """One update, the optimizer chosen by the run's code so different optimizers share a compile.
-
-    gd / sgd: p -= lr (grad + wd p); adam: p -= lr (adam(grad) + wd p), i.e. optax.adamw. sgd
-    takes the gradient on a minibatch of `batch_size` draws from `weight_XY`, gd and adam on all of it
-    (`batch_size` 0: no run is sgd).
-    """
-    h, key, batch = state["hyper"], state["key"], weight_XY
-    if batch_size:  # static: 0 when no run of the call uses sgd, so gd/adam calls skip the sampling
-        key, sub = jax.random.split(key)
-        batch = jnp.where(h["kind"] == OPTIMIZER_CODE["sgd"], _minibatch_weight(sub, weight_XY, batch_size), weight_XY)
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], inputs_XI, batch)
-    adam_dir, adam_state = ADAM.update(grads, state["adam"])
-    use_adam = h["kind"] == OPTIMIZER_CODE["adam"]
-    params = jax.tree.map(lambda p, g, a: p - h["lr"] * (jnp.where(use_adam, a, g) + h["weight_decay"] * p),
-                          state["params"], grads, adam_dir)
-    return {**state, "params": params, "adam": adam_state, "key": key, "step": state["step"] + 1}, loss
-
-
-@partial(jax.jit, static_argnames=("batch_size",))
-def run_steps(states_R, n_steps, inputs_XI, weights_RXY, *, batch_size: int):
-    """Advance every run R by `n_steps` (a traced count: one compilation for every segment).
-
-    Returns (states, full-law loss [R] of the new parameters)."""
-    def one(state, weight_XY):
-        body = lambda _, s: train_step(s, inputs_XI, weight_XY, batch_size=batch_size)[0]
-        state = jax.lax.fori_loop(0, n_steps, body, state)
-        return state, loss_fn(state["params"], inputs_XI, weight_XY)
-    return jax.vmap(one)(states_R, weights_RXY)
-
-
-@jax.jit
-def init_states(params_R, seeds_R, lrs_R, weight_decays_R, kinds_R):
-    """Initial states of R runs from their stacked initial parameters."""
-    return jax.vmap(init_state)(params_R, lrs_R, weight_decays_R, kinds_R, seeds_R)
-
-
-def train_runs(m: int, learner: LearnerConfig, snapshot_steps, *, seeds, lrs, weight_decays, optimizers, widths=None,
-               weights_RXY, batch_size: int = 64, progress=None, init_scales=None):
-    """Train R runs of one m together in one compiled, vmapped loop; snapshot at `snapshot_steps`.
-
-    Per run: seed, lr, weight decay, optimizer name, width (<= learner.d; default learner.d) and
-    training law weights_RXY [R, X, Y], optional init scale (default learner.init_scale). Returns (params with leaves [R, T, ...] of width
-    learner.d, zero-padded beyond each run's width; losses [R, T]) as numpy.
-    """
-    steps = sorted(set(int(s) for s in snapshot_steps))
-    require(steps[0] >= 0, "snapshot steps must be >= 0")
-    widths = [learner.d] * len(seeds) if widths is None else list(widths)
-    require(all(1 <= w <= learner.d for w in widths), f"run widths {widths} must be in 1..{learner.d}")
-    inputs = jnp.asarray(context_inputs(m))
-    weights = jnp.asarray(weights_RXY, jnp.float32)
-    scales = [learner.init_scale] * len(seeds) if init_scales is None else list(init_scales)
-    params = jax.tree.map(lambda *xs: np.stack(xs), *[
-        init_learner(dataclasses.replace(learner, init_scale=c), m, s, w) for s, w, c in zip(seeds, widths, scales)])
-    states = init_states(params, jnp.asarray(seeds, jnp.uint32), jnp.asarray(lrs, jnp.float32),
-                         jnp.asarray(weight_decays, jnp.float32),
-                         jnp.asarray([OPTIMIZER_CODE[o] for o in optimizers], jnp.int32))
-    batch_size = batch_size if "sgd" in optimizers else 0
-    snaps, losses, done = [], [], 0
-    for step in steps:
-        states, loss = run_steps(states, jnp.asarray(step - done, jnp.int32), inputs, weights, batch_size=batch_size)
-        done = step
-        snaps.append(jax.device_get(states["params"]))
-        losses.append(np.asarray(loss))
-        if progress is not None:
-            progress.update(1)
-    stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *snaps)
-    return stacked, np.stack(losses, axis=1)
-
-
-def training_weight(problem: LatentProblem, train: TrainConfig) -> np.ndarray:
-    """The (x, y) law a run trains on: exact, or the empirical law of a fixed sample."""
-    if train.n_samples == 0:
-        return problem.weight_XY
-    x, y = sample(problem, jax.random.PRNGKey(10_000 + train.seed), train.n_samples)
-    return empirical_weight(x, y, len(problem.contexts_XM), len(problem.token_bits_YM))
-
-
-def train(problem: LatentProblem, learner: LearnerConfig, train_config: TrainConfig, snapshot_steps, progress=None):
-    """One run: (params with leaves [T, ...], losses [T])."""
-    t = train_config
-    stacked, losses = train_runs(problem.n_concepts, learner, snapshot_steps, seeds=[t.seed], lrs=[t.lr],
-                                 weight_decays=[t.weight_decay], optimizers=[t.optimizer],
-                                 weights_RXY=training_weight(problem, t)[None], batch_size=t.batch_size,
-                                 progress=progress)
-    return jax.tree.map(lambda x: x[0], stacked), losses[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 
 from models.errors import require
 
@@ -56,13 +57,12 @@ def apply_rotary(x_BHSE, cos_SR, sin_SR):
 
 def heads(x_BSX, n_head: int):
     """[B, S, n*E] -> [B, n, S, E]."""
-    B, S, X = x_BSX.shape
-    return x_BSX.reshape(B, S, n_head, X // n_head).transpose(0, 2, 1, 3)
+    return rearrange(x_BSX, "b s (h e) -> b h s e", h=n_head)
 
 
 def merge(x_BHSE):
-    B, H, S, E = x_BHSE.shape
-    return x_BHSE.transpose(0, 2, 1, 3).reshape(B, S, H * E)
+    """[B, H, S, E] -> [B, S, H*E]."""
+    return rearrange(x_BHSE, "b h s e -> b s (h e)")
 
 
 def attention(q_BHSE, k_BGSE, v_BGSE, scale):

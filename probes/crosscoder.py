@@ -50,27 +50,41 @@ ARCHS = ("relu", "jumprelu", "batchtopk")
 
 @dataclasses.dataclass(frozen=True)
 class CrosscoderConfig:
-    n_snapshots: int = 16
-    d_model: int = 128
-    n_features: int = 512
-    arch: str = "batchtopk"
-    steps: int = 2000
-    batch_size: int = 512
-    lr: float = 1e-3
+    n_snapshots: int = 16         # snapshots the dictionary spans, spread evenly over the series (0 and last included)
+    d_model: int = 128            # width of the activations read (a study sets it from the run)
+    n_features: int = 512         # dictionary size (features shared by all snapshots)
+    arch: str = "batchtopk"       # relu | jumprelu (Ge et al.'s) | batchtopk
+    steps: int = 2000             # crosscoder optimizer steps
+    batch_size: int = 512         # activation rows (tokens) per step
+    lr: float = 1e-3              # Adam peak learning rate
     warmup: float = 0.05          # fraction of steps with a linear lr warmup
     decay: float = 0.2            # fraction of steps at the end with a linear decay to 0
     l1_ramp: float = 0.1          # fraction of steps over which the sparsity weight ramps in
-    init_norms: tuple[float, ...] = tuple(float(x) for x in np.geomspace(0.02, 2.0, 21))
-    jump_eps: float = 0.1         # straight-through kernel bandwidth (Ge et al. quote 4 at Pythia scale)
-    jump_init_threshold: float = 0.1
-    tanh_c: float = 4.0
-    freq_scale: float = 0.01
-    aux_k: int = 0                # 0 disables AuxK
-    aux_coef: float = 1.0 / 8
+    init_norms: tuple[float, ...] = tuple(float(x) for x in np.geomspace(0.02, 2.0, 21))  # decoder norms tried at init
+    jump_eps: float = 0.1         # jumprelu: straight-through kernel bandwidth (Ge et al. quote 4 at Pythia scale)
+    jump_init_threshold: float = 0.1  # jumprelu: initial threshold of every feature
+    tanh_c: float = 4.0           # jumprelu: c in the tanh(c |f| ||d||) sparsity penalty
+    freq_scale: float = 0.01      # jumprelu: frequency scale of the penalty's p (1 + p / scale) term
+    aux_k: int = 0                # AuxK: dead latents that reconstruct the residual (0 = off)
+    aux_coef: float = 1.0 / 8     # weight of the AuxK loss
     dead_tokens: int = 100_000    # a feature silent for this many tokens is dead
-    threshold_momentum: float = 0.99
-    resample_every: int = 0       # 0 disables resampling of dead features
-    resample_enc_scale: float = 0.2
+    threshold_momentum: float = 0.99  # batchtopk: momentum of the running inference threshold
+    resample_every: int = 0       # resample dead features every this many steps (0 = off)
+    resample_enc_scale: float = 0.2   # norm of a resampled encoder row relative to the live rows'
+
+    def unused(self) -> dict[str, str]:
+        """Fields the arch (or a disabled option) leaves without effect: setting one is refused."""
+        keys = {}
+        if self.arch != "jumprelu":
+            keys.update({k: f"{k} belongs to arch=jumprelu and arch={self.arch}"
+                         for k in ("jump_eps", "jump_init_threshold", "tanh_c", "freq_scale")})
+        if self.arch != "batchtopk":
+            keys["threshold_momentum"] = f"threshold_momentum belongs to arch=batchtopk and arch={self.arch}"
+        if not self.aux_k:
+            keys["aux_coef"] = "aux_k=0 turns AuxK off"
+        if not self.resample_every:
+            keys["resample_enc_scale"] = "resample_every=0 turns resampling off"
+        return keys
 
     def __post_init__(self):
         require(self.arch in ARCHS, f"crosscoder arch={self.arch!r}; choose one of {', '.join(ARCHS)}")
@@ -303,57 +317,6 @@ def train_step(state, x_NSD, hp, config: CrosscoderConfig):
     return new, metrics
 
 
-def _mask_features(tree: dict, dead_F, value=0.0) -> dict:
-    """Set the entries of dead features to `value` in a params-shaped dict."""
-    axes = {"W_enc": (None, None, slice(None)), "W_dec": (slice(None), None, None), "b_enc": (slice(None),),
-            "log_threshold": None}
-    out = dict(tree)
-    for name, index in axes.items():
-        if index is not None and name in tree:
-            out[name] = jnp.where(dead_F[index], value, tree[name])
-    return out
-
-
-def resample_dead(state, x_NSD, key, hp, config: CrosscoderConfig):
-    """Re-initialise dead features on high-error inputs; returns (state, number resampled)."""
-    params = state["params"]
-    dead = state["since_fired"] >= config.dead_tokens
-    x_hat = decode(params, encode(params, x_NSD, config, hp))
-    err_N = jnp.sum((x_NSD - x_hat) ** 2, axis=(1, 2))
-    pick_F = jax.random.categorical(key, 2.0 * jnp.log(err_N + 1e-12), shape=(config.n_features,))
-    v_FSD = x_NSD[pick_F] - params["b_dec"]
-    v_FSD = v_FSD / jnp.maximum(jnp.linalg.norm(v_FSD, axis=(1, 2), keepdims=True), 1e-12)
-    alive = (~dead).astype(x_NSD.dtype)
-    n_alive = jnp.maximum(alive.sum(), 1.0)
-    dec_norm = jnp.sum(jnp.linalg.norm(params["W_dec"], axis=(1, 2)) * alive) / n_alive
-    enc_norm = jnp.sum(jnp.linalg.norm(params["W_enc"], axis=(0, 1)) * alive) / n_alive
-    new = dict(params)
-    new["W_dec"] = jnp.where(dead[:, None, None], v_FSD * dec_norm, params["W_dec"])
-    new["W_enc"] = jnp.where(dead[None, None], jnp.transpose(v_FSD, (1, 2, 0)) * enc_norm * config.resample_enc_scale,
-                             params["W_enc"])
-    new["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
-    opt_state = tuple(s._replace(mu=_mask_features(s.mu, dead), nu=_mask_features(s.nu, dead))
-                      if hasattr(s, "mu") else s for s in state["opt_state"])
-    out = {**state, "params": new, "opt_state": opt_state, "since_fired": jnp.where(dead, 0, state["since_fired"])}
-    return out, dead.sum()
-
-
-@functools.lru_cache(maxsize=32)
-def make_resample(config: CrosscoderConfig, n_members: int | None = None):
-    fn = lambda state, x, key, hp: resample_dead(state, x, key, hp, config)
-    if n_members is None:
-        return jax.jit(fn, donate_argnums=0)
-    return jax.jit(jax.vmap(fn, in_axes=(0, None, 0, 0)), donate_argnums=0)
-
-
-def resample_steps(config: CrosscoderConfig) -> list[int]:
-    """Steps at which dead features are resampled: multiples of resample_every before the decay."""
-    if not config.resample_every:
-        return []
-    end = int((1 - config.decay) * config.steps)
-    return list(range(config.resample_every, end, config.resample_every))
-
-
 @functools.lru_cache(maxsize=32)
 def make_train_step(config: CrosscoderConfig, n_members: int | None = None):
     """Jitted step(state, x_NSD, hp). With n_members, state and hp carry a leading member
@@ -377,111 +340,3 @@ def stack_hps(hps: list[dict]) -> dict:
 
 def one_hp(hp: dict) -> dict:
     return {"l1": jnp.asarray(float(hp.get("l1", 0.0)), jnp.float32), "k": jnp.asarray(int(hp.get("k", 1)), jnp.int32)}
-
-
-class Stopped(Exception):
-    """Training stopped early by `should_stop`; carries what `train(..., resume=...)` continues from."""
-
-    def __init__(self, step: int, state, history: list):
-        super().__init__(f"crosscoder training stopped after step {step}")
-        self.step, self.state, self.history = step, state, history
-
-
-def train(config: CrosscoderConfig, hps: list[dict], seeds: list[int], next_batch, *, callback=None,
-          progress: bool = False, should_stop=None, resume=None):
-    """Train len(hps) crosscoders together (one vmapped program) on a shared stream.
-
-    `next_batch(i) -> x_NSD` gives batch i (batch 0 also sets the init). Returns the stacked
-    final state (leading member axis) and the list of per-step metrics (numpy, [K] each).
-
-    `should_stop(i)`, asked after step i, raises `Stopped` with the state after that step;
-    `resume=(step, state, history)` (from a `Stopped`) continues it. The batches before `step`
-    are drawn again and discarded, so a stateful stream (a `ShuffleBuffer`) is where it was
-    and the result equals an uninterrupted run's.
-    """
-    require(len(hps) == len(seeds) >= 1, "give one seed per crosscoder hyperparameter set")
-    K = len(hps)
-    hp = stack_hps(hps)
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    x0 = jnp.asarray(next_batch(0))
-    start, history = 0, []
-    if resume is None:
-        state = make_init(config, K)(keys, x0, hp)
-    else:
-        start, state, history = resume[0], resume[1], list(resume[2])
-        for i in range(1, start):  # replay the stream's draws (and refreshes) up to `start`
-            next_batch(i)
-    step = make_train_step(config, K)
-    iterator = range(start, config.steps)
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="crosscoder", mininterval=2.0, initial=start, total=config.steps)
-    resample_at = set(resample_steps(config))
-    resample = make_resample(config, K) if resample_at else None
-    resample_key = jax.random.PRNGKey(seeds[0] + 7919)
-    for i in iterator:
-        x = x0 if i == 0 else jnp.asarray(next_batch(i))
-        if i in resample_at:
-            keys_i = jax.random.split(jax.random.fold_in(resample_key, i), K)
-            state, n_resampled = resample(state, x, keys_i, hp)
-            history.append({"step": i, "resampled": np.asarray(n_resampled)})
-        state, metrics = step(state, x, hp)
-        if callback is not None or i == config.steps - 1 or i % 50 == 0:
-            metrics = jax.device_get(metrics)
-            history.append({"step": i, **{k: np.asarray(v) for k, v in metrics.items()}})
-            if callback is not None:
-                callback(i, metrics)
-        if should_stop is not None and i < config.steps - 1 and should_stop(i):
-            raise Stopped(i + 1, state, history)
-    return state, history
-
-
-def state_template(config: CrosscoderConfig, n_members: int, x_NSD):
-    """The tree structure and shapes of `train`'s state (what a saved state is restored into)."""
-    keys = jax.ShapeDtypeStruct((n_members, 2), jnp.uint32)
-    hp = {"l1": jax.ShapeDtypeStruct((n_members,), jnp.float32), "k": jax.ShapeDtypeStruct((n_members,), jnp.int32)}
-    return jax.eval_shape(make_init(config, n_members), keys, jax.ShapeDtypeStruct(x_NSD.shape, jnp.float32), hp)
-
-
-def member(tree, index: int):
-    return jax.tree.map(lambda x: x[index], tree)
-
-
-# ----------------------------------------------------------------------------- shuffling buffer
-class ShuffleBuffer:
-    """Streams activation rows [S, D] through a shuffled in-memory buffer.
-
-    `source(i) -> rows [n, S, D]` produces fresh activations (e.g. one batch of token windows
-    through all snapshots). The buffer holds `size` rows; every `refresh_every` batches the
-    oldest `refresh_rows` rows are replaced by fresh ones, so each row is used about
-    size / refresh_rows * refresh_every * batch / size times (the reuse factor) and no full
-    dataset is ever stored.
-    """
-
-    def __init__(self, source, size: int, batch_size: int, refresh_rows: int, refresh_every: int, seed: int = 0,
-                 scale_S=None):
-        self.source, self.size, self.batch_size = source, size, batch_size
-        self.refresh_rows, self.refresh_every = refresh_rows, refresh_every
-        self.rng = np.random.default_rng(seed)
-        self.calls = 0
-        self.rows = self._fetch(size)
-        self.scale_S = normaliser(self.rows) if scale_S is None else np.asarray(scale_S, np.float32)
-        self.oldest = 0
-
-    def _fetch(self, n: int) -> np.ndarray:
-        parts, have = [], 0
-        while have < n:
-            part = np.asarray(self.source(self.calls), np.float32)
-            self.calls += 1
-            parts.append(part)
-            have += len(part)
-        return np.concatenate(parts)[:n]
-
-    def __call__(self, i: int) -> np.ndarray:
-        if i > 0 and self.refresh_every and i % self.refresh_every == 0:
-            fresh = self._fetch(self.refresh_rows)
-            index = (self.oldest + np.arange(self.refresh_rows)) % self.size
-            self.rows[index] = fresh
-            self.oldest = (self.oldest + self.refresh_rows) % self.size
-        pick = self.rng.integers(0, self.size, self.batch_size)
-        return self.rows[pick] * self.scale_S[None, :, None]

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
+from einops import rearrange
 
 from dynamics import stats
 from dynamics.checkpoints import map_stack
@@ -190,7 +191,7 @@ def spliced_inputs(tokens_BS, stacked, site, params, threshold, config: cc.Cross
     the error node (x - x_hat, normalised units), the scale and the features f [C, N, F]."""
     C, D = config.n_snapshots, config.d_model
     acts = map_stack(site, stacked, tokens_BS)
-    x = np.moveaxis(acts.reshape(C, -1, D), 0, 1) * scale_C[None, :, None]
+    x = rearrange(acts, "c ... d -> (...) c d", c=C, d=D) * scale_C[None, :, None]   # [N, C, D], N = B * S
     f, x_hat = encode_all(params, x, config, threshold)
     return {"model": stacked, "W_dec": np.moveaxis(np.asarray(params["W_dec"]), 1, 0),
             "b_dec": np.asarray(params["b_dec"]), "err": np.moveaxis(x - x_hat, 1, 0), "scale": scale_C,

@@ -147,20 +147,41 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
       n_iter steps; `converged` says which. On separable data with C = inf the optimum is at
       infinity: the objective is driven towards 0 until the decrement is below tol.
     """
+    Xc, mean, scale, pen_D1 = _standardized(X, C)
+    D1 = X.shape[1] + 1
+    V = jnp.asarray(gauge_basis(n_classes), jnp.float32)
+    if n_classes == 2:
+        problem = _binary_problem(Xc, y, pen_D1)
+    else:
+        problem = _multinomial_problem(Xc, y, n_classes, V, pen_D1)
+    theta, done, iters = _newton(problem, pen_D1, (D1, V.shape[1]), n_iter, tol, damping, reuse)
+    # back to the caller's features: w = w~ / scale, b = b~ - mean . w
+    W_s = theta @ V.T
+    coef = W_s[:-1] / scale[:, None]
+    W = jnp.concatenate([coef, (W_s[-1] - mean @ coef)[None]], axis=0)
+    # the gradient where the fit was solved (standardised features, free columns): no second
+    # [N, D+1] copy of the data just to report it
+    logits_of, _, _, gradient = problem
+    return LogisticFit(W, done, jnp.max(jnp.abs(gradient(theta, logits_of(theta)))), iters)
+
+
+def _standardized(X, C):
+    """(Xc, mean, scale, pen_D1): the features centred and scaled, and the L2 weights of the
+    [D+1] parameter rows in that scale (1/(C scale^2); 0 for the intercept and for C = inf)."""
     X = jnp.asarray(X, jnp.float32)
     mean = X.mean(0)
     scale = X.std(0)
     scale = jnp.where(scale > 0, scale, 1.0)
     Xc = (X - mean) / scale
-    D1 = X.shape[1] + 1
     inv_C = jnp.where(jnp.isinf(C), 0.0, 1.0 / jnp.asarray(C, jnp.float32)).astype(jnp.float32)
     pen_D1 = inv_C * jnp.concatenate([1.0 / scale ** 2, jnp.zeros((1,), jnp.float32)])
-    V = jnp.asarray(gauge_basis(n_classes), jnp.float32)
-    Kf = V.shape[1]
-    if n_classes == 2:
-        logits_of, loss_of, system, gradient = _binary_problem(Xc, y, pen_D1)
-    else:
-        logits_of, loss_of, system, gradient = _multinomial_problem(Xc, y, n_classes, V, pen_D1)
+    return Xc, mean, scale, pen_D1
+
+
+def _newton(problem, pen_D1, shape, n_iter: int, tol: float, damping: float, reuse: int):
+    """(theta [D+1, K'], converged, Hessians used): `fit_logistic`'s damped, safeguarded Newton
+    loop on a (logits_of, loss_of, system, gradient) problem from theta = 0."""
+    logits_of, loss_of, system, gradient = problem
     penalty = lambda th: 0.5 * jnp.sum(pen_D1[:, None] * th ** 2)
     sizes = jnp.asarray([2.0 ** -i for i in range(7)] + [0.0], jnp.float32)
 
@@ -176,24 +197,18 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
         grad, H = system(theta, z)
         factor = _damped_factor(H, damping)
         for _ in range(1 + reuse):  # Shamanskii: each factorised Hessian serves 1 + reuse steps
-            step = _damped_solve(factor, grad.reshape(-1)).reshape(D1, Kf)
+            step = _damped_solve(factor, grad.reshape(-1)).reshape(shape)
             done = 0.5 * jnp.abs(jnp.vdot(grad, step)) <= tol * jnp.maximum(f, 1.0)
             theta, z, f = line_search(theta, z, step)
             if reuse:
                 grad = gradient(theta, z)
         return theta, z, f, done, i + 1
 
-    theta0 = jnp.zeros((D1, Kf), jnp.float32)
+    theta0 = jnp.zeros(shape, jnp.float32)
     z0 = logits_of(theta0)
     init = (theta0, z0, loss_of(z0), jnp.asarray(False), jnp.asarray(0))
     theta, _, _, done, iters = jax.lax.while_loop(lambda c: (c[4] < n_iter) & ~c[3], body, init)
-    # back to the caller's features: w = w~ / scale, b = b~ - mean . w
-    W_s = theta @ V.T
-    coef = W_s[:-1] / scale[:, None]
-    W = jnp.concatenate([coef, (W_s[-1] - mean @ coef)[None]], axis=0)
-    # the gradient where the fit was solved (standardised features, free columns): no second
-    # [N, D+1] copy of the data just to report it
-    return LogisticFit(W, done, jnp.max(jnp.abs(gradient(theta, logits_of(theta)))), iters)
+    return theta, done, iters
 
 
 def _binary_problem(Xc, y, pen_D1):

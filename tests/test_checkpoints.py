@@ -1,11 +1,13 @@
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dynamics import checkpoints as ck
+from dynamics import stacks
 from dynamics.errors import OntogenyError
 from models import gpt
 
@@ -15,8 +17,8 @@ def test_save_restore_round_trip(tmp_path):
     series = ck.Series(tmp_path, "pretrain")
     series.save(0, params, {"rng": np.array([1, 2], np.uint32)}, {"val_loss": 1.5})
     restored, state, meta = series.restore(0, state_target={"rng": np.zeros(2, np.uint32)})
-    np.testing.assert_array_equal(restored["a"], params["a"])
-    np.testing.assert_array_equal(state["rng"], [1, 2])
+    chex.assert_trees_all_equal(restored, params)
+    chex.assert_trees_all_equal(state, {"rng": np.array([1, 2], np.uint32)})
     assert meta == {"step": 0, "stage": "pretrain", "val_loss": 1.5}
     with pytest.raises(OntogenyError, match="never overwritten"):
         series.save(0, params)
@@ -27,9 +29,7 @@ def test_load_stack_equals_per_checkpoint_loading(micro_run):
     series = ck.Series(micro_run, "pretrain", create=False)
     assert list(steps) == series.steps() == [0, 1, 2, 4, 8, 16, 20, 40]
     for t, step in enumerate(steps):
-        one = series.restore_params(int(step))
-        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(ck.unstack_tree(stacked, t))):
-            np.testing.assert_array_equal(a, b)
+        chex.assert_trees_all_equal(series.restore_params(int(step)), stacks.unstack_tree(stacked, t))
     sub_steps, sub = ck.load_stack(micro_run, steps=[4, 40])
     np.testing.assert_array_equal(sub["wte"][1], stacked["wte"][-1])
     with pytest.raises(OntogenyError, match="not in"):
@@ -47,7 +47,7 @@ def resid_loop(micro_run):
         return gpt.apply(params, tokens, config, capture=("resid",))[1]["resid"]
 
     one = jax.jit(resid)
-    loop = np.stack([one(ck.unstack_tree(stacked, t), tokens) for t in range(len(steps))])
+    loop = np.stack([one(stacks.unstack_tree(stacked, t), tokens) for t in range(len(steps))])
     return config, stacked, tokens, resid, loop
 
 
@@ -55,8 +55,8 @@ def resid_loop(micro_run):
 def test_map_stack_equals_a_loop(resid_loop, chunk):
     config, stacked, tokens, resid, loop = resid_loop
     vmapped = ck.map_stack(resid, stacked, tokens, chunk_size=chunk)
-    assert vmapped.shape == (len(loop), config.n_layer, 2, config.context, config.d_model)
-    np.testing.assert_allclose(vmapped, loop, atol=2e-5)
+    chex.assert_shape(vmapped, (len(loop), config.n_layer, 2, config.context, config.d_model))
+    chex.assert_trees_all_close(vmapped, loop, atol=2e-5)
 
 
 def test_auto_chunk_respects_the_memory_budget(micro_run):

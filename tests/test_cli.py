@@ -41,7 +41,7 @@ def test_listing(capsys):
     (["quickstart", "--only", "wavez"], "'wavez' is not a study"),
     (["bench", "nosection"], "unknown bench section 'nosection'"),
     (["cognition", "--set", "fewshot=1,3"], "must contain 0"),
-    (["crosscoders", "--set", "arch=topk"], "crosscoder arch='topk'"),
+    (["crosscoders", "--set", "crosscoder.arch=topk"], "crosscoder arch='topk'"),
     (["waves", "--preset", "giant"], "unknown preset 'giant'"),
     # every reference key of every study is checked before a run folder is claimed
     (["crosscoders", "--set", "pretrain_preset=nope"], "pretrain_preset='nope' is unknown"),
@@ -69,11 +69,11 @@ def test_overrides_are_validated_together():
     from experiments import crosscoders
     from experiments.config import override
 
-    for order in (["n_features=32", "aux_k=4"], ["aux_k=4", "n_features=32"]):
+    for order in (["crosscoder.n_features=32", "crosscoder.aux_k=4"], ["crosscoder.aux_k=4", "crosscoder.n_features=32"]):
         config = override(crosscoders.PRESETS["tiny"], order)
-        assert (config.n_features, config.aux_k) == (32, 4)
+        assert (config.crosscoder.n_features, config.crosscoder.aux_k) == (32, 4)
     with pytest.raises(Exception, match="aux_k=64 must lie"):
-        override(crosscoders.PRESETS["tiny"], ["n_features=16", "aux_k=64"])
+        override(crosscoders.PRESETS["tiny"], ["crosscoder.n_features=16", "crosscoder.aux_k=64"])
 
 
 @pytest.mark.parametrize("study", ["crosscoders", "waves", "neuromfa"])

@@ -14,7 +14,7 @@ from experiments import registry
 from experiments.__main__ import cli
 from experiments.config import all_keys, field_types, help_rows, override, unused_keys
 
-STUDIES = ("pretrain", "linear-origins", "cognition", "crosscoders", "neuromfa", "waves")
+STUDIES = tuple(registry.quickstart_studies())
 # other valid values of string keys (the generic candidates below cover numbers, flags and tuples)
 STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic"], "f_kind": ["table"], "optimizer": ["adam", "sgd"],
            "within_mode": ["to_mean"], "ablation": ["mean"], "variant": ["shortest_path"],
@@ -22,8 +22,11 @@ STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic"], "f_kind": ["t
            "token_dtype": ["uint32"], "site": ["resid_post.0"]}
 REFERENCES = ("pretrain_run", "gpt_run", "path", "run")  # a run folder: the micro pretrain run (data.path: a text folder)
 # settings a change needs to be valid at all (the micro run has 8 checkpoints), set on both sides
-COMPANIONS = {("crosscoders", "pretrain_run"): ["n_snapshots=4"], ("crosscoders", "pretrain_preset"): ["n_snapshots=4"],
-              ("crosscoders", "run"): ["n_snapshots=4"]}
+COMPANIONS = {("crosscoders", "pretrain_run"): ["crosscoder.n_snapshots=4"],
+              ("crosscoders", "pretrain_preset"): ["crosscoder.n_snapshots=4"],
+              ("crosscoders", "run"): ["crosscoder.n_snapshots=4"],
+              # on run=..., passages and samples must fit the context (the micro run's is 32)
+              ("waves", "run"): ["passage_length=24", "max_lag=16", "max_period=12", "sample_length=16"]}
 
 
 def _text(value) -> str:

@@ -5,6 +5,7 @@ import pytest
 
 from dynamics.errors import OntogenyError
 from probes import crosscoder as cc
+from probes import crosscoder_training as cct
 from probes import crosscoder_metrics as metrics
 
 
@@ -68,7 +69,7 @@ def test_resampling_reinitialises_only_dead_features_on_inputs():
     dead = np.array([True, False, True, False, False, False])
     state = {**state, "since_fired": jnp.where(jnp.asarray(dead), 100, 0)}
     before = jax.tree.map(np.asarray, state)
-    new, n = cc.resample_dead(state, x, jax.random.PRNGKey(1), hp, config)
+    new, n = cct.resample_dead(state, x, jax.random.PRNGKey(1), hp, config)
     assert int(n) == 2 and np.all(np.asarray(new["since_fired"]) == 0)
     W_dec, W_enc = np.asarray(new["params"]["W_dec"]), np.asarray(new["params"]["W_enc"])
     np.testing.assert_array_equal(W_dec[~dead], before["params"]["W_dec"][~dead])
@@ -82,7 +83,7 @@ def test_resampling_reinitialises_only_dead_features_on_inputs():
         assert np.allclose(W_enc[..., i].reshape(-1) / np.linalg.norm(W_enc[..., i]), v / np.linalg.norm(v), atol=1e-5)
     adam = new["opt_state"][0]
     assert np.all(np.asarray(adam.mu["W_dec"])[dead] == 0) and np.any(np.asarray(adam.mu["W_dec"])[~dead] != 0)
-    assert cc.resample_steps(cc.CrosscoderConfig(steps=1000, resample_every=200, decay=0.2)) == [200, 400, 600]
+    assert cct.resample_steps(cc.CrosscoderConfig(steps=1000, resample_every=200, decay=0.2)) == [200, 400, 600]
 
 
 def test_jumprelu_threshold_gradient_is_kernel_estimate():
@@ -148,8 +149,8 @@ def test_recovers_planted_features():
     x, true = _planted(rng, 20000, S, D, F_true)
     config = cc.CrosscoderConfig(n_snapshots=S, d_model=D, n_features=48, arch="batchtopk", steps=600,
                                  batch_size=256, lr=3e-3, dead_tokens=20000)
-    state, history = cc.train(config, [{"k": 3}], [0], lambda i: x[np.random.default_rng(i).integers(0, len(x), 256)])
-    params = cc.member(state["params"], 0)
+    state, history = cct.train(config, [{"k": 3}], [0], lambda i: x[np.random.default_rng(i).integers(0, len(x), 256)])
+    params = cct.member(state["params"], 0)
     learned = np.asarray(params["W_dec"]).reshape(48, -1)
     target = true.reshape(F_true, -1)
     cos = (target / np.linalg.norm(target, axis=1, keepdims=True)) @ (
@@ -173,14 +174,14 @@ def test_vmapped_training_equals_sequential():
         config = cc.CrosscoderConfig(n_snapshots=2, d_model=8, n_features=16, arch=arch, steps=12, batch_size=64,
                                      lr=1e-2, aux_k=4 if arch == "batchtopk" else 0, dead_tokens=64,
                                      init_norms=(0.1, 0.3, 1.0))
-        joint, _ = cc.train(config, hps, seeds, next_batch)
+        joint, _ = cct.train(config, hps, seeds, next_batch)
         init, step = cc.make_init(config), cc.make_train_step(config)
         for m, (hp, seed) in enumerate(zip(hps, seeds)):
             hp = cc.one_hp(hp)
             state = init(jax.random.PRNGKey(seed), jnp.asarray(next_batch(0)), hp)
             for i in range(config.steps):
                 state, _ = step(state, jnp.asarray(next_batch(i)), hp)
-            for a, b in zip(jax.tree.leaves(cc.member(joint, m)), jax.tree.leaves(state)):
+            for a, b in zip(jax.tree.leaves(cct.member(joint, m)), jax.tree.leaves(state)):
                 assert np.allclose(a, b, rtol=1e-4, atol=1e-5), arch
         assert not np.allclose(joint["params"]["W_dec"][0], joint["params"]["W_dec"][1])
 
@@ -194,7 +195,7 @@ def test_shuffle_buffer_normalises_and_refreshes():
         calls.append(i)
         return (rng.normal(size=(100, 3, 16)) * scales[None, :, None]).astype(np.float32)
 
-    buf = cc.ShuffleBuffer(source, size=400, batch_size=200, refresh_rows=100, refresh_every=2, seed=0)
+    buf = cct.ShuffleBuffer(source, size=400, batch_size=200, refresh_rows=100, refresh_every=2, seed=0)
     assert len(calls) == 4
     batch = buf(0)
     norms = np.linalg.norm(batch, axis=-1).mean(0)
@@ -204,33 +205,36 @@ def test_shuffle_buffer_normalises_and_refreshes():
 
 
 def test_stopped_and_resumed_training_equals_uninterrupted(tmp_path):
-    """Stop after step 7, save the state with its metrics, load it into the template and resume
-    on a fresh ShuffleBuffer (which replays its draws): the final state and the metrics equal
-    one uninterrupted run's."""
-    from dynamics import checkpoints
+    """SIGTERM after step 7 saves the state with its metrics as the orbax resume point; the next
+    call resumes on a fresh ShuffleBuffer (which replays its draws): the final state and the
+    metrics equal one uninterrupted run's. A damaged resume point is one clear error."""
+    import os
+    import signal
+
+    from dynamics.loop import Checkpoints, Interrupted
 
     def make_buffer():
         source = lambda i: np.random.default_rng(100 + i).normal(size=(64, 2, 8)).astype(np.float32)
-        return cc.ShuffleBuffer(source, size=256, batch_size=32, refresh_rows=64, refresh_every=3, seed=1)
+        return cct.ShuffleBuffer(source, size=256, batch_size=32, refresh_rows=64, refresh_every=3, seed=1)
 
     config = cc.CrosscoderConfig(n_snapshots=2, d_model=8, n_features=16, arch="batchtopk", steps=20, batch_size=32,
                                  lr=1e-2, aux_k=4, dead_tokens=64, init_norms=(0.1, 1.0), resample_every=10,
                                  resample_enc_scale=0.2)
     hps, seeds = [{"k": 2}, {"k": 4}], [0, 1]
-    full, full_history = cc.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None)
-    with pytest.raises(cc.Stopped) as stopped:
-        cc.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None, should_stop=lambda i: i == 6)
+    full, full_history = cct.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None)
+    sigterm_at_6 = lambda i, m: os.kill(os.getpid(), signal.SIGTERM) if i == 6 else None
+    with pytest.raises(Interrupted) as stopped:
+        cct.train(config, hps, seeds, make_buffer(), callback=sigterm_at_6, checkpoints=Checkpoints(tmp_path, "cc"))
     assert stopped.value.step == 7
-    path = tmp_path / "resume.npz"
-    checkpoints.save_tree(path, stopped.value.state, {"step": 7, "history": stopped.value.history})
-    template = cc.state_template(config, 2, np.zeros((32, 2, 8)))
-    state, record = checkpoints.load_tree(path, template)
-    resumed, history = cc.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None,
-                                resume=(record["step"], state, record["history"]))
+    assert Checkpoints(tmp_path, "cc").steps() == [7]
+    resumed, history = cct.train(config, hps, seeds, make_buffer(), callback=lambda i, m: None,
+                                checkpoints=Checkpoints(tmp_path, "cc"))
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [r["step"] for r in history] == [r["step"] for r in full_history]
     np.testing.assert_allclose(history[-1]["loss"], full_history[-1]["loss"])
-    path.write_bytes(b"garbage")
-    with pytest.raises(OntogenyError, match="corrupt or unreadable.*delete it"):
-        checkpoints.load_tree(path, template)
+    for f in (tmp_path / "checkpoints" / "_resume" / "cc" / "7").rglob("*"):
+        if f.is_file() and f.stat().st_size > 64:
+            f.write_bytes(b"garbage")
+    with pytest.raises(OntogenyError, match="corrupt or unreadable"):
+        cct.train(config, hps, seeds, make_buffer(), checkpoints=Checkpoints(tmp_path, "cc"))

@@ -91,24 +91,26 @@ def test_study_end_to_end_on_micro_run(tmp_path, monkeypatch):
     import os
     import signal
 
-    from dynamics.train import Interrupted
+    from dynamics.loop import Interrupted
     from experiments.pretrain import ensure_pretrain
 
     run_dir = ensure_pretrain(tmp_path / "pre", preset="micro")
-    config = study.Config(pretrain_run=str(run_dir), n_snapshots=4, n_features=32, arch="batchtopk", ks=(4, 8), steps=30,
-                          batch_size=128, buffer_tokens=512, windows_per_fetch=4, eval_windows=8,
-                          n_induction=8, n_ablate=4, n_random=2, max_order=3, aux_k=4, n_text_features=2)
-    real_train = study.cc.train
+    crosscoder = study.cc.CrosscoderConfig(n_snapshots=4, n_features=32, arch="batchtopk", steps=30, batch_size=128,
+                                           lr=2e-3, aux_k=4, dead_tokens=20_000)
+    config = study.Config(pretrain_run=str(run_dir), crosscoder=crosscoder, ks=(4, 8), buffer_tokens=512,
+                          windows_per_fetch=4, eval_windows=8, n_induction=8, n_ablate=4, n_random=2, max_order=3,
+                          n_text_features=2)
+    real_train = study.cct.train
     sigterm_at_9 = lambda i, m: os.kill(os.getpid(), signal.SIGTERM) if i == 9 else None
-    monkeypatch.setattr(study.cc, "train", lambda *a, **k: real_train(*a, callback=sigterm_at_9, **k))
+    monkeypatch.setattr(study.cct, "train", lambda *a, **k: real_train(*a, callback=sigterm_at_9, **k))
     with pytest.raises(Interrupted) as stopped:
         study.run(config, RunFolder(tmp_path / "cc"))
-    assert stopped.value.step == 10 and (tmp_path / "cc" / "_resume" / "crosscoder.npz").exists()
-    monkeypatch.setattr(study.cc, "train", real_train)
+    assert stopped.value.step == 10 and (tmp_path / "cc" / "checkpoints" / "_resume" / "crosscoder" / "10").is_dir()
+    monkeypatch.setattr(study.cct, "train", real_train)
     summary = study.run(config, RunFolder(tmp_path / "cc"))
-    assert not (tmp_path / "cc" / "_resume" / "crosscoder.npz").exists()
+    assert not (tmp_path / "cc" / "checkpoints" / "_resume" / "crosscoder" / "10").exists()
     steps = [r["step"] for r in RunFolder(tmp_path / "cc").read_metrics() if r.get("phase") == "train"]
-    assert steps[:10] == list(range(10)) and steps[-1] == config.steps - 1  # the first run's rows are kept
+    assert steps[:10] == list(range(10)) and steps[-1] == config.crosscoder.steps - 1  # the first run's rows are kept
     for key in ("n_snapshots", "explained_variance_min", "explained_variance_mean", "l0_mean", "dead_fraction",
                 "loss_recovered_mean", "median_emergence_step", "frac_init_features", "ablation_drop_top",
                 "ablation_drop_random"):

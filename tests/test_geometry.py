@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dynamics import latent_training
 from dynamics.checkpoints import map_stack
 from models import latent
 from probes import geometry
@@ -144,8 +145,8 @@ def test_latent_checks_vmapped_over_checkpoints_equal_a_loop():
     m = 3
     problem = latent.build_problem(latent.LatentConfig(n_concepts=m, independent=True))
     learner = latent.LearnerConfig(d=5, hidden=8)
-    stacked, _ = latent.train_runs(m, learner, [0, 3, 10], seeds=[0], lrs=[0.5], weight_decays=[0.0], optimizers=["gd"],
-                                   weights_RXY=problem.weight_XY[None])
+    stacked, _ = latent_training.train_runs(m, learner, [0, 3, 10], seeds=[0], lrs=[0.5], weight_decays=[0.0],
+                                            optimizers=["gd"], weights_RXY=problem.weight_XY[None])
     series = jax.tree.map(lambda x: x[0], stacked)
     logodds, finite = latent.pair_logodds(problem)
     args = (jnp.asarray(latent.context_inputs(m)), latent.token_pairs(m), latent.context_pairs(m),

@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,12 +28,10 @@ def test_causal_masking(params):
 def test_captures_have_documented_shapes(params):
     tokens = jnp.zeros((2, 10), jnp.int32)
     logits, acts = gpt.apply(params, tokens, CFG, capture=tuple(gpt.CAPTURES))
-    assert logits.shape == (2, 10, 23)
-    assert acts["embed"].shape == (2, 10, 16)
-    assert acts["resid"].shape == (3, 2, 10, 16)
-    assert acts["attn_out"].shape == (3, 2, 10, 16)
-    assert acts["mlp_hidden"].shape == (3, 2, 10, 64)
-    assert acts["final_hidden"].shape == (2, 10, 16)
+    chex.assert_shape(logits, (2, 10, 23))
+    chex.assert_shape([acts["embed"], acts["final_hidden"]], (2, 10, 16))
+    chex.assert_shape([acts["resid"], acts["attn_out"]], (3, 2, 10, 16))
+    chex.assert_shape(acts["mlp_hidden"], (3, 2, 10, 64))
     np.testing.assert_allclose(gpt.unembed(params, acts["final_hidden"]), logits, atol=1e-5)
     with pytest.raises(ValueError, match="unknown capture"):
         gpt.apply(params, tokens, CFG, capture=("nope",))
@@ -110,3 +109,20 @@ def test_dense_equals_einsum_over_leading_axes():
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(2, 3, 5, 4)).astype(np.float32), rng.normal(size=(4, 7)).astype(np.float32)
     np.testing.assert_allclose(gpt.dense(x, w), np.einsum("abcd,df->abcf", x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_head_splitting_against_explicit_indexing():
+    """split_heads / layers.heads put channel h * E + e of position s at [h, s, e]; merging undoes it."""
+    from models import layers
+
+    x = np.random.default_rng(3).standard_normal((2, 5, 12)).astype(np.float32)
+    H, E = 3, 4
+    want = np.empty((2, H, 5, E), np.float32)
+    for h in range(H):
+        for e in range(E):
+            want[:, h, :, e] = x[:, :, h * E + e]
+    for split, merge in ((gpt.split_heads, gpt.merge_heads), (layers.heads, layers.merge)):
+        got = split(jnp.asarray(x), H)
+        chex.assert_shape(got, (2, H, 5, E))
+        chex.assert_trees_all_equal(np.asarray(got), want)
+        chex.assert_trees_all_equal(np.asarray(merge(got)), x)

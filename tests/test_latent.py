@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from dynamics import latent_training
 from dynamics.errors import OntogenyError
 from models import latent
 from probes import geometry
@@ -79,7 +80,7 @@ def test_monte_carlo_ancestral_sampling_matches_exact_law(dependent):
     np.testing.assert_allclose(latent.empirical_weight(xs, ys, 3 ** m, 2 ** m), dependent.weight_XY,
                                atol=4 * np.sqrt(dependent.weight_XY.max() / n))
     # a finite training set (n_samples > 0) is such an empirical law, not the exact one
-    finite = latent.training_weight(dependent, latent.TrainConfig(n_samples=n, seed=0))
+    finite = latent_training.training_weight(dependent, latent_training.TrainConfig(n_samples=n, seed=0))
     assert finite.sum() == pytest.approx(1.0) and not np.allclose(finite, dependent.weight_XY, atol=1e-6)
     np.testing.assert_allclose(finite, dependent.weight_XY, atol=4 * np.sqrt(dependent.weight_XY.max() / n))
 
@@ -164,8 +165,9 @@ def test_learner_trains_finitely_on_zero_probability_contexts():
     problem = latent.build_problem(latent.LatentConfig(n_concepts=3, independent=False, edge_density=1.0,
                                                        strength=1e6, seed=1))
     assert (problem.context_weight_X == 0).any()
-    params, losses = latent.train_runs(3, latent.LearnerConfig(d=4, hidden=8), [0, 32], seeds=[0], lrs=[1.0],
-                                       weight_decays=[0.0], optimizers=["gd"], weights_RXY=problem.weight_XY[None])
+    params, losses = latent_training.train_runs(3, latent.LearnerConfig(d=4, hidden=8), [0, 32], seeds=[0],
+                                                lrs=[1.0], weight_decays=[0.0], optimizers=["gd"],
+                                                weights_RXY=problem.weight_XY[None])
     assert np.all(np.isfinite(losses)) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
     assert losses[0, 1] < losses[0, 0]
     x, y = latent.sample(problem, jax.random.PRNGKey(0), 2000)
@@ -181,14 +183,14 @@ def test_configs_reject_bad_values():
     with pytest.raises(OntogenyError):
         latent.LearnerConfig(f_kind="rnn")
     with pytest.raises(OntogenyError):
-        latent.TrainConfig(optimizer="lbfgs")
+        latent_training.TrainConfig(optimizer="lbfgs")
 
 
 def test_learner_reaches_exact_logodds_on_a_tiny_problem():
     problem = latent.build_problem(latent.LatentConfig(n_concepts=2, independent=True, marginal_scale=1.0, p_fix=0.3))
     learner = latent.LearnerConfig(d=4, f_kind="table", init_scale=0.1)
-    params, losses = latent.train(problem, learner, latent.TrainConfig(optimizer="adam", lr=0.05, n_steps=3000),
-                                  [0, 3000])
+    train = latent_training.TrainConfig(optimizer="adam", lr=0.05, steps=3000)
+    params, losses = latent_training.train(problem, learner, train, [0, 3000])
     floor = latent.conditional_entropy(problem.weight_XY)
     assert losses[0] > floor + 0.3 and losses[-1] < floor + 0.02
     last = jax.tree.map(lambda x: jnp.asarray(x[-1]), params)
@@ -218,9 +220,9 @@ def test_unified_optimizer_equals_optax_and_runs_vmap_exactly():
     problem = latent.build_problem(latent.LatentConfig(n_concepts=m, independent=True))
     learner = latent.LearnerConfig(d=6, hidden=8)
     runs = [("gd", 0.5, 0.0, 6), ("gd", 0.3, 0.05, 6), ("adam", 0.01, 0.1, 6), ("adam", 0.02, 0.0, 3)]
-    stacked, _ = latent.train_runs(m, learner, [n], seeds=[0, 1, 2, 3], lrs=[r[1] for r in runs],
-                                   weight_decays=[r[2] for r in runs], optimizers=[r[0] for r in runs],
-                                   widths=[r[3] for r in runs], weights_RXY=np.stack([problem.weight_XY] * 4))
+    stacked, _ = latent_training.train_runs(m, learner, [n], seeds=[0, 1, 2, 3], lrs=[r[1] for r in runs],
+                                            weight_decays=[r[2] for r in runs], optimizers=[r[0] for r in runs],
+                                            widths=[r[3] for r in runs], weights_RXY=np.stack([problem.weight_XY] * 4))
     inputs, weight = jnp.asarray(latent.context_inputs(m)), jnp.asarray(problem.weight_XY, jnp.float32)
     for i, (kind, lr, wd, width) in enumerate(runs):
         init = latent.init_learner(learner, m, i, width)
@@ -235,7 +237,7 @@ def test_unified_optimizer_equals_optax_and_runs_vmap_exactly():
 def test_sgd_minibatches_follow_the_training_law():
     weight = jnp.asarray(np.random.default_rng(0).dirichlet(np.ones(12)).reshape(3, 4), jnp.float32)
     keys = jax.random.split(jax.random.PRNGKey(0), 400)
-    mean = jax.vmap(lambda k: latent._minibatch_weight(k, weight, 50))(keys).mean(0)
+    mean = jax.vmap(lambda k: latent_training.minibatch_weight(k, weight, 50))(keys).mean(0)
     np.testing.assert_allclose(mean, weight, atol=0.01)
 
 
@@ -243,11 +245,47 @@ def test_sgd_with_a_huge_batch_follows_gd():
     m = 2
     problem = latent.build_problem(latent.LatentConfig(n_concepts=m, independent=True))
     learner = latent.LearnerConfig(d=4, hidden=8)
-    stacked, _ = latent.train_runs(m, learner, [0, 20], seeds=[0, 0], lrs=[0.5, 0.5], weight_decays=[0.0, 0.0],
-                                   optimizers=["sgd", "gd"], weights_RXY=np.stack([problem.weight_XY] * 2),
-                                   batch_size=20_000)
+    stacked, _ = latent_training.train_runs(m, learner, [0, 20], seeds=[0, 0], lrs=[0.5, 0.5],
+                                            weight_decays=[0.0, 0.0], optimizers=["sgd", "gd"],
+                                            weights_RXY=np.stack([problem.weight_XY] * 2), batch_size=20_000)
     flat = lambda i, t: np.concatenate([x[i, t].ravel() for x in jax.tree.leaves(stacked)])
     moved = np.linalg.norm(flat(1, 1) - flat(1, 0))
     assert moved > 0.1
     assert np.linalg.norm(flat(0, 1) - flat(1, 1)) < 0.05 * moved
     assert np.linalg.norm(flat(0, 1) - flat(1, 1)) > 0  # but it is a different (sampled) trajectory
+
+
+def test_training_loop_snapshots_equal_a_step_by_step_loop():
+    """train_runs (dynamics.loop, one call per segment between snapshots) against single jitted
+    steps applied one at a time, for snapshot lists with and without step 0, gd and sgd runs."""
+    m = 2
+    problem = latent.build_problem(latent.LatentConfig(n_concepts=m, independent=False, strength=1.0))
+    learner = latent.LearnerConfig(d=4, hidden=8)
+    inputs, weight = jnp.asarray(latent.context_inputs(m)), jnp.asarray(problem.weight_XY, jnp.float32)
+    step = jax.jit(partial(latent_training.train_step, batch_size=16))
+    for snapshots in ([0, 2, 5], [3, 5]):
+        kw = dict(seeds=[0, 1], lrs=[0.5, 0.3], weight_decays=[0.0, 0.01], optimizers=["gd", "sgd"])
+        stacked, losses = latent_training.train_runs(m, learner, snapshots, weights_RXY=np.stack([weight] * 2),
+                                                     batch_size=16, **kw)
+        assert losses.shape == (2, len(snapshots)) and stacked["g"].shape[:2] == (2, len(snapshots))
+        states = latent_training.initial_states(m, learner, widths=[4, 4], init_scales=[0.01, 0.01], **kw)
+        for r in range(2):
+            state, t = jax.tree.map(lambda x: x[r], states), 0
+            for c, target in enumerate(snapshots):
+                for _ in range(target - t):
+                    state = step(state, inputs, weight)[0]
+                t = target
+                got = jax.tree.map(lambda x: x[r, c], stacked)
+                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state["params"])):
+                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+                assert losses[r, c] == pytest.approx(float(latent.loss_fn(state["params"], inputs, weight)), rel=1e-5)
+
+
+def test_training_stops_when_every_run_diverges():
+    from dynamics.loop import Diverged
+
+    problem = latent.build_problem(latent.LatentConfig(n_concepts=2, independent=True))
+    with pytest.raises(Diverged, match="at step 3 .*lower the learning rate"):
+        latent_training.train_runs(2, latent.LearnerConfig(d=4, hidden=8), [0, 3, 6], seeds=[0, 1], lrs=[1e30, 1e30],
+                                   weight_decays=[0.0, 0.0], optimizers=["gd", "gd"],
+                                   weights_RXY=np.stack([problem.weight_XY] * 2))

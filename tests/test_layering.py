@@ -62,3 +62,33 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from experiments.config import require\n")
     assert project_imports(bad) == [(2, "experiments.config"), (2, "experiments.config.require")]
+
+
+def private_uses(path: pathlib.Path) -> list[tuple[int, str]]:
+    """(line, name) of every private name (`_x`, not dunder) this file takes from another project
+    module: `from dynamics.runlog import _primary`, or `members._shard` on an imported module."""
+    tree = ast.parse(path.read_text())
+    private = lambda name: name.startswith("_") and not name.startswith("__")
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {(a.asname or a.name.split(".")[0]) for a in node.names if a.name.split(".")[0] in RANK}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] in RANK:
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if private(a.name)]
+            modules |= {a.asname or a.name for a in node.names}   # may be a module (`from dynamics import members`)
+    found += [(node.lineno, f"{node.value.id}.{node.attr}") for node in ast.walk(tree)
+              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id in modules and private(node.attr)]
+    return sorted(found)
+
+
+def test_no_private_name_is_used_across_modules():
+    used = [f"{path.relative_to(ROOT)}:{line} uses {name}" for _, path in modules() for line, name in private_uses(path)]
+    assert not used, "\n".join(used)
+
+
+def test_the_checker_sees_a_private_import_and_attribute(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from dynamics.runlog import _primary, RunFolder\nfrom dynamics import members as m\n"
+                   "import dynamics.data\nm._shard(1)\nm.__doc__\nself._x = 1\n")
+    assert private_uses(bad) == [(1, "dynamics.runlog._primary"), (4, "m._shard")]

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from dynamics import latent_training
 from dynamics.checkpoints import Series
 from dynamics.data import CharTokenizer
 from dynamics.errors import OntogenyError
@@ -54,9 +55,9 @@ def test_gpt_case_check_on_planted_geometry(tmp_path):
         lo.gpt_case_check(str(tmp_path / "missing"))
 
 
-SMALL = ["n_concepts=2", "d=4", "hidden=16", "n_steps=256", "n_random_pairs=8", "sweep=true", "sweep_steps=64",
-         "sweep_m=2", "sweep_d=2,4", "sweep_strength=0,1", "sweep_optimizers=gd,adam", "sweep_weight_decay=0",
-         "sweep_lr_gd=1", "sweep_lr_adam=0.01", "sweep_seeds=0,1"]
+SMALL = ["problem.n_concepts=2", "learner.d=4", "learner.hidden=16", "train.steps=256", "n_random_pairs=8",
+         "sweep=true", "sweep_steps=64", "sweep_m=2", "sweep_d=2,4", "sweep_strength=0,1", "sweep_optimizers=gd,adam",
+         "sweep_weight_decay=0", "sweep_lr_gd=1", "sweep_lr_adam=0.01", "sweep_seeds=0,1"]
 
 
 def test_cli_small_run_and_resume(tmp_path, capsys):
@@ -78,7 +79,7 @@ def test_cli_small_run_and_resume(tmp_path, capsys):
     assert summary["within_concept_cos_min"] <= summary["within_concept_cos_mean"] <= 1.0
     assert summary["gpt_case_within_cos_last"] > 0.99 > summary["gpt_case_within_cos_first"]
     assert summary["final_loss"] < summary["loss_floor"] + 0.05  # the learner did learn
-    rows = lo.read_csv(out / "sweep.csv")
+    rows = ls.read_csv(out / "sweep.csv")
     assert len(rows) == 16 == summary["sweep_runs"]
     assert {(r["d"], r["optimizer"], r["strength"], r["seed"]) for r in rows} == \
         {(d, o, s, seed) for d in (2, 4) for o in ("gd", "adam") for s in (0.0, 1.0) for seed in (0, 1)}
@@ -105,7 +106,7 @@ def test_cli_small_run_and_resume(tmp_path, capsys):
     # resuming in the same folder reuses the saved series and the sweep table
     config = from_dict(lo.Config, json.loads((out / "config.json").read_text())["config"])
     folder = RunFolder(out)
-    problem = lo.latent.build_problem(config.latent_config())
+    problem = lo.latent.build_problem(config.problem)
     steps_again, params, losses, fresh = lo.train_or_load(problem, config, folder)
     assert not fresh and list(steps_again) == steps
     np.testing.assert_allclose(losses, [m["loss"] for m in metrics if "step" in m], rtol=1e-6)
@@ -180,8 +181,8 @@ def test_untrained_model_fails_every_check():
     under the fixed 0.2, yet judged against its baselines (its own step 0, random directions)
     every check fails, the embedding side (~0.8 at init) included."""
     config = lo.Config(n_random_draws=4)
-    m, learner = 4, config.learner_config()
-    problem = latent.build_problem(config.latent_config())
+    m, learner = 4, config.learner
+    problem = latent.build_problem(config.problem)
     seeds = (0, 2, 10)  # init 10 has an unusually low cross |cos| (0.07): the hard case
     data = lv.stack_data([lv.problem_data(problem, config.n_random_pairs)] * 3)
     params = jax.tree.map(lambda *x: np.stack(x), *[latent.init_learner(learner, m, s) for s in seeds])
@@ -205,8 +206,9 @@ def test_untrained_model_fails_every_check():
 
 
 def test_verdict_table_discriminates_on_a_small_problem():
-    config = lo.Config(n_concepts=3, d=8, hidden=16, n_steps=1024, n_seeds=2, n_random_draws=4, verdict_table=True,
-                       table_few_steps=8, table_small_d=2)
+    config = lo.Config(problem=latent.LatentConfig(n_concepts=3, independent=True),
+                       learner=latent.LearnerConfig(d=8, hidden=16), train=latent_training.TrainConfig(steps=1024),
+                       n_seeds=2, n_random_draws=4, verdict_table=True, table_few_steps=8, table_small_d=2)
     rows = ls.run_scenarios(config)
     assert len(rows) == 6 * 2 and {r["scenario"] for r in rows} == {s[0] for s in ls.SCENARIOS}
     verdict = lambda name, key: [v["passed"] for r in rows if r["scenario"] == name for v in r["verdicts"]
@@ -225,14 +227,16 @@ def test_strongly_coupled_concepts_give_finite_measures_or_a_named_error(tmp_pat
     """m = 7, dense DAG, strength 1e3: most tokens have probability 0; the checks run on the
     concepts that have data and every number is finite. At 1e6 no concept keeps two possible
     pairs: the run stops naming the metric instead of printing a verdict of NaN."""
-    base = dict(n_concepts=7, independent=False, edge_density=1.0, d=4, hidden=8, n_steps=4, n_random_pairs=8,
-                n_random_draws=2)
-    summary = lo.run(lo.Config(strength=1e3, **base), RunFolder(tmp_path / "a"))
-    assert (lo.latent.build_problem(lo.Config(strength=1e3, **base).latent_config()).joint_Y == 0).any()
+    coupled = lambda strength: lo.Config(
+        problem=latent.LatentConfig(n_concepts=7, independent=False, edge_density=1.0, strength=strength),
+        learner=latent.LearnerConfig(d=4, hidden=8), train=latent_training.TrainConfig(steps=4), n_random_pairs=8,
+        n_random_draws=2)
+    summary = lo.run(coupled(1e3), RunFolder(tmp_path / "a"))
+    assert (lo.latent.build_problem(coupled(1e3).problem).joint_Y == 0).any()
     lo.require_finite(summary)
     assert all(np.isfinite(p["measured"]) for p in summary["predictions"])
     assert min(p["n_concepts"] for p in summary["predictions"]) < 7  # concepts without data were left out
     with pytest.raises(OntogenyError, match="linearity is undefined"):
-        lo.run(lo.Config(strength=1e6, **base), RunFolder(tmp_path / "b"))
+        lo.run(coupled(1e6), RunFolder(tmp_path / "b"))
     with pytest.raises(OntogenyError, match="alignment_mean"):
         lo.require_finite({"within_concept_cos_mean": 0.9, "alignment_mean": float("nan")})

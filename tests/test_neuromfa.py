@@ -7,7 +7,7 @@ import scipy.sparse.csgraph
 
 from probes.neuromfa import network as neunet
 from probes.neuromfa import spectrum as mf
-from dynamics.checkpoints import stack_trees
+from dynamics.stacks import stack_trees
 from models import gpt
 
 CFG = gpt.GPTConfig(vocab_size=11, context=8, n_layer=2, n_head=2, d_model=16)

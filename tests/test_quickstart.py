@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from experiments import quickstart
+from experiments import registry
 from experiments.__main__ import cli
 
 
@@ -29,8 +29,7 @@ def fake_module(name, calls, fail=False):
 @pytest.fixture
 def fake_studies(monkeypatch):
     calls = []
-    modules = {n: fake_module(n, calls, fail=(n == "neuromfa")) for n in quickstart.STUDIES}
-    from experiments import registry
+    modules = {n: fake_module(n, calls, fail=(n == "neuromfa")) for n in registry.quickstart_studies()}
     real_load = registry.load
     monkeypatch.setattr(registry, "load", lambda name: modules.get(name) or real_load(name))
     return calls
@@ -39,7 +38,7 @@ def fake_studies(monkeypatch):
 def test_runs_every_study_reuses_pretrain_reports_and_resumes(fake_studies, tmp_path, capsys):
     out = tmp_path / "qs"
     assert cli(["quickstart", "--out", str(out)]) == 1          # neuromfa fails, the rest still run
-    assert [c[0] for c in fake_studies] == list(quickstart.STUDIES)
+    assert [c[0] for c in fake_studies] == registry.quickstart_studies()
     reused = dict(fake_studies)
     assert reused["crosscoders"] == reused["waves"] == str(out / "pretrain") and reused["cognition"] == ""
     assert "neuromfa: FAILED: RuntimeError: neuromfa broke" in capsys.readouterr().out

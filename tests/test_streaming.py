@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dynamics import checkpoints as ck
+from dynamics import stacks
 from dynamics.errors import OntogenyError
 
 HF = Path(__file__).parent / "fixtures" / "hf"
@@ -38,8 +40,9 @@ def test_streamed_equals_in_memory_and_a_loop(series_dir, chunk):
     np.testing.assert_array_equal(steps, steps_d)
     loop = np.stack([np.tanh(x @ stacked["w"][t] + stacked["b"]["c"][t]) for t in range(len(steps))])
     streamed = ck.map_stack(f, disk, x, chunk_size=chunk)
-    np.testing.assert_allclose(streamed, ck.map_stack(f, stacked, x, chunk_size=chunk), atol=1e-6)
-    np.testing.assert_allclose(streamed, loop, atol=1e-5)
+    chex.assert_shape(streamed, (len(steps), 5, 3))
+    chex.assert_trees_all_close(streamed, ck.map_stack(f, stacked, x, chunk_size=chunk), atol=1e-6)
+    chex.assert_trees_all_close(streamed, loop, atol=1e-5)
     # the chunk being computed plus the one prefetched, never the whole series
     assert disk.max_resident <= min(2 * chunk, len(steps)) and disk.resident == 0
     if chunk <= 3:
@@ -55,7 +58,7 @@ def test_streamed_leaf_inside_a_tree_and_a_subset(series_dir):
     x = np.ones((2, 4), np.float32)
     got = ck.map_stack(g, {"model": disk, "shift": shift}, x, chunk_size=2)
     want = ck.map_stack(g, {"model": stacked, "shift": shift}, x, chunk_size=2)
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    chex.assert_trees_all_close(got, want, atol=1e-6)
     with pytest.raises(OntogenyError, match="not in"):
         ck.open_stack(series_dir, steps=[3])
 
@@ -65,7 +68,7 @@ def test_budget_picks_the_chunk(series_dir):
     a generous one takes the series in one chunk."""
     _, disk = ck.open_stack(series_dir)
     x = np.ones((5, 4), np.float32)
-    one = ck._tree_bytes(disk.template())
+    one = stacks.tree_bytes(disk.template())
     out = 5 * 3 * 4
     tight = 2 * one + 4 * out
     assert ck.auto_chunk_size(f, disk, x, max_bytes=tight) == 1
@@ -103,4 +106,4 @@ def test_scratch_bytes_count_a_large_intermediate():
 
     one = {"w": jax.ShapeDtypeStruct((16, 20000), np.float32)}
     x = np.ones((64, 16), np.float32)
-    assert ck._scratch_bytes(summed_log_softmax, one, (x,)) >= 64 * 20000 * 4 * 0.9
+    assert stacks.scratch_bytes(summed_log_softmax, one, (x,)) >= 64 * 20000 * 4 * 0.9

@@ -10,6 +10,7 @@ import pytest
 
 import models
 from dynamics import checkpoints as ck
+from dynamics import stacks
 from experiments.import_suite import main as import_main
 from probes.neuromfa import spectrum as mf
 
@@ -45,7 +46,7 @@ def test_neuromfa_on_an_imported_run_equals_the_in_memory_path(imported, case):
     # independent path: the whole stack in memory, weights built per checkpoint, series_spectra
     steps, stacked = ck.load_stack(run)
     model_config = ck.load_model_config(run)
-    weights = ck.stack_trees([weight_matrices(ck.unstack_tree(stacked, t), model_config) for t in range(len(steps))])
+    weights = stacks.stack_trees([weight_matrices(stacks.unstack_tree(stacked, t), model_config) for t in range(len(steps))])
     from probes.neuromfa import network
 
     idx = network.sample_indices(config.sample_seed, model_config, config.n_samples, config.n_resid, config.n_mlp)
@@ -61,7 +62,7 @@ def test_neuromfa_on_an_imported_run_equals_the_in_memory_path(imported, case):
 
     x, y = data_lib.eval_batches(load_tokenizer(run).encode(text), 1, 4, 16, seed=1234)[0]
     for t in range(len(steps)):
-        logits, _ = models.apply(ck.unstack_tree(stacked, t), x, model_config)
+        logits, _ = models.apply(stacks.unstack_tree(stacked, t), x, model_config)
         logp = jax.nn.log_softmax(np.asarray(logits, np.float64), -1)
         nll = -np.take_along_axis(np.asarray(logp), y[..., None], -1).mean()
         np.testing.assert_allclose(r["eval"]["val_loss"][t], nll, rtol=1e-4)
@@ -97,18 +98,20 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported):
     """Each step's rows: the windows through every snapshot (streamed from disk), normalised."""
     from dynamics import data as data_lib
     from experiments import crosscoders as xc
+    from experiments import crosscoders_streams as xs
     from probes import crosscoder_metrics as cm
 
     run = imported["neox_rot25_parallel"]
-    config = xc.Config(run=str(run), n_snapshots=3, batch_size=40, context=16, direct=True, seed=3)
+    config = xc.Config(run=str(run), context=16, direct=True, seed=3,
+                       crosscoder=xc.dataclasses.replace(xc.STUDY_CROSSCODER, n_snapshots=3, batch_size=40))
     model_config = ck.load_model_config(run)
     steps, disk = ck.open_stack(run)
     ids = np.random.default_rng(0).integers(0, model_config.vocab_size, 2000)
-    stream = xc.DirectStream(config, ids, disk, cm.site_fn(model_config, 1), 3, model_config.d_model, 16)
+    stream = xs.DirectStream(config, ids, disk, cm.site_fn(model_config, 1), 3, model_config.d_model, 16)
     _, stacked = ck.load_stack(run)
     for i in (0, 2):
         tokens, _ = data_lib.get_batch(ids, config.seed + 17, i, 3, 16)
-        loop = np.stack([np.asarray(models.apply(ck.unstack_tree(stacked, t), tokens, model_config,
+        loop = np.stack([np.asarray(models.apply(stacks.unstack_tree(stacked, t), tokens, model_config,
                                                  capture=("resid",))[1]["resid"][1]).reshape(-1, 32)[:40]
                          for t in range(3)], axis=1)                                # [N, C, D]
         if i == 0:
@@ -138,8 +141,8 @@ def test_crosscoders_cli_on_an_imported_run(imported, tmp_path):
     text.write_text((HF.parent.parent.parent / "README.md").read_text()[:4000])
     out = tmp_path / "cc"
     assert cli(["crosscoders", "--out", str(out), "--preset", "ge2025", "--set", f"run={imported['llama_gqa']}",
-                "--set", "site=resid_post.0", "--set", "n_snapshots=3", "--set", "n_features=64", "--set", "steps=6",
-                "--set", "batch_size=32", "--set", "context=16", "--set", "eval_windows=8", "--set", "n_induction=8",
+                "--set", "site=resid_post.0", "--set", "crosscoder.n_snapshots=3", "--set", "crosscoder.n_features=64",
+                "--set", "crosscoder.steps=6", "--set", "crosscoder.batch_size=32", "--set", "context=16", "--set", "eval_windows=8", "--set", "n_induction=8",
                 "--set", "n_ablate=2", "--set", "n_random=1", "--set", f"text={text}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["max_resident_snapshots"] <= 3 and summary["layer"] == 0

@@ -13,6 +13,7 @@ from dynamics import data as data_lib
 from dynamics import train as train_lib
 from dynamics.checkpoints import Series, load_stack
 from dynamics.errors import OntogenyError
+from dynamics.loop import Interrupted
 from dynamics.runlog import RunFolder
 from dynamics.schedule import checkpoint_steps
 from models import gpt
@@ -77,7 +78,7 @@ def test_resume_after_sigterm_is_bit_identical(tmp_path):
 
     state, step_fn, batch_fn_kill, tc = _setup(tmp_path, kill_at=13)
     folder = RunFolder(tmp_path / "b")
-    with pytest.raises(train_lib.Interrupted) as stopped:
+    with pytest.raises(Interrupted) as stopped:
         train_lib.run_training(folder, "pretrain", state, step_fn, batch_fn_kill, tc)
     assert stopped.value.step == 14 and stopped.value.signum == signal.SIGTERM
     assert Series(folder.root, "pretrain").steps() == [0, 1, 2, 4, 8]

@@ -1,12 +1,13 @@
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from probes import waves
+from probes import wave_stats, waves
 
 
 def _noise(T=200, D=6, seed=0):
@@ -16,10 +17,10 @@ def _noise(T=200, D=6, seed=0):
 def test_correlation_matrix_matches_numpy_and_handles_constant_channels():
     x = _noise()
     x[:, 1] = 0.7 * x[:, 0] + 0.3 * x[:, 1]
-    C = np.asarray(waves.correlation_matrix(jnp.asarray(x)))
+    C = np.asarray(wave_stats.correlation_matrix(jnp.asarray(x)))
     np.testing.assert_allclose(C, np.corrcoef(x.T), atol=1e-5)
     x[:, 2] = 3.0  # constant: zero correlation with everything, 1 on the diagonal
-    C = np.asarray(waves.correlation_matrix(jnp.asarray(x)))
+    C = np.asarray(wave_stats.correlation_matrix(jnp.asarray(x)))
     assert np.all(np.isfinite(C))
     np.testing.assert_allclose(C[2, [0, 1, 3]], 0.0, atol=1e-6)
     assert C[2, 2] == 1.0
@@ -31,7 +32,7 @@ def test_coherence_scalars_against_numpy():
     x = np.concatenate([s * rng.choice([-1, 1], size=(1, 5)) + 0.5 * rng.normal(size=(300, 5)),
                         rng.normal(size=(300, 3))], axis=1).astype(np.float32)
     C = np.corrcoef(x.T)
-    mean_abs, ratio, mode = waves.coherence_scalars(jnp.asarray(C, jnp.float32))
+    mean_abs, ratio, mode = wave_stats.coherence_scalars(jnp.asarray(C, jnp.float32))
     D = C.shape[0]
     loop = np.mean([abs(C[i, j]) for i in range(D) for j in range(D) if i != j])
     evals, evecs = np.linalg.eigh(C)
@@ -39,9 +40,9 @@ def test_coherence_scalars_against_numpy():
     assert float(ratio) == pytest.approx(evals[-1] / np.trace(C), rel=1e-5)
     assert abs(float(np.dot(np.asarray(mode), evecs[:, -1]))) == pytest.approx(1.0, abs=1e-4)
     # independent channels: ratio near 1/D; one shared mode: ratio near 1
-    _, r_ind, _ = waves.coherence_scalars(waves.correlation_matrix(jnp.asarray(_noise(2000, 8))))
+    _, r_ind, _ = wave_stats.coherence_scalars(wave_stats.correlation_matrix(jnp.asarray(_noise(2000, 8))))
     assert float(r_ind) < 0.25
-    _, r_one, _ = waves.coherence_scalars(waves.correlation_matrix(jnp.asarray(np.repeat(s, 8, 1), jnp.float32)))
+    _, r_one, _ = wave_stats.coherence_scalars(wave_stats.correlation_matrix(jnp.asarray(np.repeat(s, 8, 1), jnp.float32)))
     assert float(r_one) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -53,17 +54,17 @@ def test_autocorrelation_and_coherence_time_match_loops():
     x = np.zeros((T, D))
     for t in range(1, T):
         x[t] = phi * x[t - 1] + rng.normal(size=D)
-    A = np.asarray(waves.autocorrelation(jnp.asarray(x, jnp.float32), L))
+    A = np.asarray(wave_stats.autocorrelation(jnp.asarray(x, jnp.float32), L))
     xc = x - x.mean(0)
     loop = np.array([[np.sum(xc[: T - k, d] * xc[k:, d]) / np.sum(xc[:, d] ** 2) for d in range(D)]
                      for k in range(L + 1)])
     np.testing.assert_allclose(A, loop, atol=1e-5)
-    tau = np.asarray(waves.coherence_time(jnp.asarray(A)))
+    tau = np.asarray(wave_stats.coherence_time(jnp.asarray(A)))
     expected = [next((k for k in range(L + 1) if abs(loop[k, d]) < 1 / math.e), L + 1) for d in range(D)]
     np.testing.assert_array_equal(tau, expected)
     assert tau[0] <= tau[1] <= tau[2] <= tau[3]
     with pytest.raises(ValueError):
-        waves.autocorrelation(jnp.asarray(x, jnp.float32), T)
+        wave_stats.autocorrelation(jnp.asarray(x, jnp.float32), T)
 
 
 def test_dominant_period_recovers_known_periods():
@@ -72,11 +73,11 @@ def test_dominant_period_recovers_known_periods():
     rng = np.random.default_rng(3)
     periods = np.array([5.12, 8.0, 16.0, 32.0])  # T/k with integer k
     x = np.sin(2 * np.pi * t / periods + rng.uniform(0, 6, size=4)) + 0.3 * rng.normal(size=(T, 4))
-    stats = waves.wave_statistics(jnp.asarray(x, jnp.float32), max_lag=64)
+    stats = wave_stats.wave_statistics(jnp.asarray(x, jnp.float32), max_lag=64)
     np.testing.assert_allclose(np.asarray(stats["channel_period"]), periods, rtol=1e-5)
     # a slow drift is outside the search window and must not win over the period-6 wave
     y = np.sin(2 * np.pi * t / 6.0) + 5 * np.sin(2 * np.pi * t / 256.0)
-    s = waves.wave_statistics(jnp.asarray(np.repeat(y, 4, 1), jnp.float32), max_lag=64)
+    s = wave_stats.wave_statistics(jnp.asarray(np.repeat(y, 4, 1), jnp.float32), max_lag=64)
     assert float(s["period"]) == pytest.approx(6.0, rel=0.02)
 
 
@@ -93,7 +94,7 @@ def test_block_structured_channels_cluster_correctly_and_get_class_labels():
     x = rng.normal(size=truth.size) * 0.1 + x  # channel offsets are irrelevant
     perm = rng.permutation(truth.size)
     x, truth = x[:, perm], truth[perm]
-    s = waves.wave_statistics(jnp.asarray(x, jnp.float32), jnp.asarray(ind), max_lag=32)
+    s = wave_stats.wave_statistics(jnp.asarray(x, jnp.float32), jnp.asarray(ind), max_lag=32)
     labels, order = waves.cluster_channels(s["corr"], n_clusters=3)
     assert adjusted_rand_score(truth, labels) == 1.0
     assert sorted(order.tolist()) == list(range(truth.size))
@@ -122,10 +123,10 @@ def test_vmapped_statistics_equal_a_loop():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(3, 2, 100, 5)).cumsum(axis=2).astype(np.float32)
     ind = (rng.random(size=(3, 2, 100, 4)) < 0.3).astype(np.float32)
-    stacked = waves.stack_wave_statistics(jnp.asarray(x), jnp.asarray(ind), n_lead=2, max_lag=20)
+    stacked = wave_stats.stack_wave_statistics(jnp.asarray(x), jnp.asarray(ind), n_lead=2, max_lag=20)
     for k in range(3):
         for p in range(2):
-            one = waves.wave_statistics(jnp.asarray(x[k, p]), jnp.asarray(ind[k, p]), max_lag=20)
+            one = wave_stats.wave_statistics(jnp.asarray(x[k, p]), jnp.asarray(ind[k, p]), max_lag=20)
             for key, value in one.items():
                 if key == "top_mode":  # eigenvectors are defined up to sign
                     value, other = np.abs(value), np.abs(stacked[key][k, p])
@@ -150,12 +151,12 @@ def test_repeatability_and_cluster_agreement():
     rng = np.random.default_rng(6)
     base = rng.normal(size=(400, 1)) * np.array([1, -1, 1, 0, 0, 0]) + rng.normal(size=(400, 6)) * 0.5
     same = np.stack([base, base])
-    C = jax.vmap(waves.correlation_matrix)(jnp.asarray(same, jnp.float32))
-    modes = jnp.stack([waves.coherence_scalars(c)[2] for c in C])
+    C = jax.vmap(wave_stats.correlation_matrix)(jnp.asarray(same, jnp.float32))
+    modes = jnp.stack([wave_stats.coherence_scalars(c)[2] for c in C])
     r, overlap = waves.repeatability(C, modes)
     assert float(r) == pytest.approx(1.0, abs=1e-5) and float(overlap) == pytest.approx(1.0, abs=1e-5)
-    indep = jax.vmap(waves.correlation_matrix)(jnp.asarray(rng.normal(size=(3, 400, 12)), jnp.float32))
-    modes = jnp.stack([waves.coherence_scalars(c)[2] for c in indep])
+    indep = jax.vmap(wave_stats.correlation_matrix)(jnp.asarray(rng.normal(size=(3, 400, 12)), jnp.float32))
+    modes = jnp.stack([wave_stats.coherence_scalars(c)[2] for c in indep])
     r, _ = waves.repeatability(indep, modes)
     offs = np.asarray(indep)[:, np.triu_indices(12, 1)[0], np.triu_indices(12, 1)[1]]
     loop = np.mean([np.corrcoef(offs[i], offs[j])[0, 1] for i in range(3) for j in range(3) if i != j])
@@ -176,7 +177,7 @@ def test_passage_hidden_is_the_state_generation_used_also_beyond_the_context():
     params["wte"] = params["wte"] * 50  # a peaked model, so greedy choices are far from ties
     tokens = generate(params, cfg, jnp.array([[1, 2], [3, 4]]), 12, jax.random.PRNGKey(1), temperature=0.0)
     h = jax.jit(passage_hidden, static_argnums=(2, 3))(params, tokens, cfg, -1)
-    assert h.shape == (2, 14, 16)
+    chex.assert_shape(h, (2, 14, 16))
     # greedy generation picked argmax of the logits read from exactly these states
     picked = np.argmax(np.asarray(gpt.unembed(params, h)), axis=-1)
     np.testing.assert_array_equal(picked[:, 1:-1], np.asarray(tokens)[:, 2:])

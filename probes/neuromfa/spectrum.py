@@ -184,7 +184,9 @@ def _network_fn(variant: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _spectra_fn(cfg: MFAConfig):
+def spectra_fn(cfg: MFAConfig):
+    """fn(dist) -> `spectra_batch(dist, cfg)`, one cached object per config, so `map_stack`
+    reuses its compilation across calls (e.g. the real networks and the control's)."""
     return lambda dist: spectra_batch(dist, cfg)
 
 
@@ -195,7 +197,7 @@ def series_spectra(stacked_params: dict, idx: dict, cfg: MFAConfig = MFAConfig()
     """
     idx = {k: jnp.asarray(v) for k, v in idx.items()}
     net = map_stack(_network_fn(cfg.variant), network_weights(stacked_params), idx, chunk_size=chunk_size)
-    return {**map_stack(_spectra_fn(cfg), net["dist"], chunk_size=chunk_size), "mean_abs_w": net["mean_abs_w"]}
+    return {**map_stack(spectra_fn(cfg), net["dist"], chunk_size=chunk_size), "mean_abs_w": net["mean_abs_w"]}
 
 
 def summarize(series: dict) -> dict:
