@@ -170,10 +170,11 @@ def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25) -> N
 
 
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
-                    max_bytes: int | None = None, work_factor: float = 3.0) -> int:
+                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = 64 << 20) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
-    outputs or, for a series of 64 MiB or more streamed from disk, at least XLA's temporary
-    bytes for one checkpoint (`stacks.scratch_bytes`, e.g. a forward's logits).
+    outputs or, for a stack of `scratch_above` bytes or more (in memory or streamed from disk),
+    at least XLA's temporary bytes for one checkpoint (`stacks.scratch_bytes`, e.g. a forward's
+    logits, or NeuroMFA's box counting, whose temporaries dwarf its inputs).
 
     The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
     `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
@@ -183,8 +184,8 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     one = one_template(stacked)
     out = jax.eval_shape(fn, one, *args)
     streamed = [x.template() for x in disk_leaves(stacked)]
-    # one extra compile, so only for a streamed series of some size ([choice] 64 MiB and up)
-    big = streamed and C * tree_bytes(streamed) >= 64 << 20
+    # one extra compile, so only for a stack of some size ([choice] 64 MiB and up)
+    big = C * (tree_bytes(one) + tree_bytes(streamed)) >= scratch_above
     scratch = scratch_bytes(fn, one, args) if big else None
     scratch = max((1.0 + work_factor) * tree_bytes(out), 2.0 * tree_bytes(out) + (scratch or 0))
     per_ckpt = tree_bytes(one) + tree_bytes(streamed) + scratch

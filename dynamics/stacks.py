@@ -98,18 +98,37 @@ def one_template(stacked):
 _SCRATCH: dict = {}
 
 
+def largest_intermediate_bytes(jaxpr) -> int:
+    """Bytes of the largest value any equation of `jaxpr` (sub-jaxprs included) produces."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                largest = max(largest, int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize)
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            largest = max(largest, largest_intermediate_bytes(sub))
+    return largest
+
+
 def scratch_bytes(fn: Callable, one, args) -> int | None:
-    """XLA's temporary bytes for one checkpoint (e.g. a forward's logits, which the outputs do
-    not show), from compiling `fn` unbatched once per shape; None where it cannot tell."""
+    """Temporary bytes for one checkpoint (e.g. a forward's logits, which the outputs do not
+    show): XLA's own count from compiling `fn` unbatched once per shape, and at least twice the
+    largest intermediate value of its jaxpr. [choice] The jaxpr bound is there because XLA's CPU
+    backend reports no temporaries (temp_size_in_bytes is 0 in jax 0.10), which let a 32-step
+    NeuroMFA ask for 55 GB in one chunk. None where neither can tell."""
     spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
     shapes = jax.tree.map(spec, (one, args))
     key = (fn, str(jax.tree.structure(shapes)), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(shapes)))
     if key not in _SCRATCH:
+        counted = []
         try:
+            counted.append(2 * largest_intermediate_bytes(jax.make_jaxpr(fn)(*shapes[:1], *shapes[1]).jaxpr))
             analysis = jax.jit(fn).lower(*shapes[:1], *shapes[1]).compile().memory_analysis()
-            _SCRATCH[key] = int(analysis.temp_size_in_bytes)
+            counted.append(int(analysis.temp_size_in_bytes))
         except Exception:  # backends without a memory analysis
-            _SCRATCH[key] = None
+            pass
+        _SCRATCH[key] = max(counted) if counted else None
     return _SCRATCH[key]
 
 

@@ -69,6 +69,22 @@ def test_auto_chunk_respects_the_memory_budget(micro_run):
     assert ck.auto_chunk_size(fn, stacked, max_bytes=1) == 1
 
 
+def test_auto_chunk_counts_xla_temporaries_of_an_in_memory_stack():
+    """A function whose temporaries dwarf its inputs and outputs (as NeuroMFA's box counting on a
+    distance matrix): above `scratch_above` bytes of stack, the chunk counts XLA's temporary bytes
+    for one checkpoint (here two 512 x 512 float32 matrices at least), below it only the outputs."""
+    stacked = {"x": jnp.ones((8, 512))}
+
+    def fn(p):
+        outer = jnp.outer(p["x"], p["x"])
+        return jnp.linalg.norm(outer @ outer)
+
+    temporaries = 2 * 512 * 512 * 4
+    assert ck.auto_chunk_size(fn, stacked, max_bytes=3 * temporaries) == 8  # small stack: outputs only
+    chunk = ck.auto_chunk_size(fn, stacked, max_bytes=3 * temporaries, scratch_above=0)
+    assert 1 <= chunk <= 3
+
+
 def test_corrupt_checkpoint_gives_a_clear_error(micro_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(micro_run, run)
