@@ -256,37 +256,3 @@ def _global(x: np.ndarray, sharding) -> jax.Array:
     """A global array from a value every process holds whole; each process copies only the
     shards of its own devices."""
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def save_tree(path: str | os.PathLike, tree, record: dict) -> None:
-    """Write a pytree's leaves and a JSON `record` to one .npz, atomically (temp file + rename);
-    process 0 of a multi-process job writes. For small resume states outside a Series."""
-    from dynamics.runlog import to_jsonable
-
-    if not distributed.is_primary():
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    leaves = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, record=np.asarray(json.dumps(to_jsonable(record))), **leaves)
-    os.replace(tmp, path)
-
-
-def load_tree(path: str | os.PathLike, template):
-    """(tree shaped like `template`, record) from `save_tree`; a damaged or mismatched file is
-    one clear error that leaves it in place."""
-    path = Path(path)
-    expected = jax.tree.leaves(template)
-    try:
-        with np.load(path) as data:
-            leaves = [data[f"leaf_{i}"] for i in range(len(expected))]
-            record = json.loads(str(data["record"]))
-            extra = len(data.files) - 1 - len(expected)
-    except Exception as e:  # zip, pickle and key errors alike
-        raise OntogenyError(f"{path} is corrupt or unreadable ({type(e).__name__}); delete it to restart that "
-                            f"training from the beginning") from None
-    if extra or any(a.shape != tuple(b.shape) for a, b in zip(leaves, expected)):
-        raise OntogenyError(f"{path} holds a state of other shapes than this run's; delete it to restart that "
-                            f"training, or run with the settings that wrote it")
-    return jax.tree.unflatten(jax.tree.structure(template), leaves), record
