@@ -145,12 +145,15 @@ def run_training(folder: RunFolder, stage: str, state: dict, train_step: Callabl
     (Its length is the loop's hooks, closures over this stage's folder and checkpoints.)
     """
     ckpt = Checkpoints(folder.root, stage, config.checkpoint_schedule(), meta)
-    state, step0, _ = ckpt.restore_latest(state)
+    latest = ckpt.latest()
+    if latest is not None:
+        state, _ = ckpt.restore(latest, state)
+    step0 = latest or 0
     if step0 > config.steps:
         raise OntogenyError(f"{folder.root} already holds step {step0} of '{stage}', beyond train.steps="
                             f"{config.steps}; use a new --out")
     # rows this stage logged past its resume point are replayed below: drop them so each step is logged once
-    resumed_at = step0 if ckpt.latest() is not None else -1
+    resumed_at = -1 if latest is None else latest
     folder.drop_metrics(lambda row: row.get("stage") == stage and row.get("step", -1) > resumed_at)
     multi = jax.process_count() > 1
     if multi and mesh is None:
