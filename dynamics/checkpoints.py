@@ -29,8 +29,8 @@ import orbax.checkpoint as ocp
 
 from dynamics import distributed
 from dynamics.errors import OntogenyError
-from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, scratch_bytes,
-                             stack_length, stack_trees, tree_bytes)
+from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
+                             reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
 
 _ITEMS = ("params", "state", "meta")
 
@@ -169,6 +169,26 @@ def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25) -> N
     _BUDGET.update(max_bytes=None if not max_bytes else int(max_bytes), fraction=float(fraction))
 
 
+def memory_budget_bytes(max_bytes: int | None = None, memory_fraction: float | None = None) -> int:
+    """The host-memory budget in force: `max_bytes`, else `set_memory_budget`'s bytes, else a
+    fraction (`memory_fraction` or the set one) of the free memory."""
+    max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]
+    if max_bytes is not None:
+        return int(max_bytes)
+    fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
+    return int(fraction * available_memory_bytes())
+
+
+def _streamed_bytes(stacked) -> int:
+    """One checkpoint's bytes of the stack's StackOnDisk leaves."""
+    return tree_bytes([x.template() for x in disk_leaves(stacked)])
+
+
+def _is_big(stacked, scratch_above: int) -> bool:
+    """A stack of `scratch_above` bytes or more, in memory or streamed from disk."""
+    return stack_length(stacked) * (tree_bytes(one_template(stacked)) + _streamed_bytes(stacked)) >= scratch_above
+
+
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
                     max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = 64 << 20) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
@@ -183,16 +203,41 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     C = stack_length(stacked)
     one = one_template(stacked)
     out = jax.eval_shape(fn, one, *args)
-    streamed = [x.template() for x in disk_leaves(stacked)]
     # one extra compile, so only for a stack of some size ([choice] 64 MiB and up)
-    big = C * (tree_bytes(one) + tree_bytes(streamed)) >= scratch_above
-    scratch = scratch_bytes(fn, one, args) if big else None
+    scratch = scratch_bytes(fn, one, args) if _is_big(stacked, scratch_above) else None
     scratch = max((1.0 + work_factor) * tree_bytes(out), 2.0 * tree_bytes(out) + (scratch or 0))
-    per_ckpt = tree_bytes(one) + tree_bytes(streamed) + scratch
-    max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]
-    fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
-    budget = max_bytes if max_bytes is not None else fraction * available_memory_bytes()
+    per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
+    budget = memory_budget_bytes(max_bytes, memory_fraction)
     return int(max(1, min(C, budget // max(per_ckpt, 1))))
+
+
+_MEASURED: dict = {}
+
+
+def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: int, outputs: list) -> tuple[int, int]:
+    """Run checkpoint 0 alone and measure what it costs: (chunk, first checkpoint still to run).
+
+    The estimate of `auto_chunk_size` cannot see everything (the copies made while restoring
+    and stacking, weights converted from bf16 inside the program, XLA's buffers on a backend
+    that reports no temporaries), and a 32-step NeuroMFA went to 2.5x its budget. So the peak
+    resident bytes that checkpoint 0 adds (Linux's VmHWM, reset first) plus one prefetched
+    checkpoint give the per-checkpoint cost, and the chunk shrinks to fit the budget (never
+    grows). [choice] The measure includes the first compilation, which errs on the small side.
+    One measure per (fn, shapes) serves later calls; where the peak cannot be reset, nothing
+    is measured and (chunk, 0) comes back."""
+    key = shapes_key(fn, one_template(stacked), args)
+    if key not in _MEASURED:
+        base = reset_peak_rss()
+        if base is None:
+            return chunk, 0
+        for part, n_real in chunks(stacked, 1, 1):
+            result = jax.device_get(compiled(part, *args))
+            outputs.append(jax.tree.map(lambda x: np.asarray(x)[:n_real], result))
+            del part, result
+        per_ckpt = max(1, (peak_rss() or base) - base) + _streamed_bytes(stacked)
+        _MEASURED[key] = int(max(1, budget // per_ckpt))
+        return min(chunk, _MEASURED[key]), 1
+    return min(chunk, _MEASURED[key]), 0
 
 
 _COMPILED: dict = {}
@@ -209,8 +254,10 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
     """`fn(params, *args)` for every checkpoint of `stacked`, vmapped over C in chunks.
 
     Equals `stack_trees([fn(unstack_tree(stacked, c), *args) for c in range(C)])`. Chunks are
-    padded to one size (the last repeats its final checkpoint), so `fn` compiles once; with
-    several devices each chunk is sharded over them along C. Results come back as numpy
+    padded to one size (the last repeats its final checkpoint), so `fn` compiles once; on one
+    device, a stack of 64 MiB or more first runs checkpoint 0 alone to measure its memory
+    (`measured_chunk`; one more compile), unless `chunk_size` is given. With several devices
+    each chunk is sharded over them along C. Results come back as numpy
     arrays on the host, so device memory holds one chunk at a time. Pass the same `fn` object
     across calls to reuse its compilation. `stacked` (or any leaf of it) may be a `StackOnDisk`
     (`open_stack`): its checkpoints are then read chunk by chunk, the next prefetched.
@@ -235,8 +282,10 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             args = tuple(jax.tree.map(lambda x: _global(np.asarray(x), replicated), a) for a in args)
     compiled = _vmapped(fn, len(args), len(devices))
-    outputs = []
-    for part, n_real in chunks(stacked, chunk, C):
+    outputs, first = [], 0
+    if chunk_size is None and chunk > 1 and not multi and len(devices) == 1 and _is_big(stacked, 64 << 20):
+        chunk, first = measured_chunk(compiled, fn, stacked, args, chunk, memory_budget_bytes(max_bytes), outputs)
+    for part, n_real in chunks(stacked, chunk, C, first):
         if multi:
             part = jax.tree.map(lambda x: _global(np.asarray(x), sharding), part)
         elif len(devices) > 1:

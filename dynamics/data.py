@@ -115,6 +115,14 @@ class Corpus:
                 "train_chars": len(self.train_text), "val_chars": len(self.val_text), "val_docs": list(self.val_works)}
 
 
+def spread(n_total: int, n: int) -> np.ndarray:
+    """n indices spread evenly over range(n_total), first and last included (0 or n >= n_total:
+    all); a log-spaced series of checkpoints stays log-spaced."""
+    if n == 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.round(np.linspace(0, n_total - 1, n)).astype(int))
+
+
 def strip_gutenberg(text: str) -> str:
     """Drop a Project Gutenberg licence header/footer when present (the 0.6 files have none)."""
     start = _GUTENBERG_START.search(text)

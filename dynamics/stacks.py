@@ -41,6 +41,32 @@ def available_memory_bytes() -> int:
     return 4 << 30
 
 
+def _status_bytes(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> int | None:
+    """Reset this process's peak-RSS mark (Linux: `5` to /proc/self/clear_refs) and return the
+    resident bytes now; None where the mark cannot be reset (then nothing can be measured)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident bytes since the last `reset_peak_rss` (VmHWM)."""
+    return _status_bytes("VmHWM")
+
+
 class StackOnDisk:
     """A series' checkpoints left on disk, usable wherever `map_stack` takes a stacked tree
     (alone or as a leaf of a larger tree). `load(index)` stacks the checkpoints at those
@@ -111,6 +137,13 @@ def largest_intermediate_bytes(jaxpr) -> int:
     return largest
 
 
+def shapes_key(fn: Callable, one, args) -> tuple:
+    """A hashable key of `fn` and the shapes and dtypes of one checkpoint and the arguments."""
+    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
+    shapes = jax.tree.map(spec, (one, args))
+    return fn, str(jax.tree.structure(shapes)), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(shapes))
+
+
 def scratch_bytes(fn: Callable, one, args) -> int | None:
     """Temporary bytes for one checkpoint (e.g. a forward's logits, which the outputs do not
     show): XLA's own count from compiling `fn` unbatched once per shape, and at least twice the
@@ -119,7 +152,7 @@ def scratch_bytes(fn: Callable, one, args) -> int | None:
     NeuroMFA ask for 55 GB in one chunk. None where neither can tell."""
     spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
     shapes = jax.tree.map(spec, (one, args))
-    key = (fn, str(jax.tree.structure(shapes)), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(shapes)))
+    key = shapes_key(fn, one, args)
     if key not in _SCRATCH:
         counted = []
         try:
@@ -146,19 +179,19 @@ def _chunk(stacked, start: int, chunk: int, C: int):
     return jax.tree.map(take, stacked, is_leaf=is_disk), len(real)
 
 
-def chunks(stacked, chunk: int, C: int):
-    """Every chunk of `chunk` checkpoints in order, as (tree padded to `chunk`, number of real
-    ones); with StackOnDisk leaves the next chunk is read in a thread while the caller computes
-    on the current one (so at most two chunks are resident), and each chunk's checkpoints are
-    released once the caller asks for the next."""
+def chunks(stacked, chunk: int, C: int, first: int = 0):
+    """Every chunk of `chunk` checkpoints in order from checkpoint `first` to C, as (tree padded
+    to `chunk`, number of real ones); with StackOnDisk leaves the next chunk is read in a thread
+    while the caller computes on the current one (so at most two chunks are resident), and each
+    chunk's checkpoints are released once the caller asks for the next."""
     disks = disk_leaves(stacked)
     if not disks:
-        for start in range(0, C, chunk):
+        for start in range(first, C, chunk):
             yield _chunk(stacked, start, chunk, C)
         return
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        pending = pool.submit(_chunk, stacked, 0, chunk, C)
-        for start in range(0, C, chunk):
+        pending = pool.submit(_chunk, stacked, first, chunk, C)
+        for start in range(first, C, chunk):
             part, n_real = pending.result()
             if start + chunk < C:
                 pending = pool.submit(_chunk, stacked, start + chunk, chunk, C)

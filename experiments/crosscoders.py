@@ -30,7 +30,8 @@ import numpy as np
 from dynamics import data as data_lib
 from dynamics import distributed
 from dynamics import stats
-from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack, open_stack, set_memory_budget
+from dynamics.checkpoints import (Series, load_model_config, load_stack, map_stack, memory_budget_bytes,
+                                  open_stack, set_memory_budget)
 from dynamics.runlog import RunFolder, write_json
 from experiments import crosscoders_figures as figures
 from experiments import crosscoders_streams as streams
@@ -60,6 +61,7 @@ class Config:
     text: str = ""                   # text file or folder for activations on `run` ("" = Shakespeare), run's tokenizer
     context: int = 0                 # tokens per window on `run` (0 = the model's, at most 128; a pretrain run: its own)
     direct: bool = False             # each step's tokens go through every snapshot straight into the step (no buffer)
+    direct_sweep: int = 0            # direct: batches per pass over the snapshots (0 = fit 1/8 of the memory budget)
     memory_budget_gb: float = 0.0    # host memory for streamed snapshot chunks (0 = a quarter of free memory)
     layer: int = -1                  # -1 = the middle block, (n_layer - 1) // 2
     crosscoder: cc.CrosscoderConfig = STUDY_CROSSCODER  # the dictionaries (crosscoder.d_model is the run's width)
@@ -84,6 +86,7 @@ class Config:
         require(self.crosscoder.n_snapshots >= 2, f"crosscoder.n_snapshots={self.crosscoder.n_snapshots} must be >= 2")
         require(not (self.run and self.pretrain_run), "give run (any family, streamed) or pretrain_run, not both")
         require(self.context >= 0, f"context={self.context} must be 0 (automatic) or a window length")
+        require(self.direct_sweep >= 0, f"direct_sweep={self.direct_sweep} must be >= 0 (0 = automatic)")
         require(self.memory_budget_gb >= 0, f"memory_budget_gb={self.memory_budget_gb} must be >= 0 (0 = automatic)")
         if self.site:
             suite.parse_site(self.site)
@@ -109,6 +112,8 @@ class Config:
             keys["context"] = "context sets the windows on run=...; a pretrain run uses its model's context"
         if self.site:
             keys["layer"] = f"site={self.site} names the block"
+        if not self.direct:
+            keys["direct_sweep"] = "direct_sweep sets the passes of direct=true; the shuffle buffer has its own refills"
         if self.direct:
             for k in ("buffer_tokens", "windows_per_fetch", "reuse"):
                 keys[k] = "direct=true feeds each step's tokens straight in, with no shuffle buffer"
@@ -170,8 +175,7 @@ def resolve(config: Config) -> dict:
 
 def choose_snapshots(available: list[int], n: int) -> list[int]:
     """n steps evenly spread over the series' index (log-spaced series stay log-spaced)."""
-    index = np.unique(np.round(np.linspace(0, len(available) - 1, min(n, len(available)))).astype(int))
-    return [available[i] for i in index]
+    return [available[i] for i in data_lib.spread(len(available), n)]
 
 
 def evaluate_members(state, hps: list[dict], ccfg: cc.CrosscoderConfig, x_eval, folder: RunFolder) -> list[dict]:
@@ -198,31 +202,42 @@ def run(config: Config, folder: RunFolder) -> dict:
     steps = choose_snapshots(Series(run_dir, "pretrain", create=False).steps(), config.crosscoder.n_snapshots)
     require(len(steps) == config.crosscoder.n_snapshots,
             f"the run has only {len(steps)} checkpoints; set crosscoder.n_snapshots <= {len(steps)}")
-    set_memory_budget(int(config.memory_budget_gb * 2**30))
-    steps, stacked = open_stack(run_dir, steps) if config.run else load_stack(run_dir, steps)
-    S = (config.context or min(model_config.context, 128)) if config.run else model_config.context
     C, D = len(steps), model_config.d_model
     ccfg, hps = config.crosscoder_config(D), config.hps()
-    corpus = suite.text_corpus(run_dir, config.text) if config.run else suite.own_corpus(run_dir)
-    site = cm.site_fn(model_config, layer)
-    if config.direct:
+    # the budget covers the crosscoders too: the snapshots stream in what they leave ([choice]
+    # at least a quarter of the budget, so a dictionary larger than the budget still runs)
+    set_memory_budget(int(config.memory_budget_gb * 2**30))
+    budget, training = memory_budget_bytes(), cc.training_bytes(ccfg, len(hps))
+    set_memory_budget(max(budget - training, budget // 4))
+    try:
+        steps, stacked = open_stack(run_dir, steps) if config.run else load_stack(run_dir, steps)
+        S = (config.context or min(model_config.context, 128)) if config.run else model_config.context
+        corpus = suite.text_corpus(run_dir, config.text) if config.run else suite.own_corpus(run_dir)
+        site = cm.site_fn(model_config, layer)
+        if config.direct:
+            t0 = time.perf_counter()
+            sweep = streams.direct_sweep(config, C, D, memory_budget_bytes())
+            buffer = streams.DirectStream(config, corpus.train_ids, stacked, site, C, D, S, sweep)
+            fill_s = time.perf_counter() - t0
+        else:
+            buffer, fill_s = streams.activation_buffer(config, corpus.train_ids, stacked, site, C, D, S)
         t0 = time.perf_counter()
-        buffer = streams.DirectStream(config, corpus.train_ids, stacked, site, C, D, S)
-        fill_s = time.perf_counter() - t0
-    else:
-        buffer, fill_s = streams.activation_buffer(config, corpus.train_ids, stacked, site, C, D, S)
-    t0 = time.perf_counter()
-    state, history = streams.train_resumable(ccfg, hps, [config.seed] * len(hps), buffer, folder)
-    train_s = time.perf_counter() - t0
-    for row in history:
-        folder.log({"phase": "train", **{k: np.asarray(v).tolist() for k, v in row.items()}})
+        state, history = streams.train_resumable(ccfg, hps, [config.seed] * len(hps), buffer, folder)
+        train_s = time.perf_counter() - t0
+        for row in history:
+            folder.log({"phase": "train", **{k: np.asarray(v).tolist() for k, v in row.items()}})
 
-    m = measure(config, folder, model_config, layer, steps, stacked, corpus, site, buffer.scale_S, state, ccfg, hps, S)
-    write_outputs(config, folder, steps, m, corpus.tokenizer.decode)
-    timing = {"buffer_fill_s": fill_s, "train_s": train_s, "max_resident_snapshots": getattr(stacked, "max_resident", C),
-              **({"forward_s": buffer.seconds} if config.direct else {}),
-              "train_tokens_per_s": config.crosscoder.steps * config.crosscoder.batch_size * len(hps) / train_s}
-    return {**summarize(config, steps, layer, ccfg, m), **timing, "wall_s": time.perf_counter() - t_start}
+        m = measure(config, folder, model_config, layer, steps, stacked, corpus, site, buffer.scale_S, state, ccfg, hps, S)
+        write_outputs(config, folder, steps, m, corpus.tokenizer.decode)
+        timing = {"buffer_fill_s": fill_s, "train_s": train_s, "max_resident_snapshots": getattr(stacked, "max_resident", C),
+                  "memory_budget_gib": budget / 2**30, "crosscoder_training_gib": training / 2**30,
+                  **({"forward_s": buffer.seconds, "direct_sweep": buffer.sweep, "forward_passes": buffer.passes,
+                      "forward_s_per_token": buffer.seconds / buffer.tokens}
+                     if config.direct else {}),
+                  "train_tokens_per_s": config.crosscoder.steps * config.crosscoder.batch_size * len(hps) / train_s}
+        return {**summarize(config, steps, layer, ccfg, m), **timing, "wall_s": time.perf_counter() - t_start}
+    finally:  # the next study in this process starts from the default budget
+        set_memory_budget()
 
 
 def measure(config: Config, folder: RunFolder, model_config, layer: int, steps, stacked, corpus, site, scale_C,

@@ -52,25 +52,55 @@ def activation_buffer(config, train_ids, stacked, site, n_snapshots: int, d_mode
 
 class DirectStream:
     """Batch i of the crosscoder: fresh training windows (ceil(batch_size / context) of them)
-    through every snapshot in one vmapped forward (`map_stack`, streamed chunks of snapshots when
-    they do not all fit), straight into the step: no buffer, no activation store. [choice] The
-    per-snapshot normaliser comes from batch 0. `seconds` accumulates the forward time."""
+    through every snapshot, straight into the step: no shuffle buffer, no activation store.
 
-    def __init__(self, config, train_ids, stacked, site, n_snapshots: int, d_model: int, context: int):
+    The windows of `sweep` consecutive batches go through the series in one vmapped pass
+    (`map_stack`, chunks of snapshots streamed from disk when they do not all fit), so each
+    snapshot is read once per `sweep` batches rather than once per batch; their activations wait
+    in memory (sweep x N x C x D floats) until the steps take them. Batch i's windows depend on i
+    alone, whatever `sweep` is. [choice] The per-snapshot normaliser comes from batch 0.
+    `seconds` accumulates the forward time, disk reads included, over `passes` passes that
+    covered `tokens` tokens."""
+
+    stateless = True  # batch i is a function of i: a resume need not replay the batches before it
+
+    def __init__(self, config, train_ids, stacked, site, n_snapshots: int, d_model: int, context: int,
+                 sweep: int = 1):
         self.train_ids, self.stacked, self.site, self.seed = train_ids, stacked, site, config.seed + 17
         self.shape = (n_snapshots, d_model, context, config.crosscoder.batch_size)
-        self.seconds = 0.0
-        self.first = self._rows(0)
-        self.scale_S = cc.normaliser(self.first)
+        self.sweep, self.steps = max(1, int(sweep)), config.crosscoder.steps
+        self.seconds, self.passes, self.tokens = 0.0, 0, 0
+        self._block, self._acts = -1, None
+        self.scale_S = cc.normaliser(self._rows(0))
+
+    def _fill(self, block: int) -> None:
+        C, D, S, N = self.shape
+        windows = -(-N // S)
+        batches = range(block * self.sweep, min((block + 1) * self.sweep, max(self.steps, 1)))
+        t0 = time.perf_counter()
+        tokens = np.concatenate([data_lib.get_batch(self.train_ids, self.seed, i, windows, S)[0] for i in batches])
+        self._acts = None  # the previous pass's activations go before the next pass's arrive
+        acts = map_stack(self.site, self.stacked, tokens)                      # [C, K*W, S, D]
+        self._acts = acts.reshape(C, len(batches), windows * S, D)[:, :, :N]    # [C, K, N, D]
+        self._block = block
+        self.seconds += time.perf_counter() - t0
+        self.passes += 1
+        self.tokens += len(batches) * N
 
     def _rows(self, i: int) -> np.ndarray:
-        C, D, S, N = self.shape
-        t0 = time.perf_counter()
-        tokens, _ = data_lib.get_batch(self.train_ids, self.seed, i, -(-N // S), S)
-        acts = map_stack(self.site, self.stacked, tokens)                          # [C, B, S, D]
-        self.seconds += time.perf_counter() - t0
-        return np.moveaxis(acts.reshape(C, -1, D), 0, 1)[:N]                     # [N, C, D]
+        if i // self.sweep != self._block:
+            self._fill(i // self.sweep)
+        return np.moveaxis(self._acts[:, i % self.sweep], 0, 1)                  # [N, C, D]
 
     def __call__(self, i: int) -> np.ndarray:
-        rows = self.first if i == 0 else self._rows(i)
-        return rows * self.scale_S[None, :, None]
+        return self._rows(i) * self.scale_S[None, :, None]
+
+
+def direct_sweep(config, n_snapshots: int, d_model: int, budget_bytes: int) -> int:
+    """Batches per pass of `DirectStream`: `config.direct_sweep`, or (0) as many as fit an eighth
+    of the memory budget ([choice]: `map_stack` counts each pass's outputs about four times over,
+    and the snapshots streamed take the rest), at least 1, at most the steps."""
+    if config.direct_sweep:
+        return min(config.direct_sweep, config.crosscoder.steps)
+    per_batch = config.crosscoder.batch_size * n_snapshots * d_model * 4
+    return int(max(1, min(config.crosscoder.steps, budget_bytes // 8 // per_batch)))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics import data as data_lib
 from dynamics.errors import OntogenyError, require
 from dynamics.runlog import RunFolder
 from experiments import suite
@@ -88,7 +89,7 @@ def text_windows(ids: np.ndarray, seq_len: int, n_windows: int):
     n_total = (len(ids) - 1) // seq_len
     require(n_total >= 1, f"the text has {len(ids)} tokens, fewer than seq_len+1={seq_len + 1}; "
                           f"give a longer text or a smaller --set seq_len")
-    starts = np.unique(np.round(np.linspace(0, n_total - 1, min(n_windows, n_total))).astype(int)) * seq_len
+    starts = data_lib.spread(n_total, n_windows) * seq_len
     windows = np.stack([ids[s:s + seq_len + 1] for s in starts]).astype(np.int32)
     return windows[:, :-1], windows[:, 1:]
 

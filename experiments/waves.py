@@ -51,13 +51,13 @@ from tqdm.auto import tqdm
 from dynamics import stats
 from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack, set_memory_budget
 from dynamics import data as data_lib
+from dynamics.data import spread
 from dynamics import run_tokenizer
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from experiments import pretrain, suite
 from experiments import waves_figures as figures
 from experiments import waves_suite
-from experiments.waves_suite import spread
 from experiments.config import require
 from probes import spelling, waves
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as st
 
+from dynamics.data import spread
 from experiments import plots
 
 plt = plots.plt
@@ -36,7 +37,7 @@ def _symlog(ax, steps) -> None:
 def plot_heatmaps(steps, W, records, orders, n_heatmaps, path) -> None:
     """Correlation heatmaps of a few checkpoints, ordered by each checkpoint's clustering."""
     C = len(steps)
-    show = np.unique(np.round(np.linspace(0, C - 1, min(n_heatmaps, C))).astype(int))
+    show = spread(C, n_heatmaps)
     fig, axes = plt.subplots(1, len(show), figsize=(4 * len(show), 3.8), squeeze=False)
     for ax, c in zip(axes[0], show):
         corr = W["corr"][c].mean(0)[np.ix_(orders[c], orders[c])]

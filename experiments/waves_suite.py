@@ -13,17 +13,11 @@ import numpy as np
 
 from dynamics import run_tokenizer
 from dynamics.checkpoints import Series, load_model_config, map_stack, open_stack
+from dynamics.data import spread
 from dynamics.errors import OntogenyError
 from experiments import suite
 from experiments.config import require
 from probes import spelling, waves_any
-
-
-def spread(n_total: int, n: int) -> np.ndarray:
-    """n indices spread evenly over range(n_total), first and last included (0: all)."""
-    if n == 0 or n >= n_total:
-        return np.arange(n_total)
-    return np.unique(np.round(np.linspace(0, n_total - 1, n)).astype(int))
 
 
 def check_run_shapes(config, model, tokenizer) -> None:

@@ -209,7 +209,11 @@ def _unit_directions(config: CrosscoderConfig, key):
 
 def params_with_norm(config: CrosscoderConfig, key, x_NSD, norm):
     """W_dec = norm * unit directions, W_enc = W_dec^T, b_dec = data mean."""
-    w_dec = norm * _unit_directions(config, key)
+    return _params_from_units(config, _unit_directions(config, key), x_NSD, norm)
+
+
+def _params_from_units(config: CrosscoderConfig, unit_FSD, x_NSD, norm):
+    w_dec = norm * unit_FSD
     params = {"W_enc": jnp.transpose(w_dec, (1, 2, 0)), "b_enc": jnp.zeros(config.n_features),
               "W_dec": w_dec, "b_dec": x_NSD.mean(0)}
     if config.arch == "jumprelu":
@@ -224,9 +228,15 @@ def reconstruction_error(params, x_NSD, config, hp):
 
 
 def init_errors(config: CrosscoderConfig, key, x_NSD, hp, norms=None):
-    """[len(norms)] initial reconstruction error for each candidate decoder norm."""
+    """[len(norms)] initial reconstruction error for each candidate decoder norm.
+
+    The candidates run one after another (`lax.map`), not vmapped: a vmap held all of them at
+    once, 21 copies of the dictionary and its [N, F, S] latents, which took 5 GB at F = 1024
+    over 32 snapshots and would take ~28 GB at F = 4096."""
     norms = jnp.asarray(config.init_norms if norms is None else norms)
-    return jax.vmap(lambda n: reconstruction_error(params_with_norm(config, key, x_NSD, n), x_NSD, config, hp))(norms)
+    unit_FSD = _unit_directions(config, key)
+    error = lambda n: reconstruction_error(_params_from_units(config, unit_FSD, x_NSD, n), x_NSD, config, hp)
+    return jax.lax.map(error, norms)
 
 
 def init_params(config: CrosscoderConfig, key, x_NSD, hp):
@@ -325,6 +335,17 @@ def make_train_step(config: CrosscoderConfig, n_members: int | None = None):
     if n_members is None:
         return jax.jit(fn, donate_argnums=0)
     return jax.jit(jax.vmap(fn, in_axes=(0, None, 0)), donate_argnums=0)
+
+
+def training_bytes(config: CrosscoderConfig, n_members: int = 1) -> int:
+    """Host bytes that training `n_members` crosscoders holds, estimated: the parameters with
+    Adam's two moments and the gradients (4 copies), and eight latent-sized temporaries of the
+    step ([N, F, S] for jumprelu, [N, F] otherwise). [choice] Eight is what XLA's CPU memory
+    analysis and the peak RSS showed at 32 snapshots, width 512, 1024 features (1.1 GB)."""
+    S, D, F, N = config.n_snapshots, config.d_model, config.n_features, config.batch_size
+    params = 2 * S * D * F + S * D + 2 * F
+    latents = N * F * (S if config.arch == "jumprelu" else 1)
+    return 4 * n_members * (4 * params + 8 * latents)
 
 
 @functools.lru_cache(maxsize=32)

@@ -88,7 +88,8 @@ def train(config: CrosscoderConfig, hps: list[dict], seeds: list[int], next_batc
     metrics so far as its resume point and raise `Interrupted`; the next call with the same
     checkpoints continues from there. The batches before that step are drawn again and
     discarded, so a stateful stream (a `ShuffleBuffer`) is where it was and the result equals an
-    uninterrupted run's. `stop_vote` makes the processes of a multi-process job agree on the stop.
+    uninterrupted run's; a stream marked `stateless` (batch i a function of i alone)
+    is not replayed. `stop_vote` makes the processes of a multi-process job agree on the stop.
     (Its length is the loop's hooks: resampling inside the step, the metrics history, the resume point.)
     """
     require(len(hps) == len(seeds) >= 1, "give one seed per crosscoder hyperparameter set")
@@ -100,8 +101,9 @@ def train(config: CrosscoderConfig, hps: list[dict], seeds: list[int], next_batc
     if checkpoints is not None:
         state, start, meta = checkpoints.restore_latest(state)
         history = [{k: np.asarray(v) for k, v in row.items()} for row in meta.get("history", [])]
-        for i in range(1, start):  # replay the stream's draws (and refreshes) up to `start`
-            next_batch(i)
+        if not getattr(next_batch, "stateless", False):
+            for i in range(1, start):  # replay the stream's draws (and refreshes) up to `start`
+                next_batch(i)
     step = make_train_step(config, K)
     resample_at = set(resample_steps(config))
     resample = make_resample(config, K) if resample_at else None

@@ -238,3 +238,35 @@ def test_stopped_and_resumed_training_equals_uninterrupted(tmp_path):
             f.write_bytes(b"garbage")
     with pytest.raises(OntogenyError, match="corrupt or unreadable"):
         cct.train(config, hps, seeds, make_buffer(), checkpoints=Checkpoints(tmp_path, "cc"))
+
+
+def test_a_stateless_stream_resumes_without_replaying_its_batches(tmp_path):
+    """A stream whose batch i depends on i alone (the direct stream) is not replayed on resume:
+    only batch 0 (the init) and the steps still to run are drawn, and the result is unchanged."""
+    import os
+    import signal
+
+    from dynamics.loop import Checkpoints, Interrupted
+
+    class Stream:
+        stateless = True
+
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, i):
+            self.calls.append(i)
+            return np.random.default_rng(500 + i).normal(size=(32, 2, 8)).astype(np.float32)
+
+    config = cc.CrosscoderConfig(n_snapshots=2, d_model=8, n_features=16, arch="jumprelu", steps=12, batch_size=32,
+                                 lr=1e-2, dead_tokens=64)
+    hps, seeds = [{"l1": 0.3}], [0]
+    full, _ = cct.train(config, hps, seeds, Stream())
+    with pytest.raises(Interrupted):
+        cct.train(config, hps, seeds, Stream(), checkpoints=Checkpoints(tmp_path, "cc"),
+                  callback=lambda i, m: os.kill(os.getpid(), signal.SIGTERM) if i == 4 else None)
+    stream = Stream()
+    resumed, _ = cct.train(config, hps, seeds, stream, checkpoints=Checkpoints(tmp_path, "cc"))
+    assert stream.calls == [0] + list(range(5, 12))
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -75,3 +75,16 @@ def test_synthetic_text_has_structure():
     counts = np.sort(np.unique(words, return_counts=True)[1])[::-1]
     assert counts[0] > 10 * np.median(counts)  # Zipf-like head
     assert data.synthetic_text(5_000, seed=1) == data.synthetic_text(5_000, seed=1)
+
+
+@pytest.mark.parametrize("n_total, n", [(1, 1), (7, 3), (10, 4), (33, 32), (5, 9), (6, 0)])
+def test_spread_keeps_both_ends_and_even_gaps(n_total, n):
+    from dynamics.data import spread
+
+    idx = spread(n_total, n)
+    if n == 0 or n >= n_total:
+        assert idx.tolist() == list(range(n_total))
+        return
+    assert len(idx) == n and idx[0] == 0 and idx[-1] == n_total - 1
+    ideal = (n_total - 1) / (n - 1)
+    assert np.all(np.abs(np.diff(idx) - ideal) <= 1)  # rounding moves a gap by at most one

@@ -54,3 +54,45 @@ def test_only_adds_the_pretrain_it_needs_and_rejects_unknown_studies(fake_studie
     assert [c[0] for c in fake_studies] == ["pretrain", "waves"]
     assert cli(["quickstart", "--only", "wavez", "--out", str(tmp_path / "b")]) == 2
     assert "'wavez' is not a study" in capsys.readouterr().err
+
+
+def test_lanes_keep_the_pretrain_chain_together_and_deal_the_rest():
+    from experiments.quickstart import lanes
+
+    names = registry.quickstart_studies()
+    assert lanes(names, 1) == [names]
+    two = lanes(names, 2)
+    chain = [n for n in names if n == "pretrain" or registry.ENTRIES[n].reuses_pretrain]
+    assert two[0] == chain and sorted(two[1]) == sorted(set(names) - set(chain))
+    assert sorted(n for lane in lanes(names, 9) for n in lane) == sorted(names)  # no study lost or doubled
+    assert lanes(["cognition", "neuromfa"], 2) == [["cognition"], ["neuromfa"]]
+
+
+def test_run_lanes_starts_one_process_a_lane_and_reports_the_studies_left_without_a_summary(tmp_path, capsys):
+    """Each lane is a real process (here a stand-in writing the summaries); a study whose lane
+    wrote no summary is reported with its error line and its lane's log."""
+    import sys
+
+    from experiments.quickstart import run_lanes
+
+    code = ("import json, pathlib, sys\n"
+            "out = pathlib.Path(sys.argv[1])\n"
+            "for n in sys.argv[2:]:\n"
+            "    (out / n).mkdir(exist_ok=True)\n"
+            "    if n == 'b':\n"
+            "        (out / n / 'error.txt').write_text('Traceback\\nRuntimeError: b broke')\n"
+            "        print('b failed here')\n"
+            "    else:\n"
+            "        (out / n / 'summary.json').write_text(json.dumps({'value': 1}))\n")
+    failed = run_lanes([["a", "b"], ["c"]], tmp_path, lambda lane: [sys.executable, "-c", code, str(tmp_path), *lane])
+    assert list(failed) == ["b"] and failed["b"].startswith("RuntimeError: b broke (log: ")
+    assert "b failed here" in (tmp_path / "quickstart-lane-0.log").read_text()
+    assert (tmp_path / "c" / "summary.json").exists()
+    shown = capsys.readouterr()
+    assert "a: done" in shown.out + shown.err and "c: done" in shown.out + shown.err
+    assert "b: done" not in shown.out + shown.err
+
+
+def test_jobs_are_refused_below_one(tmp_path, capsys):
+    assert cli(["quickstart", "--jobs", "0", "--out", str(tmp_path / "q")]) == 2
+    assert "--jobs 0 must be at least 1" in capsys.readouterr().err

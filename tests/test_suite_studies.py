@@ -94,8 +94,10 @@ def test_neuromfa_cli_on_an_imported_run(imported, tmp_path):
 
 
 # ----------------------------------------------------------------------------- crosscoders
-def test_direct_stream_batches_equal_a_loop_over_snapshots(imported):
-    """Each step's rows: the windows through every snapshot (streamed from disk), normalised."""
+@pytest.mark.parametrize("sweep", [1, 3])
+def test_direct_stream_batches_equal_a_loop_over_snapshots(imported, sweep):
+    """Each step's rows: the windows through every snapshot (streamed from disk), normalised,
+    whatever the number of batches one pass over the snapshots serves."""
     from dynamics import data as data_lib
     from experiments import crosscoders as xc
     from experiments import crosscoders_streams as xs
@@ -103,13 +105,13 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported):
 
     run = imported["neox_rot25_parallel"]
     config = xc.Config(run=str(run), context=16, direct=True, seed=3,
-                       crosscoder=xc.dataclasses.replace(xc.STUDY_CROSSCODER, n_snapshots=3, batch_size=40))
+                       crosscoder=xc.dataclasses.replace(xc.STUDY_CROSSCODER, n_snapshots=3, batch_size=40, steps=5))
     model_config = ck.load_model_config(run)
     steps, disk = ck.open_stack(run)
     ids = np.random.default_rng(0).integers(0, model_config.vocab_size, 2000)
-    stream = xs.DirectStream(config, ids, disk, cm.site_fn(model_config, 1), 3, model_config.d_model, 16)
+    stream = xs.DirectStream(config, ids, disk, cm.site_fn(model_config, 1), 3, model_config.d_model, 16, sweep)
     _, stacked = ck.load_stack(run)
-    for i in (0, 2):
+    for i in (0, 2, 4):
         tokens, _ = data_lib.get_batch(ids, config.seed + 17, i, 3, 16)
         loop = np.stack([np.asarray(models.apply(stacks.unstack_tree(stacked, t), tokens, model_config,
                                                  capture=("resid",))[1]["resid"][1]).reshape(-1, 32)[:40]
@@ -118,7 +120,11 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported):
             np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_S[None, :, None], axis=-1).mean(0),
                                        np.sqrt(32), rtol=1e-5)
         np.testing.assert_allclose(stream(i), loop * stream.scale_S[None, :, None], rtol=1e-4, atol=1e-5)
-    assert disk.max_resident <= 3
+    # one pass over the snapshots per `sweep` batches: blocks {0}, {2}, {4} or {0,1,2}, {3,4}
+    assert stream.passes == (3 if sweep == 1 else 2) and disk.max_resident <= 3
+    assert xs.direct_sweep(config, 3, 32, budget_bytes=8 * 40 * 3 * 32 * 4 * 2) == 2
+    assert xs.direct_sweep(config, 3, 32, budget_bytes=1) == 1
+    assert xs.direct_sweep(xc.dataclasses.replace(config, direct_sweep=9), 3, 32, budget_bytes=1) == 5
 
 
 def test_bigram_rows_equal_the_dense_table():
