@@ -223,8 +223,8 @@ def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: in
     resident bytes that checkpoint 0 adds (Linux's VmHWM, reset first) plus one prefetched
     checkpoint give the per-checkpoint cost, and the chunk shrinks to fit the budget (never
     grows). [choice] The measure includes the first compilation, which errs on the small side.
-    One measure per (fn, shapes) serves later calls; where the peak cannot be reset, nothing
-    is measured and (chunk, 0) comes back."""
+    One measure (bytes a checkpoint) per (fn, shapes) serves later calls under any budget; where
+    the peak cannot be reset, nothing is measured and (chunk, 0) comes back."""
     key = shapes_key(fn, one_template(stacked), args)
     if key not in _MEASURED:
         base = reset_peak_rss()
@@ -234,10 +234,9 @@ def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: in
             result = jax.device_get(compiled(part, *args))
             outputs.append(jax.tree.map(lambda x: np.asarray(x)[:n_real], result))
             del part, result
-        per_ckpt = max(1, (peak_rss() or base) - base) + _streamed_bytes(stacked)
-        _MEASURED[key] = int(max(1, budget // per_ckpt))
-        return min(chunk, _MEASURED[key]), 1
-    return min(chunk, _MEASURED[key]), 0
+        _MEASURED[key] = max(1, (peak_rss() or base) - base) + _streamed_bytes(stacked)
+        return min(chunk, max(1, budget // _MEASURED[key])), 1
+    return min(chunk, max(1, budget // _MEASURED[key])), 0
 
 
 _COMPILED: dict = {}
