@@ -137,10 +137,15 @@ def largest_intermediate_bytes(jaxpr) -> int:
     return largest
 
 
+def shape_structs(one, args):
+    """(one checkpoint, the arguments) as ShapeDtypeStructs."""
+    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
+    return jax.tree.map(spec, (one, args))
+
+
 def shapes_key(fn: Callable, one, args) -> tuple:
     """A hashable key of `fn` and the shapes and dtypes of one checkpoint and the arguments."""
-    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
-    shapes = jax.tree.map(spec, (one, args))
+    shapes = shape_structs(one, args)
     return fn, str(jax.tree.structure(shapes)), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(shapes))
 
 
@@ -150,10 +155,9 @@ def scratch_bytes(fn: Callable, one, args) -> int | None:
     largest intermediate value of its jaxpr. [choice] The jaxpr bound is there because XLA's CPU
     backend reports no temporaries (temp_size_in_bytes is 0 in jax 0.10), which let a 32-step
     NeuroMFA ask for 55 GB in one chunk. None where neither can tell."""
-    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", np.asarray(x).dtype))
-    shapes = jax.tree.map(spec, (one, args))
     key = shapes_key(fn, one, args)
     if key not in _SCRATCH:
+        shapes = shape_structs(one, args)
         counted = []
         try:
             counted.append(2 * largest_intermediate_bytes(jax.make_jaxpr(fn)(*shapes[:1], *shapes[1]).jaxpr))

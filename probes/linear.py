@@ -37,9 +37,6 @@ def with_intercept(X):
     return jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
 
 
-_with_intercept = with_intercept  # the old private name, kept for callers outside this module
-
-
 class LogisticFit(NamedTuple):
     """A fitted logistic probe. W: [D+1, K] logit weights (argmax of [x, 1] @ W predicts);
     converged: the Newton decrement fell below tolerance; grad_norm: max |gradient| of the
@@ -260,7 +257,7 @@ def fit_one_vs_rest(X, y, n_classes: int, C=1.0, n_iter: int = 50, tol: float = 
 
 
 def predict_logistic(W, X):
-    return jnp.argmax(_with_intercept(X) @ W, axis=-1)
+    return jnp.argmax(with_intercept(X) @ W, axis=-1)
 
 
 def fit_ridge(X, Y, alpha: float = 1.0):
@@ -282,7 +279,7 @@ def fit_ridge(X, Y, alpha: float = 1.0):
 
 
 def predict_ridge(W, X):
-    return _with_intercept(X) @ W
+    return with_intercept(X) @ W
 
 
 def pca_direction(diffs_ND, center: bool = False):
