@@ -1,8 +1,10 @@
 """Command line: `python -m experiments [NAME --preset P --out DIR --set key=value ...]`.
 
 Parses and dispatches only. Bad input exits 2 with one line on stderr naming the fix.
-Run as a program it first asks XLA for the host devices ONTOGENY_HOST_DEVICES=N names, so that
-training is data parallel over the cores (`experiments.host_devices`; off by default).
+Run as a program it first restarts itself with glibc malloc settings that keep freed memory for
+the next step (`experiments.allocator`; ONTOGENY_MALLOC=system turns that off), then asks XLA for
+the host devices ONTOGENY_HOST_DEVICES=N names, so that training is data parallel over the cores
+(`experiments.host_devices`; off by default).
 """
 from __future__ import annotations
 
@@ -96,9 +98,10 @@ def cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from experiments import host_devices
+    from experiments import allocator, host_devices
 
     try:  # before anything imports jax: the CPU backend reads XLA_FLAGS once, when it starts
+        allocator.configure()  # may restart this interpreter with glibc's malloc tunables
         host_devices.configure()
     except OntogenyError as e:
         sys.exit(_fail(str(e)))

@@ -230,7 +230,7 @@ def train_vs_torch(shapes: dict, peak_gflops: float, quick: bool = False) -> dic
 
     chosen = {name: (cfg, bench_torch.SHAPES[name]) for name, cfg in shapes.items() if not quick or name == "tiny"}
     results = bench_torch.side_by_side(chosen, train_flops_per_token, peak_gflops,
-                                       steps={"tiny": 10, "shakespeare-char": 2})
+                                       steps={"tiny": 20, "shakespeare-char": 3})
     for name, (cfg, batch) in chosen.items():
         key = name.replace("-", "_")
         if f"tokens_per_s_{key}_2dev" in results:  # measured beside the others

@@ -14,6 +14,7 @@ costs about the same.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -108,12 +109,6 @@ def make_step(n_layer: int, n_head: int, d_model: int, context: int, vocab: int,
     return step
 
 
-def describe() -> dict:
-    import torch
-
-    return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
-
-
 # ----- side by side with Ontogeny's train step (the `bench core` / `bench torch` training figures) -----
 
 # [choice] The issue's comparison shapes: nanoGPT's CPU recipe (batch 12) and shakespeare-char at batch 8.
@@ -135,14 +130,33 @@ def cpu_info(text: str | None = None) -> dict:
     return {"cpu_model": fields.get("model name", "unknown"), "cpu_isa": isa}
 
 
-def interleaved(fns: dict, steps: int, windows: int = 3) -> dict:
+def minor_faults_per_call(fn, calls: int = 2) -> float | None:
+    """Page faults (minor: the kernel handing out fresh zeroed pages) per call of `fn`, from
+    getrusage; None where the platform has no `resource` module. See `experiments.allocator`."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def interleaved(fns: dict, steps: int, windows: int = 3, warm: int = 1) -> dict:
     """Seconds per call of each fn, timed in alternating windows of `steps` calls so that the
-    machine's noise hits every contender; a warm-up call first. Returns {name: [s per window]}."""
+    machine's noise hits every contender; a warm-up call first. Returns {name: [s per window]}.
+
+    [choice] Each window starts with `warm` untimed calls: resuming after the other contender's
+    window costs a one-off (on machine B, 2026-11-30, the first shakespeare-char XLA step after
+    1 s idle took ~150 ms longer than the next), which a training loop that never pauses does not pay."""
     for fn in fns.values():
         fn()
     out = {name: [] for name in fns}
     for _ in range(windows):
         for name, fn in fns.items():
+            for _ in range(warm):
+                fn()
             t0 = time.perf_counter()
             for _ in range(steps):
                 fn()
@@ -173,23 +187,64 @@ def ontogeny_step(model_config, batch_size: int, mesh=None):
     return run
 
 
-def _torch_contenders(cfg, batch: int) -> dict:
-    """nanoGPT's step at torch's default thread count and, where that is above 1, at 1 thread:
-    on a shared, oversubscribed CPU, OpenMP's spinning barriers made 2 threads ~10x slower than 1."""
+def serve() -> None:
+    """The child side of `torch_contenders`: builds nanoGPT's step from the first stdin line (the
+    `make_step` arguments as JSON), replies with torch's version and default thread count (JSON),
+    then runs one step for each further line (a thread count; 0 for the default) and replies with
+    its loss."""
+    import json
+    import sys
+
     import torch
 
-    step = make_step(cfg.n_layer, cfg.n_head, cfg.d_model, cfg.context, cfg.vocab_size, batch, cfg.dropout)
+    step = make_step(**json.loads(sys.stdin.readline()))
     default = torch.get_num_threads()
+    print(json.dumps({"torch_version": torch.__version__, "torch_threads": default}), flush=True)
+    for line in sys.stdin:
+        torch.set_num_threads(int(line) or default)
+        loss = float(step().detach())
+        torch.set_num_threads(default)
+        print(loss, flush=True)
+
+
+def torch_contenders(cfg, batch: int):
+    """({name: run one nanoGPT step}, close, {torch_version, torch_threads}): steps at torch's
+    default thread count and, where that is above 1, at 1 thread (on a shared, oversubscribed CPU,
+    OpenMP's spinning barriers made 2 threads ~10x slower than 1).
+
+    [choice] The steps run in a child process (`serve`), one pipe round trip each (~0.1 ms against
+    a 25 ms step), so neither runtime shares a process with the other: in one process, the
+    shakespeare-char XLA step took 1065-1248 ms beside torch against 765-811 ms without it
+    (machine B, 2026-11-30, with `experiments.allocator`'s huge pages), which no user meets.
+    The child inherits this process's environment, huge pages included; torch gains from them too."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, "-c", "from experiments import bench_torch; bench_torch.serve()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    spec = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model, context=cfg.context,
+                vocab=cfg.vocab_size, batch_size=batch, dropout=cfg.dropout)
+    child.stdin.write(json.dumps(spec) + "\n")
+    child.stdin.flush()
+    reply = child.stdout.readline()
+    if not reply:
+        raise RuntimeError(f"the torch child process did not start (exit code {child.wait()})")
+    info = json.loads(reply)
 
     def at(threads):
         def run():
-            torch.set_num_threads(threads)
-            try:
-                return float(step().detach())
-            finally:
-                torch.set_num_threads(default)
+            child.stdin.write(f"{threads}\n")
+            child.stdin.flush()
+            return float(child.stdout.readline())
         return run
-    return {"torch": at(default), **({"torch_1_thread": at(1)} if default > 1 else {})}
+
+    def close():
+        child.stdin.close()
+        child.wait(timeout=60)
+    return {"torch": at(0), **({"torch_1_thread": at(1)} if info["torch_threads"] > 1 else {})}, close, info
 
 
 def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict, windows: int = 3) -> dict:
@@ -202,15 +257,22 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
     from dynamics import sharding
 
     have_torch = available()
-    results = {**cpu_info(), **(describe() if have_torch else {}), "torch_measured": have_torch}
+    results = {**cpu_info(), "torch_measured": have_torch,
+               "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     for name, (cfg, batch) in shapes.items():
         key, tokens = name.replace("-", "_"), batch * cfg.context
         fns = {"ontogeny": ontogeny_step(cfg, batch)}
         if len(jax.devices()) >= 2 and batch % 2 == 0:  # e.g. ONTOGENY_HOST_DEVICES=2: the 2-device step too
             fns["ontogeny_2dev"] = ontogeny_step(cfg, batch, sharding.data_mesh(jax.devices()[:2]))
+        close = lambda: None
         if have_torch:
-            fns.update(_torch_contenders(cfg, batch))
-        times = interleaved(fns, steps[name], windows)
+            contenders, close, info = torch_contenders(cfg, batch)
+            fns.update(contenders)
+            results.update(info)
+        try:
+            times = interleaved(fns, steps[name], windows)
+        finally:
+            close()
         if "torch_1_thread" in times:  # [choice] the reference is the faster of torch's two thread settings
             slower = max(("torch", "torch_1_thread"), key=lambda k: np.median(times[k]))
             results[f"torch_threads_{key}"] = 1 if slower == "torch" else results["torch_threads"]
@@ -222,6 +284,10 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             results[f"{prefix}tokens_per_s_{key}{suffix}"] = float(np.median(tps))
             results[f"{prefix}tokens_per_s_{key}{suffix}_range"] = [tps[0], tps[-1]]
             results[f"{prefix}mfu_{key}{suffix}"] = float(np.median(tps)) * flops_per_token(cfg) / 1e9 / peak_gflops
+        for who in ("ontogeny", "ontogeny_2dev"):  # (torch's steps run in its own process)
+            if who in fns:
+                key_faults = f"page_faults_per_step_{key}" + ("_2dev" if who == "ontogeny_2dev" else "")
+                results[key_faults] = minor_faults_per_call(fns[who])
         if "ontogeny_2dev" in times:
             ratios = sorted(a / b for a, b in zip(times["ontogeny"], times["ontogeny_2dev"]))
             results[f"ratio_2dev_over_1dev_{key}"] = float(np.median(ratios))
@@ -244,5 +310,8 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             line += (f"; on 2 host devices {results[f'tokens_per_s_{key}_2dev']:,.0f} tokens/s, "
                      f"{results[f'ratio_2dev_over_1dev_{key}']:.2f}x one device"
                      + (f", {results[f'ratio_vs_torch_{key}_2dev']:.2f}x torch" if have_torch else ""))
+        faults = results[f"page_faults_per_step_{key}"]
+        if faults is not None:
+            line += f"; page faults a step {faults:,.0f}"
         print(line, flush=True)
     return results
