@@ -139,9 +139,10 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
       1 + `reuse` steps (Shamanskii's method: with reuse=1, cubic local convergence for one
       Hessian, the dominant cost at N >> D). [choice] reuse=2: on `bench probes` (machine B,
       2026-11-30) 1.14x faster than reuse=1 (at most 3 Hessians instead of 4), with the
-      objective still within float32 rounding of scikit-learn's; reuse=3 was slower. Each step takes the best finite objective among
-      step sizes 1, 1/2, ..., 1/64 and no step (non-finite candidates count as +inf, so a NaN can
-      never be chosen). `n_iter` counts Hessians.
+      objective still within float32 rounding of scikit-learn's; reuse=3 was slower. Each step
+      takes the best finite objective among step sizes 1, 1/2, ..., 1/64 and no step
+      (non-finite candidates count as +inf, so a NaN can never be chosen). `n_iter` counts
+      Hessians.
     - Stops when half the Newton decrement g^T H^-1 g is below tol * max(objective, 1), or after
       n_iter steps; `converged` says which. On separable data with C = inf the optimum is at
       infinity: the objective is driven towards 0 until the decrement is below tol.
