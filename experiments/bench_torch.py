@@ -216,7 +216,7 @@ def torch_contenders(cfg, batch: int):
     a 25 ms step), so neither runtime shares a process with the other: in one process, the
     shakespeare-char XLA step took 1065-1248 ms beside torch against 765-811 ms without it
     (machine B, 2026-11-30, with `experiments.allocator`'s huge pages), which no user meets.
-    The child inherits this process's environment, huge pages included; torch gains from them too."""
+    The child inherits this process's environment, huge pages included."""
     import json
     import subprocess
     import sys
