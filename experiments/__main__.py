@@ -1,10 +1,10 @@
 """Command line: `python -m experiments [NAME --preset P --out DIR --set key=value ...]`.
 
 Parses and dispatches only. Bad input exits 2 with one line on stderr naming the fix.
-Run as a program it first restarts itself with glibc malloc settings that keep freed memory for
-the next step (`experiments.allocator`; ONTOGENY_MALLOC=system turns that off), then asks XLA for
-the host devices ONTOGENY_HOST_DEVICES=N names, so that training is data parallel over the cores
-(`experiments.host_devices`; off by default).
+Run as a program it first restarts itself with glibc's malloc asking for huge pages, so that
+XLA's per-step buffers fault 2 MiB at a time (`experiments.allocator`; ONTOGENY_MALLOC=system
+turns that off), then asks XLA for the host devices ONTOGENY_HOST_DEVICES=N names, so that
+training is data parallel over the cores (`experiments.host_devices`; off by default).
 """
 from __future__ import annotations
 

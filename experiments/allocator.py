@@ -4,7 +4,8 @@ XLA's CPU runtime allocates each execution's temporary buffers anew and frees th
 (680 MiB a step for the shakespeare-char train step, 45 MiB for tiny). glibc serves a request
 above its mmap threshold with fresh pages from the kernel and unmaps them on free, so every
 step page-faults its whole working set again and the kernel zeroes it. On machine B (2-core
-Xeon, 2026-11-30) that was 179k page faults and 0.37 s of system time a shakespeare-char step.
+Xeon, 2026-11-30) that was 179k-199k page faults and 0.37 s of system time a shakespeare-char
+step.
 
 `TUNABLES` sets glibc.malloc.hugetlb=1: malloc asks the kernel for transparent huge pages
 (where its setting is `madvise`, the common default), so a fresh block faults 2 MiB at a time
@@ -34,7 +35,7 @@ from __future__ import annotations
 import os
 import sys
 
-ENV = "ONTOGENY_MALLOC"
+ENV = "ONTOGENY_MALLOC"  # unset or "ontogeny": the tunables; "system": glibc's defaults
 DONE = "ONTOGENY_MALLOC_CONFIGURED"
 TUNABLES = {"glibc.malloc.hugetlb": "1"}
 
