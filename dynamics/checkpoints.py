@@ -184,13 +184,16 @@ def _streamed_bytes(stacked) -> int:
     return tree_bytes([x.template() for x in disk_leaves(stacked)])
 
 
-def _is_big(stacked, scratch_above: int) -> bool:
+BIG_STACK_BYTES = 64 << 20  # [choice] a stack worth one extra compile (scratch estimate, memory measure)
+
+
+def _is_big(stacked, scratch_above: int = BIG_STACK_BYTES) -> bool:
     """A stack of `scratch_above` bytes or more, in memory or streamed from disk."""
     return stack_length(stacked) * (tree_bytes(one_template(stacked)) + _streamed_bytes(stacked)) >= scratch_above
 
 
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
-                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = 64 << 20) -> int:
+                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = BIG_STACK_BYTES) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
     outputs or, for a stack of `scratch_above` bytes or more (in memory or streamed from disk),
     at least XLA's temporary bytes for one checkpoint (`stacks.scratch_bytes`, e.g. a forward's
@@ -203,7 +206,7 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     C = stack_length(stacked)
     one = one_template(stacked)
     out = jax.eval_shape(fn, one, *args)
-    # one extra compile, so only for a stack of some size ([choice] 64 MiB and up)
+    # one extra compile, so only for a stack of some size (BIG_STACK_BYTES and up)
     scratch = scratch_bytes(fn, one, args) if _is_big(stacked, scratch_above) else None
     scratch = max((1.0 + work_factor) * tree_bytes(out), 2.0 * tree_bytes(out) + (scratch or 0))
     per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
@@ -225,7 +228,7 @@ def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: in
     grows). [choice] The measure includes the first compilation, which errs on the small side.
     One measure (bytes a checkpoint) per (fn, shapes) serves later calls under any budget; where
     the peak cannot be reset, nothing is measured and (chunk, 0) comes back."""
-    key = shapes_key(fn, one_template(stacked), args)
+    key, first = shapes_key(fn, one_template(stacked), args), 0
     if key not in _MEASURED:
         base = reset_peak_rss()
         if base is None:
@@ -234,9 +237,8 @@ def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: in
             result = jax.device_get(compiled(part, *args))
             outputs.append(jax.tree.map(lambda x: np.asarray(x)[:n_real], result))
             del part, result
-        _MEASURED[key] = max(1, (peak_rss() or base) - base) + _streamed_bytes(stacked)
-        return min(chunk, max(1, budget // _MEASURED[key])), 1
-    return min(chunk, max(1, budget // _MEASURED[key])), 0
+        _MEASURED[key], first = max(1, (peak_rss() or base) - base) + _streamed_bytes(stacked), 1
+    return min(chunk, max(1, budget // _MEASURED[key])), first
 
 
 _COMPILED: dict = {}
@@ -282,7 +284,7 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
             args = tuple(jax.tree.map(lambda x: _global(np.asarray(x), replicated), a) for a in args)
     compiled = _vmapped(fn, len(args), len(devices))
     outputs, first = [], 0
-    if chunk_size is None and chunk > 1 and not multi and len(devices) == 1 and _is_big(stacked, 64 << 20):
+    if chunk_size is None and chunk > 1 and not multi and len(devices) == 1 and _is_big(stacked):
         chunk, first = measured_chunk(compiled, fn, stacked, args, chunk, memory_budget_bytes(max_bytes), outputs)
     for part, n_real in chunks(stacked, chunk, C, first):
         if multi:

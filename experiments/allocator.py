@@ -35,6 +35,8 @@ from __future__ import annotations
 import os
 import sys
 
+from dynamics.errors import OntogenyError
+
 ENV = "ONTOGENY_MALLOC"  # unset or "ontogeny": the tunables; "system": glibc's defaults
 DONE = "ONTOGENY_MALLOC_CONFIGURED"
 TUNABLES = {"glibc.malloc.hugetlb": "1"}
@@ -58,8 +60,6 @@ def wanted(environ, glibc: bool) -> bool:
     """Whether this process should restart with the tunables: on glibc, not yet done, not opted out."""
     choice = environ.get(ENV, "").strip().lower()
     if choice not in ("", "ontogeny", "system"):
-        from dynamics.errors import OntogenyError
-
         raise OntogenyError(f"{ENV}={choice!r} is not known; use 'system' (glibc's defaults) or leave it unset")
     return glibc and choice != "system" and not environ.get(DONE)
 

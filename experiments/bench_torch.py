@@ -284,10 +284,8 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             results[f"{prefix}tokens_per_s_{key}{suffix}"] = float(np.median(tps))
             results[f"{prefix}tokens_per_s_{key}{suffix}_range"] = [tps[0], tps[-1]]
             results[f"{prefix}mfu_{key}{suffix}"] = float(np.median(tps)) * flops_per_token(cfg) / 1e9 / peak_gflops
-        for who in ("ontogeny", "ontogeny_2dev"):  # (torch's steps run in its own process)
-            if who in fns:
-                key_faults = f"page_faults_per_step_{key}" + ("_2dev" if who == "ontogeny_2dev" else "")
-                results[key_faults] = minor_faults_per_call(fns[who])
+            if who != "torch":  # (torch's steps run in its own process, whose faults this cannot see)
+                results[f"page_faults_per_step_{key}{suffix}"] = minor_faults_per_call(fns[who])
         if "ontogeny_2dev" in times:
             ratios = sorted(a / b for a, b in zip(times["ontogeny"], times["ontogeny_2dev"]))
             results[f"ratio_2dev_over_1dev_{key}"] = float(np.median(ratios))

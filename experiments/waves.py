@@ -51,7 +51,6 @@ from tqdm.auto import tqdm
 from dynamics import stats
 from dynamics.checkpoints import Series, load_model_config, load_stack, map_stack, set_memory_budget
 from dynamics import data as data_lib
-from dynamics.data import spread
 from dynamics import run_tokenizer
 from dynamics.errors import OntogenyError
 from dynamics.runlog import RunFolder
@@ -170,7 +169,7 @@ def _load(config: Config, folder: RunFolder) -> dict:
     run_dir = resolve_run(config, folder)
     tokenizer = data_lib.load_tokenizer(run_dir)
     steps = np.asarray(Series(run_dir, "pretrain", create=False).steps())
-    steps, stacked = load_stack(run_dir, steps[spread(len(steps), config.max_checkpoints)])
+    steps, stacked = load_stack(run_dir, steps[data_lib.spread(len(steps), config.max_checkpoints)])
     model = load_model_config(run_dir)
     if config.layer >= model.n_layer:
         raise OntogenyError(f"layer={config.layer} but the model has {model.n_layer} layers; use -1..{model.n_layer - 1}")
@@ -201,7 +200,7 @@ def _sample_pass(config: Config, run: dict) -> tuple[dict, float]:
     """M spelling samples for each of `spelling_checkpoints` checkpoints spread over the series
     (one vmapped pass): {checkpoint index: [M texts]}, and the seconds it took."""
     tokenizer = run["tokenizer"]
-    spell_idx = spread(len(run["steps"]), config.spelling_checkpoints)
+    spell_idx = data_lib.spread(len(run["steps"]), config.spelling_checkpoints)
     prompt_M1 = jnp.broadcast_to(jnp.asarray(tokenizer.encode("\n")), (config.n_samples, 1))
     t0 = time.perf_counter()
     samples = map_stack(spelling.make_sample_fn(run["model"], config.sample_length, config.temperature),
