@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dynamics import distributed
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
 

@@ -35,8 +35,8 @@ from dynamics.corpus_files import is_token_folder
 from dynamics.corpus_files import sources_checksum
 from dynamics.corpus_files import text_files
 from dynamics.corpus_files import unescape
-from dynamics.errors import OntogenyError
-from dynamics.errors import require
+from models.errors import OntogenyError
+from models.errors import require
 
 FORMAT = 1        # bump when the cache layout or tokenization changes
 

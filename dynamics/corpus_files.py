@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics.errors import OntogenyError
-from dynamics.errors import require
+from models.errors import OntogenyError
+from models.errors import require
 
 BLOCK = 1 << 20   # characters per block when streaming text
 

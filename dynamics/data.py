@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics.errors import OntogenyError
-from dynamics.errors import require
+from models.errors import OntogenyError
+from models.errors import require
 from dynamics.tokenizers import CharTokenizer  # re-exported: dynamics.data.CharTokenizer
 from dynamics.tokenizers import check_spec
 from dynamics.tokenizers import make_tokenizer
@@ -58,7 +58,7 @@ class DataConfig:
                                           else {"synthetic_chars": self.synthetic_chars}), **tok}
 
     def unused(self) -> dict[str, str]:
-        """The keys the chosen corpus ignores (setting one is refused, see experiments.config)."""
+        """The keys the chosen corpus ignores (setting one is refused, see experiments.cli.config)."""
         read = set(self.settings()) | {"tokenizer"}
         if self.path:
             why = f"it has no effect with data.path={self.path}"

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 _JOINED = False
 

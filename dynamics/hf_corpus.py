@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from dynamics.errors import OntogenyError
-from dynamics.errors import require
+from models.errors import OntogenyError
+from models.errors import require
 
 _MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 

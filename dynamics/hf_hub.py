@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dynamics.errors import OntogenyError, require
+from models.errors import OntogenyError, require
 
 _LOG = [0] + [2 ** k for k in range(10)]                                     # 0, 1, 2, 4, ..., 512
 STEP_SETS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics.errors import OntogenyError, require
+from models.errors import OntogenyError, require
 from models import hf_gpt2, llama, neox
 
 BUFFERS = re.compile(r"(\.(attention|attn)\.(bias|masked_bias)|rotary_emb\.inv_freq)$")

@@ -33,7 +33,7 @@ from math import comb
 import numpy as np
 
 from dynamics.data import CharTokenizer
-from dynamics.errors import require
+from models.errors import require
 
 LETTERS = "ABCDEFGH"
 PAD = "\n"

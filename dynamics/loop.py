@@ -2,7 +2,7 @@
 
 The GPT trainer (`dynamics.train.run_training`), the vmapped members (`dynamics.members`), the
 latent-variable learner (`dynamics.latent_training`) and the crosscoder trainer
-(`probes.crosscoder.train`) each supply a jitted step of (state, batch), a batch function of the
+(`probes.crosscoders.model.train`) each supply a jitted step of (state, batch), a batch function of the
 step and a few hooks. The loop gives all of them the same machinery:
 
 - a progress bar and throughput;
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dynamics import distributed
 from dynamics.checkpoints import Series
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 
 class Interrupted(Exception):

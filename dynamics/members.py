@@ -24,7 +24,7 @@ from dynamics import sharding
 from dynamics import train as train_lib
 from dynamics.loop import Checkpoints, Diverged, evaluate_and_save, run_loop
 from dynamics.runlog import RunFolder
-from dynamics.errors import require
+from models.errors import require
 
 VMAP_KEYS = ("train.seed", "train.lr", "train.min_lr", "train.weight_decay")
 SHARED_FIELDS = ("steps", "batch_size", "warmup", "beta1", "beta2", "grad_clip", "eval_every", "eval_batches",

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics.errors import require
+from models.errors import require
 from models import gpt, sample
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.tokenizers import read_tokenizer_json
 
 class BPETokenizer:

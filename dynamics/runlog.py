@@ -82,7 +82,7 @@ def non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
 
 def require_finite_summary(summary: dict, where: str) -> None:
     """Refuse a summary holding NaN or inf (one line naming the metric), before it is written."""
-    from dynamics.errors import OntogenyError
+    from models.errors import OntogenyError
 
     found = non_finite(summary)
     if found is not None:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 
 def mesh_1d(axis: str, devices=None) -> Mesh:

@@ -12,7 +12,7 @@ import numpy as np
 from dynamics import tokenizers as tok_lib
 from dynamics.corpus_files import TokenCorpus
 from dynamics.corpus_files import sources_checksum
-from dynamics.errors import require
+from models.errors import require
 
 
 def load(config) -> TokenCorpus:

@@ -21,8 +21,8 @@ from typing import Iterable
 
 import numpy as np
 
-from dynamics.errors import OntogenyError
-from dynamics.errors import require
+from models.errors import OntogenyError
+from models.errors import require
 
 _BPE = re.compile(r"^bpe:(\d+)$")
 

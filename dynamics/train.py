@@ -21,10 +21,10 @@ from flax import traverse_util
 
 from dynamics import distributed, sharding
 from dynamics.loop import Checkpoints, evaluate_and_save, run_loop
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from dynamics.schedule import checkpoint_steps
-from dynamics.errors import require
+from models.errors import require
 from models import gpt
 
 DECAYED = ("w_qkv", "w_out", "w_in", "lm_head")

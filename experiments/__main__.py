@@ -2,9 +2,9 @@
 
 Parses and dispatches only. Bad input exits 2 with one line on stderr naming the fix.
 Run as a program it first restarts itself with glibc's malloc asking for huge pages, so that
-XLA's per-step buffers fault 2 MiB at a time (`experiments.allocator`; ONTOGENY_MALLOC=system
+XLA's per-step buffers fault 2 MiB at a time (`experiments.cli.allocator`; ONTOGENY_MALLOC=system
 turns that off), then asks XLA for the host devices ONTOGENY_HOST_DEVICES=N names, so that
-training is data parallel over the cores (`experiments.host_devices`; off by default).
+training is data parallel over the cores (`experiments.cli.host_devices`; off by default).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 
 def _fail(message: str) -> int:
@@ -21,11 +21,11 @@ def _fail(message: str) -> int:
 
 
 def list_experiments() -> int:
-    from experiments import registry
+    from experiments.cli import commands
 
     print("Ontogeny experiments (python -m experiments NAME --preset PRESET --out DIR [--set key=value ...]):")
-    for name in registry.available():
-        module = registry.load(name)
+    for name in commands.available():
+        module = commands.load(name)
         presets = getattr(module, "PRESETS", None)
         extra = f"  [presets: {', '.join(presets)}]" if presets else ""
         print(f"  {name:<15} {module.DESCRIPTION}{extra}")
@@ -36,7 +36,7 @@ def run_study(name: str, module, argv: list[str]) -> int:
     import argparse
 
     from dynamics.runlog import RunFolder, require_finite_summary, to_jsonable
-    from experiments.config import ArgumentParser, claim_folder, help_text, override
+    from experiments.cli.config import ArgumentParser, claim_folder, help_text, override
 
     parser = ArgumentParser(prog=f"python -m experiments {name}", description=module.DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,17 +67,17 @@ def run_study(name: str, module, argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     from dynamics import distributed
-    from experiments import registry
+    from experiments.cli import commands
 
     distributed.initialize()  # a no-op unless ONTOGENY_COORDINATOR (or SLURM / a TPU pod) names a job
 
     if not argv or argv[0] in ("-h", "--help", "list"):
         return list_experiments()
     name, rest = argv[0], argv[1:]
-    known = registry.available()
+    known = commands.available()
     if name not in known:
         raise OntogenyError(f"unknown experiment {name!r}; run `python -m experiments` to list: {', '.join(known)}")
-    module = registry.load(name)
+    module = commands.load(name)
     if hasattr(module, "main"):
         return module.main(rest)
     return run_study(name, module, rest)
@@ -98,7 +98,8 @@ def cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from experiments import allocator, host_devices
+    from experiments.cli import allocator
+    from experiments.cli import host_devices
 
     try:  # before anything imports jax: the CPU backend reads XLA_FLAGS once, when it starts
         allocator.configure()  # may restart this interpreter with glibc's malloc tunables

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.text  # noqa: E402
 
-SHOWN_WIDTH_PX = 900     # = experiments.report.FIGURE_WIDTH_PX (kept here: models <- ... <- report)
+SHOWN_WIDTH_PX = 900     # = experiments.tools.report.FIGURE_WIDTH_PX (kept here: models <- ... <- report)
 MIN_SHOWN_PX = 12.5      # smallest text height, in screen pixels, when shown that wide
 MAX_SHOWN_PX = 24.0      # largest: a narrow figure scaled up to that width would shout
 DPI = 110

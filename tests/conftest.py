@@ -26,7 +26,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> Path:
     """A finished `pretrain --preset micro` run folder (40 steps, 8 checkpoints)."""
-    from experiments.pretrain import ensure_pretrain
+    from experiments.studies.pretrain.study import ensure_pretrain
 
     return ensure_pretrain(tmp_path_factory.mktemp("micro") / "run", preset="micro")
 

@@ -1,4 +1,4 @@
-"""The CLI's glibc malloc settings (`experiments.allocator`, issue 19): merged with the user's,
+"""The CLI's glibc malloc settings (`experiments.cli.allocator`, issue 19): merged with the user's,
 applied once by re-executing the interpreter, refused when misspelt, off with ONTOGENY_MALLOC=system."""
 import os
 import subprocess
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from dynamics.errors import OntogenyError
-from experiments import allocator
+from models.errors import OntogenyError
+from experiments.cli import allocator
 from tests.conftest import REPO
 
 
@@ -48,7 +48,7 @@ def test_configure_restarts_once_with_the_tunables(monkeypatch):
 
 @pytest.mark.skipif(not allocator.is_glibc(), reason="the tunables are glibc's")
 def test_the_restarted_process_runs_the_same_command_with_the_tunables():
-    code = ("import os, sys; from experiments import allocator; allocator.configure(); "
+    code = ("import os, sys; from experiments.cli import allocator; allocator.configure(); "
             "print(os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(allocator.DONE, None)
@@ -63,7 +63,7 @@ def test_the_restarted_process_runs_the_same_command_with_the_tunables():
 def test_page_faults_are_counted_where_fresh_memory_is_touched():
     import numpy as np
 
-    from experiments import bench_torch
+    from experiments.bench import torch_reference as bench_torch
 
     touch = lambda: np.ones(16 << 20, np.float32).sum()  # 64 MiB, fresh pages each call
     faults, quiet = bench_torch.minor_faults_per_call(touch), bench_torch.minor_faults_per_call(lambda: None)

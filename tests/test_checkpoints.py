@@ -8,7 +8,7 @@ import pytest
 
 from dynamics import checkpoints as ck
 from dynamics import stacks
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from models import gpt
 
 

@@ -66,8 +66,8 @@ def test_bad_input_exits_2_with_one_line(argv, match, capsys, tmp_path):
 
 def test_overrides_are_validated_together():
     """Settings valid only jointly are accepted in either order; a bad result names the key."""
-    from experiments import crosscoders
-    from experiments.config import override
+    from experiments.studies.crosscoders import study as crosscoders
+    from experiments.cli.config import override
 
     for order in (["crosscoder.n_features=32", "crosscoder.aux_k=4"], ["crosscoder.aux_k=4", "crosscoder.n_features=32"]):
         config = override(crosscoders.PRESETS["tiny"], order)
@@ -98,7 +98,7 @@ def test_a_non_finite_headline_number_stops_the_run_before_the_summary(monkeypat
     import dataclasses
     import types
 
-    from experiments import registry
+    from experiments.cli import registry
 
     @dataclasses.dataclass(frozen=True)
     class Config:

@@ -11,7 +11,7 @@ from dynamics import knowledge as kw
 from dynamics import posttrain
 from dynamics import train as train_lib
 from dynamics.runlog import RunFolder
-from experiments import cognition as cog
+from experiments.studies.cognition import study as cog
 from models import gpt
 from probes import cognition as cm
 

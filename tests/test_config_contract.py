@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.runlog import to_jsonable
-from experiments import registry
+from experiments.cli import registry
 from experiments.__main__ import cli
-from experiments.config import all_keys, field_types, help_rows, override, unused_keys
+from experiments.cli.config import all_keys, field_types, help_rows, override, unused_keys
 
 STUDIES = tuple(registry.quickstart_studies())
 # other valid values of string keys (the generic candidates below cover numbers, flags and tuples)
@@ -122,7 +122,7 @@ def test_every_key_changes_the_resolved_run_or_is_refused(study, micro_run, case
 
 def test_the_audit_catches_keys_that_are_accepted_and_ignored(micro_run, monkeypatch):
     """Without its list of unused keys, cognition accepts eleven keys that change nothing."""
-    from experiments import cognition
+    from experiments.studies.cognition import study as cognition
 
     monkeypatch.setattr(cognition.Config, "unused", lambda self: {})
     problems = audit("cognition", micro_run)
@@ -160,7 +160,7 @@ def test_every_study_key_is_read_somewhere(study):
     module = registry.load(study)
     own = inspect.getsource(module.Config)
     sources = [p.read_text() for d in ("experiments", "dynamics", "probes", "models")
-               for p in (Path(__file__).parents[1] / d).glob("*.py")]
+               for p in (Path(__file__).parents[1] / d).rglob("*.py")]
     text = "\n".join(sources).replace(own, "")
     config = module.PRESETS["tiny"]
     by_name = {"sweep_lr_gd", "sweep_lr_sgd", "sweep_lr_adam"}  # Config.sweep_lrs reads f"sweep_lr_{kind}"
@@ -174,7 +174,7 @@ def test_every_study_key_is_read_somewhere(study):
     ("rl.lr=-1", "rl.lr=-1.0"), ("pretrain.beta1=2", "pretrain.beta1"),
 ])
 def test_errors_name_the_key_the_user_typed(typed, named):
-    from experiments import cognition
+    from experiments.studies.cognition import study as cognition
 
     with pytest.raises(OntogenyError) as e:
         override(cognition.PRESETS["tiny"], [typed])

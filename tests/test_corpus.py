@@ -11,7 +11,7 @@ import pytest
 from dynamics import corpus as corpus_lib
 from dynamics import corpus_files
 from dynamics import data
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):

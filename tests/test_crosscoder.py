@@ -3,10 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dynamics.errors import OntogenyError
-from probes import crosscoder as cc
-from probes import crosscoder_training as cct
-from probes import crosscoder_metrics as metrics
+from models.errors import OntogenyError
+from probes.crosscoders import model as cc
+from probes.crosscoders import training as cct
+from probes.crosscoders import metrics
 
 
 def test_metrics_match_numpy_loops():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dynamics.runlog import RunFolder
-from experiments import crosscoders as study
-from probes import attribution as attr_lib
-from probes import crosscoder_metrics as cm
+from experiments.studies.crosscoders import study
+from probes.crosscoders import attribution as attr_lib
+from probes.crosscoders import metrics as cm
 
 
 def test_emergence_cosines_and_snapshot_choice():
@@ -92,7 +92,7 @@ def test_study_end_to_end_on_micro_run(tmp_path, monkeypatch):
     import signal
 
     from dynamics.loop import Interrupted
-    from experiments.pretrain import ensure_pretrain
+    from experiments.studies.pretrain.study import ensure_pretrain
 
     run_dir = ensure_pretrain(tmp_path / "pre", preset="micro")
     crosscoder = study.cc.CrosscoderConfig(n_snapshots=4, n_features=32, arch="batchtopk", steps=30, batch_size=128,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dynamics import data
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 
 def test_tokenizer_round_trip():

@@ -86,7 +86,7 @@ STUDY_SCRIPT = textwrap.dedent("""
     from dynamics import distributed
     distributed.initialize()
     from dynamics.runlog import RunFolder
-    from experiments import cognition
+    from experiments.studies.cognition import study as cognition
     from tests.test_cognition import MICRO
     folder = RunFolder(sys.argv[1])
     folder.write_summary(cognition.run(MICRO, folder))

@@ -11,7 +11,7 @@ import pytest
 
 import models
 from dynamics.checkpoints import load_model_config, load_stack, map_stack
-from experiments import evaluate
+from experiments.studies.evaluate import study as evaluate
 from experiments.__main__ import cli
 
 HF = Path(__file__).parent / "fixtures" / "hf"

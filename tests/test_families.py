@@ -82,7 +82,7 @@ def test_a_wrong_setting_is_caught(case, change):
 def test_imported_series_serves_the_stacked_core(case, tmp_path):
     """The README's stacked-checkpoint example, unchanged, on an imported run."""
     from dynamics.checkpoints import load_model_config, load_stack, map_stack
-    from experiments.import_suite import main
+    from experiments.tools.import_suite import main
 
     assert main(["--from", str(HF / case), "--out", str(tmp_path / "run")]) == 0
     steps, params = load_stack(tmp_path / "run")
@@ -102,7 +102,7 @@ def test_imported_series_serves_the_stacked_core(case, tmp_path):
 def test_bf16_storage_computes_in_fp32(tmp_path):
     """bf16 halves disk; the forward pass upcasts, so it equals fp32 on the bf16-rounded weights."""
     from dynamics.checkpoints import load_model_config, load_stack
-    from experiments.import_suite import main
+    from experiments.tools.import_suite import main
 
     case = HF / "llama_gqa"
     assert main(["--from", str(case), "--out", str(tmp_path / "run"), "--dtype", "bfloat16", "--steps", "10"]) == 0

@@ -7,7 +7,7 @@ import numpy as np
 
 from dynamics import data as data_lib
 from dynamics import stats
-from experiments import pretrain
+from experiments.studies.pretrain import study as pretrain
 from models import gpt
 
 CFG = gpt.GPTConfig(vocab_size=23, context=8, n_layer=2, n_head=2, d_model=16, dropout=0.0)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from models import gpt
 
 CFG = gpt.GPTConfig(vocab_size=23, context=12, n_layer=3, n_head=2, d_model=16)

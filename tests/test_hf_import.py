@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dynamics import hf_hub, hf_import
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from experiments.__main__ import cli
 
 HF = Path(__file__).parent / "fixtures" / "hf"

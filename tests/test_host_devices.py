@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from dynamics.errors import OntogenyError
-from experiments import host_devices
+from models.errors import OntogenyError
+from experiments.cli import host_devices
 from tests.conftest import REPO, run_cli
 
 

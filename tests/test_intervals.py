@@ -4,7 +4,7 @@ import pytest
 from scipy import stats as sps
 
 from dynamics import stats
-from probes import crosscoder_metrics as mt
+from probes.crosscoders import metrics as mt
 
 
 def test_cognition_intervals_wilson_paired_and_correlation():
@@ -71,7 +71,7 @@ def test_neuromfa_intervals_equal_a_loop_and_pair_the_checkpoints():
 
 
 def test_waves_intervals_t_over_passages_and_ratio_over_samples():
-    from experiments import waves
+    from experiments.studies.waves import study as waves
 
     rng = np.random.default_rng(3)
     coh = 0.15 + 0.05 * np.arange(3)[:, None] + 0.01 * rng.normal(size=(3, 4))

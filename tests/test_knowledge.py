@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dynamics import knowledge as K
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from dynamics import latent_training
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from models import latent
 from probes import geometry
 

@@ -8,14 +8,14 @@ import pytest
 from dynamics import latent_training
 from dynamics.checkpoints import Series
 from dynamics.data import CharTokenizer
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from dynamics.stats import bootstrap_ci, paired_bootstrap_ci
-from experiments import linear_origins as lo
-from experiments import linear_scenarios as ls
-from experiments import linear_verdicts as lv
+from experiments.studies.linear_origins import study as lo
+from experiments.studies.linear_origins import scenarios as ls
+from experiments.studies.linear_origins import verdicts as lv
 from experiments.__main__ import main
-from experiments.config import from_dict
+from experiments.cli.config import from_dict
 from models import gpt, latent
 from scipy.special import gammaln
 

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.loop import Checkpoints, Diverged, Interrupted, run_loop
 
 

@@ -141,7 +141,7 @@ def test_tau_matches_bruteforce_numpy(seed, kw):
 def test_emergence_formula_and_config_validation():
     a0, w = np.array([2.0, 1.5, 1.0]), np.array([0.5, 1.0, 2.0])
     np.testing.assert_allclose(mf.emergence(a0, w), [0.0, 2 * math.log(2 / 1.5), 4 * math.log(2.0)])
-    from dynamics.errors import OntogenyError
+    from models.errors import OntogenyError
     with pytest.raises(OntogenyError):
         mf.MFAConfig(threshold=0.5)
     with pytest.raises(OntogenyError):

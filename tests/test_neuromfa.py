@@ -76,7 +76,7 @@ def test_sample_indices_static_and_distinct(sample):
         assert idx[k].min() >= 0 and idx[k].max() < top
         assert all(len(set(g)) == len(g) for g in idx[k].reshape(-1, idx[k].shape[-1]))
     assert not np.array_equal(idx["head"][0], idx["head"][1])
-    from dynamics.errors import OntogenyError
+    from models.errors import OntogenyError
     with pytest.raises(OntogenyError):
         neunet.sample_indices(0, CFG, n_resid=17)
 
@@ -179,8 +179,8 @@ def test_evaluate_series_matches_direct_computation(tmp_path):
 
 
 def test_config_validation():
-    from dynamics.errors import OntogenyError
-    from experiments.neuromfa import PRESETS, Config
+    from models.errors import OntogenyError
+    from experiments.studies.neuromfa.study import PRESETS, Config
     assert len(PRESETS["tiny"].widths) >= 3 and len(PRESETS["full"].widths) >= 3
     for bad in ({"widths": (32, 64)}, {"widths": (64, 32, 128)}, {"widths": (30, 64, 128)},
                 {"n_resid": 64, "widths": (32, 64, 128)}):
@@ -194,8 +194,8 @@ def test_study_analysis_on_saved_series(tmp_path):
     from dynamics.checkpoints import Series
     from dynamics.data import CharTokenizer, synthetic_text
     from dynamics.runlog import RunFolder, write_json
-    from experiments import neuromfa as nm
-    from experiments import neuromfa_figures
+    from experiments.studies.neuromfa import study as nm
+    from experiments.studies.neuromfa import figures as neuromfa_figures
     from probes.neuromfa import measures
     text = synthetic_text(3000, seed=0)
     tok = CharTokenizer(text)
@@ -236,7 +236,7 @@ def test_study_analysis_on_saved_series(tmp_path):
 def test_correlation_figure_leaves_an_undefined_correlation_blank(tmp_path):
     """A constant series (no word predicted right at any step) makes its Spearman undefined (None in
     the summary); the figure draws the defined bars and leaves that one blank instead of failing."""
-    from experiments import neuromfa_figures
+    from experiments.studies.neuromfa import figures as neuromfa_figures
     from probes.neuromfa import measures
 
     C = 4

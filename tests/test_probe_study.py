@@ -15,7 +15,7 @@ import models
 from dynamics import checkpoints as ck
 from dynamics.run_tokenizer import load_tokenizer
 from experiments.__main__ import cli
-from experiments.import_suite import main as import_main
+from experiments.tools.import_suite import main as import_main
 from probes import layer_probes as lp
 
 HF = Path(__file__).parent / "fixtures" / "hf"
@@ -67,7 +67,7 @@ def test_accuracy_equals_scikit_learn_on_the_same_features(suite):
 
 @pytest.mark.parametrize("feature", ["mean"])
 def test_chunked_vmapped_path_equals_a_loop_over_checkpoints(suite, feature):
-    from experiments import probe
+    from experiments.studies.probe import study as probe
 
     config = probe.Config(run=str(suite / "run"), labels=str(suite / "labels.jsonl"), feature=feature, chunk_size=2,
                           batch_size=40)

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from experiments import registry
+from experiments.cli import registry
 from experiments.__main__ import cli
 
 
@@ -57,7 +57,7 @@ def test_only_adds_the_pretrain_it_needs_and_rejects_unknown_studies(fake_studie
 
 
 def test_lanes_keep_the_pretrain_chain_together_and_deal_the_rest():
-    from experiments.quickstart import lanes
+    from experiments.tools.quickstart import lanes
 
     names = registry.quickstart_studies()
     assert lanes(names, 1) == [names]
@@ -73,7 +73,7 @@ def test_run_lanes_starts_one_process_a_lane_and_reports_the_studies_left_withou
     wrote no summary is reported with its error line and its lane's log."""
     import sys
 
-    from experiments.quickstart import run_lanes
+    from experiments.tools.quickstart import run_lanes
 
     code = ("import json, pathlib, sys\n"
             "out = pathlib.Path(sys.argv[1])\n"

@@ -8,7 +8,11 @@ from types import MappingProxyType
 
 import pytest
 
-from experiments import bench, quickstart, registry, report, sweep
+from experiments.bench import main as bench
+from experiments.tools import quickstart
+from experiments.cli import registry
+from experiments.tools import report
+from experiments.tools import sweep
 from experiments.__main__ import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,10 +77,11 @@ def test_one_registry_line_reaches_quickstart_sweep_bench_and_report(fake_entry,
     assert page.index('id="run0"><h2>pretrain') < page.index('id="run1"><h2>fake')
 
 
-def test_an_entry_kind_is_study_or_tool():
-    with pytest.raises(ValueError, match="kind"):
-        registry.Entry("x", kind="stduy")
-    assert {registry.ENTRIES[n].kind for n in ("bench", "sweep", "report", "quickstart")} == {"tool"}
+def test_the_tools_are_commands_and_not_studies():
+    from experiments.cli import commands
+
+    assert set(commands.TOOLS) & set(registry.ENTRIES) == set()
+    assert all(hasattr(commands.load(name), "main") for name in commands.TOOLS)
     assert registry.quickstart_studies()[0] == "pretrain"                   # the others may reuse it
 
 
@@ -94,9 +99,9 @@ def study_name_lists(path: pathlib.Path, names: set[str]) -> list[int]:
 
 def test_no_module_but_the_registry_lists_studies(tmp_path):
     names = set(registry.studies())
-    found = [f"{p.relative_to(ROOT)}:{line}" for p in sorted((ROOT / "experiments").glob("*.py"))
+    found = [f"{p.relative_to(ROOT)}:{line}" for p in sorted((ROOT / "experiments").rglob("*.py"))
              if p.name != "registry.py" for line in study_name_lists(p, names)]
-    assert not found, "a list of studies outside experiments/registry.py: " + ", ".join(found)
+    assert not found, "a list of studies outside experiments/cli/registry.py: " + ", ".join(found)
     bad = tmp_path / "bad.py"
     bad.write_text('STUDIES = ("pretrain", "waves")\nONE = ("pretrain", "x")\n')
     assert study_name_lists(bad, names) == [1]

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from dynamics.errors import OntogenyError
-from experiments import report
+from models.errors import OntogenyError
+from experiments.tools import report
 from experiments.__main__ import cli
 
 
@@ -58,7 +58,7 @@ def test_report_on_an_empty_folder_is_a_clear_error(tmp_path, capsys):
 def test_nonwhite_pixels_of_an_embedded_png(tmp_path):
     import matplotlib.pyplot as plt
 
-    from experiments.render_check import nonwhite_pixels
+    from experiments.tools.render_check import nonwhite_pixels
 
     image = np.ones((100, 1800, 3))
     image[10:30, 100:300] = [0.1, 0.3, 0.8]                  # 20 x 200 coloured pixels
@@ -70,7 +70,7 @@ def test_nonwhite_pixels_of_an_embedded_png(tmp_path):
 @pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CHROMIUM"),
                     reason="headless Chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(micro_run, tmp_path):
-    from experiments.render_check import check
+    from experiments.tools.render_check import check
 
     run = tmp_path / "run"
     shutil.copytree(micro_run, run)
@@ -95,7 +95,7 @@ def _run(root, experiment, summary):
 def test_report_leads_with_each_studys_findings_from_the_registry(tmp_path):
     """Sections follow the registry's order; each opens with its module's `findings`; a summary
     that lacks what `findings` reads says so instead of failing the page."""
-    from experiments import registry
+    from experiments.cli import registry
     _run(tmp_path, "cognition", COGNITION)
     _run(tmp_path, "waves", {"value": 6})
     page = report.render(tmp_path)
@@ -144,7 +144,7 @@ def _one(lines, needle):
 
 
 def test_cognition_findings_claim_only_what_the_intervals_support():
-    from experiments import cognition
+    from experiments.studies.cognition import study as cognition
 
     lines = cognition.findings(COGNITION)
     assert 1 <= len(lines) <= 3
@@ -166,7 +166,7 @@ def test_cognition_findings_claim_only_what_the_intervals_support():
 
 
 def test_crosscoders_findings_say_when_ablation_does_not_beat_random():
-    from experiments import crosscoders
+    from experiments.studies.crosscoders import study as crosscoders
 
     s = {"arch": "jumprelu", "n_features": 512, "n_snapshots": 16, "explained_variance_min": 0.96,
          "explained_variance_min_ci": [0.955, 0.965], "l0_mean": 15.2, "l0_mean_ci": [14.8, 15.6], "n_eval_windows": 128,
@@ -184,7 +184,7 @@ def test_crosscoders_findings_say_when_ablation_does_not_beat_random():
 
 
 def test_neuromfa_findings_compare_emergence_with_the_control():
-    from experiments import neuromfa
+    from experiments.studies.neuromfa import study as neuromfa
 
     s = {"largest_model": "d128", "largest_n_params": 400_000, "n_network_samples": 4,
          "alpha0_first": 1.595, "alpha0_first_ci": [1.55, 1.64], "alpha0_last": 0.876, "alpha0_last_ci": [0.85, 0.9],
@@ -203,7 +203,8 @@ def test_neuromfa_findings_compare_emergence_with_the_control():
 
 
 def test_waves_and_pretrain_findings():
-    from experiments import pretrain, waves
+    from experiments.studies.pretrain import study as pretrain
+    from experiments.studies.waves import study as waves
 
     s = {"n_passages": 4, "n_spelling_samples": 200, "coherence_first": 0.156, "coherence_first_ci": [0.14, 0.17],
          "coherence_last": 0.217, "coherence_last_ci": [0.2, 0.23], "coherence_change": 0.061,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from probes import spelling
+from probes.waves import spelling
 
 
 def test_words_vocabulary_and_cuts_by_hand():

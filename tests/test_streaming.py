@@ -12,7 +12,7 @@ import pytest
 
 from dynamics import checkpoints as ck
 from dynamics import stacks
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 
@@ -89,7 +89,7 @@ def test_budget_picks_the_chunk(series_dir):
 
 def test_imported_suite_streams_through_models_apply(tmp_path):
     import models
-    from experiments.import_suite import main
+    from experiments.tools.import_suite import main
 
     assert main(["--from", str(HF / "neox_rot25_parallel"), "--out", str(tmp_path / "run")]) == 0
     config = ck.load_model_config(tmp_path / "run")

@@ -11,7 +11,7 @@ import pytest
 import models
 from dynamics import checkpoints as ck
 from dynamics import stacks
-from experiments.import_suite import main as import_main
+from experiments.tools.import_suite import main as import_main
 from probes.neuromfa import spectrum as mf
 
 HF = Path(__file__).parent / "fixtures" / "hf"
@@ -28,7 +28,7 @@ def imported(tmp_path_factory):
 
 
 def small_config(**kw):
-    from experiments import neuromfa as nm
+    from experiments.studies.neuromfa import study as nm
 
     return nm.Config(**{**dict(run="x", n_resid=16, n_mlp=32, n_samples=2, context=16, eval_windows=4,
                                control_draws=2, mfa=mf.MFAConfig(min_degree=4)), **kw})
@@ -36,7 +36,7 @@ def small_config(**kw):
 
 @pytest.mark.parametrize("case", ["llama_gqa"])  # the CLI test below runs GPT-NeoX
 def test_neuromfa_on_an_imported_run_equals_the_in_memory_path(imported, case):
-    from experiments import neuromfa as nm
+    from experiments.studies.neuromfa import study as nm
     from models.families import weight_matrices
 
     run = imported[case]
@@ -70,7 +70,7 @@ def test_neuromfa_on_an_imported_run_equals_the_in_memory_path(imported, case):
 
 
 def test_word_accuracy_by_hand():
-    from experiments.neuromfa import word_accuracy
+    from experiments.studies.neuromfa.study import word_accuracy
 
     starts = np.array([[0, 1, 0, 1, 1, 0]], bool)        # words: [1, 2], [3], [4, 5]; position 0 is cut
     right = np.array([[[1, 1, 1, 0, 1, 1]], [[0, 1, 0, 1, 1, 1]]], bool)
@@ -99,9 +99,9 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported, sweep):
     """Each step's rows: the windows through every snapshot (streamed from disk), normalised,
     whatever the number of batches one pass over the snapshots serves."""
     from dynamics import data as data_lib
-    from experiments import crosscoders as xc
-    from experiments import crosscoders_streams as xs
-    from probes import crosscoder_metrics as cm
+    from experiments.studies.crosscoders import study as xc
+    from experiments.studies.crosscoders import streams as xs
+    from probes.crosscoders import metrics as cm
 
     run = imported["neox_rot25_parallel"]
     config = xc.Config(run=str(run), context=16, direct=True, seed=3,
@@ -128,7 +128,7 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported, sweep):
 
 
 def test_bigram_rows_equal_the_dense_table():
-    from probes import crosscoder_metrics as cm
+    from probes.crosscoders import metrics as cm
 
     ids = np.random.default_rng(1).integers(0, 30, 500)
     counts, log_uni, dense = cm.corpus_statistics(ids, 30)
@@ -159,7 +159,7 @@ def test_crosscoders_cli_on_an_imported_run(imported, tmp_path):
 def test_bench_suite_writes_hf_folders_that_import(tmp_path):
     """The bench's hand-written safetensors read back exactly; its suite imports and runs."""
     from dynamics import hf_import
-    from experiments import suite_bench
+    from experiments.bench import suite as suite_bench
 
     cfg = {**suite_bench.PYTHIA_70M, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
            "num_hidden_layers": 2, "vocab_size": 300, "max_position_embeddings": 32}

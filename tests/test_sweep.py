@@ -9,7 +9,8 @@ import pytest
 from dynamics import members
 from dynamics import train as train_lib
 from dynamics.runlog import RunFolder
-from experiments import pretrain, sweep
+from experiments.studies.pretrain import study as pretrain
+from experiments.tools import sweep
 from experiments.__main__ import cli
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from dynamics import data
 from dynamics import tokenizers as tok_lib
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.run_tokenizer import load_tokenizer
 
 TEXT = "abab abab abab cd cd ef. Grüße, naïve café!\n" * 20

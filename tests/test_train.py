@@ -12,7 +12,7 @@ import pytest
 from dynamics import data as data_lib
 from dynamics import train as train_lib
 from dynamics.checkpoints import Series, load_stack
-from dynamics.errors import OntogenyError
+from models.errors import OntogenyError
 from dynamics.loop import Interrupted
 from dynamics.runlog import RunFolder
 from dynamics.schedule import checkpoint_steps

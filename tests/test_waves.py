@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from probes import wave_stats, waves
+from probes.waves import stats as wave_stats
+from probes.waves import channels as waves
 
 
 def _noise(T=200, D=6, seed=0):
@@ -168,7 +169,7 @@ def test_repeatability_and_cluster_agreement():
 
 
 def test_passage_hidden_is_the_state_generation_used_also_beyond_the_context():
-    from probes.waves import passage_hidden
+    from probes.waves.channels import passage_hidden
     from models import gpt
     from models.sample import generate
 

@@ -13,9 +13,10 @@ import models
 from dynamics import checkpoints as ck
 from dynamics.run_tokenizer import load_tokenizer
 from experiments.__main__ import cli
-from experiments.import_suite import main as import_main
+from experiments.tools.import_suite import main as import_main
 from models.sample import generate_any
-from probes import spelling, waves
+from probes.waves import spelling
+from probes.waves import channels as waves
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 # the fixture tokenizer knows lower-case words only; its vocabulary here is a few of them, so the
@@ -75,7 +76,7 @@ def test_waves_on_an_imported_suite_equals_a_loop_over_checkpoints(suite):
 
 
 def test_token_class_tables_read_last_and_first_characters():
-    from probes.waves_any import token_class_tables
+    from probes.waves.on_run import token_class_tables
 
     last, first = token_class_tables([" the", "a.", "", "\n"])
     names = waves.CHAR_CLASSES

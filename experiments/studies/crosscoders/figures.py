@@ -1,0 +1,83 @@
+"""The crosscoders study's figures and its top-features text (numbers from
+`probes.crosscoders.metrics`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.plots import plt, save
+
+
+def top_features_markdown(attr_CF, emerge_step, order, f_NF, tokens_BS, decode, step: int, n_features: int,
+                          n_contexts: int) -> str:
+    """The `n_features` features of highest attribution at the last snapshot, each with its
+    emergence step, best n-gram order, firing rate and its top contexts (30 characters before
+    the token, the token in brackets); f_NF are the last snapshot's latents over tokens_BS."""
+    S = tokens_BS.shape[1]
+    lines = [f"# Top features by attribution to the induction metric (snapshot step {step})\n"]
+    for i in np.argsort(-attr_CF[-1])[:n_features]:
+        lines.append(f"## feature {i}: attr {attr_CF[-1, i]:.4f}, emerges at step {emerge_step[i]}, "
+                     f"best n-gram order {order[i]}, fires on {np.mean(f_NF[:, i] > 0):.3%} of tokens")
+        for n in np.argsort(-f_NF[:, i])[:n_contexts]:
+            if f_NF[n, i] <= 0:
+                break
+            b, s = divmod(int(n), S)
+            before = decode(tokens_BS[b, max(0, s - 30): s])
+            lines.append(f"    {f_NF[n, i]:7.2f}  {before!r} [{decode(tokens_BS[b, s:s + 1])!r}]")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, order, usable, init_feature) -> None:
+    """Decoder norms by emergence, the emergence histogram beside CE and KL, decoder-direction
+    turns, ablation drops and complexity against emergence (arrays as `probes.crosscoders.metrics`
+    returns them: [F, C] norms, [F] per feature, [C] per snapshot)."""
+    rel = norms[alive] / norms[alive].max(1, keepdims=True)
+    sort = np.lexsort((-rel[:, -1], emerge_idx[alive]))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    im = ax.imshow(rel[sort], aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90, fontsize=7)
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("feature (sorted by emergence)")
+    ax.set_title("decoder norm / max norm")
+    fig.colorbar(im)
+    save(fig, folder.figure("decoder_norms"))
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    x = np.maximum(steps, 0.5)
+    counts = np.bincount(emerge_idx[alive & ~init_feature], minlength=len(steps))
+    axes[0].bar(range(len(steps)), counts)
+    axes[0].bar(0, int(init_feature.sum()), color="tab:red", label="init features")
+    axes[0].set_ylabel("features emerging")
+    axes[0].legend()
+    axes[1].plot(range(len(steps)), ce["clean"], "o-", label="val CE")
+    axes[1].set_ylabel("nats")
+    axes[1].legend()
+    axes[2].plot(range(len(steps)), ce["kl_unigram"], "o-", label="KL(model || unigram)")
+    axes[2].plot(range(len(steps)), ce["kl_bigram"], "o-", label="KL(model || bigram)")
+    axes[2].set_ylabel("nats")
+    axes[2].legend()
+    axes[2].set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90, fontsize=7)
+    axes[2].set_xlabel("checkpoint step")
+    save(fig, folder.figure("emergence"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    q = np.percentile(cos[alive], [10, 50, 90], axis=0)
+    ax.plot(range(1, len(steps)), q[1], "o-", label="median")
+    ax.fill_between(range(1, len(steps)), q[0], q[2], alpha=0.3, label="10-90%")
+    ax.set_xticks(range(1, len(steps)), [str(s) for s in steps[1:]], rotation=90, fontsize=7)
+    ax.set_ylabel("cos(decoder_t, decoder_t-1)")
+    ax.legend()
+    save(fig, folder.figure("decoder_cosines"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(steps, drop_top, "o-", label="top features ablated")
+    axes[0].plot(steps, drop_rand, "o-", label="random features ablated")
+    axes[0].set_xscale("symlog", linthresh=10)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("induction log-prob drop")
+    axes[0].legend()
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, usable.sum())
+    axes[1].scatter(emerge_idx[usable], order[usable] + jitter, s=6)
+    axes[1].set_xlabel("emergence snapshot index")
+    axes[1].set_ylabel("best n-gram order")
+    save(fig, folder.figure("ablation_complexity"))
