@@ -88,6 +88,16 @@ def logits_from_resid(params, resid_BSD, layer: int, config, *, compute_dtype=jn
     return module.final_norm(params, x, config) @ module.unembedding_matrix(params).T
 
 
+def final_norm(params, x_BSD, config, *, compute_dtype=jnp.float32):
+    """The family's final normalisation of a residual stream [..., D] (what the unembedding
+    reads); `final_norm(x) @ unembedding_matrix.T` are the logits (the logit lens of a layer)."""
+    module = module_of(config)
+    params = _upcast(params, compute_dtype)
+    if module is gpt:
+        return gpt.layer_norm(x_BSD, params["ln_f"])
+    return module.final_norm(params, x_BSD, config)
+
+
 def unembedding_matrix(params, config) -> jax.Array:
     """[V, D]: row y is the output embedding of token y, any family."""
     return module_of(config).unembedding_matrix(params)

@@ -31,7 +31,9 @@ CAPTURES = {
     "attn_out": "[L, B, T, D] attention sublayer output (before it is added to the residual)",
     "mlp_hidden": "[L, B, T, F] MLP hidden neurons after GELU",
     "final_hidden": "[B, T, D] final hidden state after the last LayerNorm",
+    "attn_probs": "[L, B, H, T, T] attention probabilities of every head (query position, key position)",
 }
+PER_LAYER = ("resid", "attn_out", "mlp_hidden", "attn_probs")  # the captures with a leading layer axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,11 +121,16 @@ def _dropout(x, rate, key):
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def causal_attention(q_BHTK, k_BHSK, v_BHSK, mask_TS):
-    """Softmax attention with an explicit [T, S] boolean mask (True = may attend)."""
+def attention_probs(q_BHTK, k_BHSK, mask_TS):
+    """Softmax attention weights [B, H, T, S] with an explicit [T, S] boolean mask (True = may attend)."""
     scores = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK) / math.sqrt(q_BHTK.shape[-1])
     scores = jnp.where(mask_TS, scores, jnp.finfo(scores.dtype).min)
-    return jnp.einsum("bhts,bhsk->bhtk", jax.nn.softmax(scores, axis=-1), v_BHSK)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def causal_attention(q_BHTK, k_BHSK, v_BHSK, mask_TS):
+    """Softmax attention with an explicit [T, S] boolean mask (True = may attend)."""
+    return jnp.einsum("bhts,bhsk->bhtk", attention_probs(q_BHTK, k_BHSK, mask_TS), v_BHSK)
 
 
 def split_heads(x_BSD, n_head):
@@ -137,19 +144,21 @@ def merge_heads(x_BHSE):
 
 
 def block(p, x_BTD, config: GPTConfig, key=None):
-    """One pre-LN block. Returns (new residual, attention output, MLP hidden, (k, v))."""
+    """One pre-LN block. Returns (new residual, attention output, MLP hidden, (k, v), attention
+    probabilities [B, H, T, T])."""
     k_attn, k_resid1, k_resid2 = (None,) * 3 if key is None else jax.random.split(key, 3)
     T = x_BTD.shape[1]
     h = layer_norm(x_BTD, p["ln1"])
     qkv = dense(h, p["attn"]["w_qkv"]) + p["attn"]["b_qkv"]
     q, k, v = (split_heads(t, config.n_head) for t in jnp.split(qkv, 3, axis=-1))
     mask = jnp.tril(jnp.ones((T, T), bool))
-    attn = merge_heads(causal_attention(q, k, v, mask))
+    probs = attention_probs(q, k, mask)
+    attn = merge_heads(jnp.einsum("bhts,bhsk->bhtk", probs, v))
     attn_out = _dropout(dense(attn, p["attn"]["w_out"]) + p["attn"]["b_out"], config.dropout, k_resid1)
     x_BTD = x_BTD + attn_out
     hidden = jax.nn.gelu(dense(layer_norm(x_BTD, p["ln2"]), p["mlp"]["w_in"]) + p["mlp"]["b_in"], approximate=True)
     x_BTD = x_BTD + _dropout(dense(hidden, p["mlp"]["w_out"]) + p["mlp"]["b_out"], config.dropout, k_resid2)
-    return x_BTD, attn_out, hidden, (k, v)
+    return x_BTD, attn_out, hidden, (k, v), probs
 
 
 def embed(params, tokens_BT, config: GPTConfig, *, start: int | jax.Array = 0, key=None):
@@ -186,8 +195,8 @@ def run_blocks(blocks, x_BTD, config: GPTConfig, *, key=None, collect: Iterable[
 
     def step(x, inputs):
         p, k = inputs
-        x, attn_out, hidden, _ = block(p, x, config, k)
-        outs = {"resid": x, "attn_out": attn_out, "mlp_hidden": hidden}
+        x, attn_out, hidden, _, probs = block(p, x, config, k)
+        outs = {"resid": x, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
         return x, {name: outs[name] for name in collect}
 
     return jax.lax.scan(step, x_BTD, (blocks, keys), unroll=unroll)
@@ -205,7 +214,7 @@ def apply(params, tokens_BT, config: GPTConfig, *, capture: Iterable[str] = (), 
     k_embed, k_blocks = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     x = embed(params, tokens_BT, config, key=k_embed)
     acts = {"embed": x} if "embed" in capture else {}
-    per_layer = tuple(c for c in capture if c in ("resid", "attn_out", "mlp_hidden"))
+    per_layer = tuple(c for c in capture if c in PER_LAYER)
     x, layer_acts = run_blocks(params["blocks"], x, config, key=k_blocks, collect=per_layer)
     acts.update(layer_acts)
     h = layer_norm(x, params["ln_f"])

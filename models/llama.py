@@ -66,12 +66,13 @@ def block(p, x_BSD, config: LlamaConfig, cos_SE, sin_SE):
     q = layers.apply_rotary(layers.heads(_linear(h, a, "q"), config.n_head), cos_SE, sin_SE)
     k = layers.apply_rotary(layers.heads(_linear(h, a, "k"), config.n_kv_head), cos_SE, sin_SE)
     v = layers.heads(_linear(h, a, "v"), config.n_kv_head)
-    attn_out = _linear(layers.merge(layers.attention(q, k, v, 1.0 / math.sqrt(config.d_head))), a, "out")
+    attn, probs = layers.attention(q, k, v, 1.0 / math.sqrt(config.d_head), return_probs=True)
+    attn_out = _linear(layers.merge(attn), a, "out")
     x_BSD = x_BSD + attn_out
     h = layers.rms_norm(x_BSD, p["ln2"], eps)
     hidden = act(_linear(h, p["mlp"], "gate")) * _linear(h, p["mlp"], "up")
     x_BSD = x_BSD + _linear(hidden, p["mlp"], "out")
-    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden}
+    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
 
 
 def run_blocks(blocks, x_BSD, config: LlamaConfig, *, collect: Iterable[str] = (), unroll: bool = True):
