@@ -30,31 +30,40 @@ import jax.numpy as jnp
 from models.errors import require
 
 
-def centred_gram(x_ND: jax.Array) -> jax.Array:
-    """[N, N] the doubly centred linear Gram matrix H X X^T H."""
-    x_ND = x_ND - x_ND.mean(0, keepdims=True)
-    return x_ND @ x_ND.T
+def centre_gram(k_NN: jax.Array, keep_N: jax.Array | None = None) -> jax.Array:
+    """[N, N] the double centring H K H of a Gram matrix; with `keep_N` (0/1 per example) the
+    centring of the kept examples' Gram, zero elsewhere (a leave-out without reshaping)."""
+    keep = jnp.ones(k_NN.shape[0], k_NN.dtype) if keep_N is None else keep_N.astype(k_NN.dtype)
+    mask = keep[:, None] * keep[None, :]
+    k, n = k_NN * mask, keep.sum()
+    rows = k.sum(0) / n
+    return (k - rows[:, None] - rows[None, :] + k.sum() / n ** 2) * mask
 
 
-def u_centred_gram(x_ND: jax.Array) -> jax.Array:
-    """[N, N] the U-centred linear Gram matrix (Szekely and Rizzo 2014); needs N >= 4."""
-    n = x_ND.shape[0]
-    k = x_ND @ x_ND.T
-    k = k * (1.0 - jnp.eye(n, dtype=k.dtype))
+def u_centre_gram(k_NN: jax.Array, keep_N: jax.Array | None = None) -> jax.Array:
+    """[N, N] the U-centring of a Gram matrix (Szekely and Rizzo 2014; needs N >= 4 kept)."""
+    keep = jnp.ones(k_NN.shape[0], k_NN.dtype) if keep_N is None else keep_N.astype(k_NN.dtype)
+    mask = keep[:, None] * keep[None, :] * (1.0 - jnp.eye(k_NN.shape[0], dtype=k_NN.dtype))
+    k, n = k_NN * mask, keep.sum()
     rows = k.sum(0) / (n - 2)
-    u = k - rows[:, None] - rows[None, :] + k.sum() / ((n - 1) * (n - 2))
-    return u * (1.0 - jnp.eye(n, dtype=k.dtype))
+    return (k - rows[:, None] - rows[None, :] + k.sum() / ((n - 1) * (n - 2))) * mask
+
+
+def features_from_gram(k_NN: jax.Array, debiased: bool = False, keep_N: jax.Array | None = None) -> jax.Array:
+    """[N, N] the centred (or U-centred) Gram scaled to unit Frobenius norm: the inner product of
+    two such matrices is their CKA. A representation with no spread (a constant) gives zeros,
+    so its CKA with anything is 0 rather than NaN ([choice])."""
+    g = u_centre_gram(k_NN, keep_N) if debiased else centre_gram(k_NN, keep_N)
+    norm = jnp.sqrt((g * g).sum())
+    return jnp.where(norm > 0, g / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
 def gram_features(x_ND: jax.Array, debiased: bool = False) -> jax.Array:
-    """[N, N] the transformed Gram matrix of one representation, scaled to unit Frobenius norm:
-    `(gram_features(X) * gram_features(Y)).sum()` is CKA(X, Y). A representation with no
-    spread (a constant) gives zeros, so its CKA with anything is 0 rather than NaN ([choice])."""
+    """[N, N] `features_from_gram` of the linear Gram X X^T of one representation [N, D]:
+    `(gram_features(X) * gram_features(Y)).sum()` is CKA(X, Y)."""
     x_ND = jnp.asarray(x_ND, jnp.float32)
     require(not debiased or x_ND.shape[0] >= 4, "debiased CKA needs at least 4 examples")
-    g = u_centred_gram(x_ND) if debiased else centred_gram(x_ND)
-    norm = jnp.sqrt((g * g).sum())
-    return jnp.where(norm > 0, g / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return features_from_gram(x_ND @ x_ND.T, debiased)
 
 
 def cka(x_ND: jax.Array, y_NQ: jax.Array, debiased: bool = False) -> jax.Array:
