@@ -39,8 +39,8 @@ def shapes(config, context: int) -> dict:
 
 
 def token_splits(config, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(train ids, held-out ids): `text` when given, else the run's own corpus (a run trained
-    here), else Shakespeare's held-out works, read with the run's tokenizer."""
+    """(train ids, held-out ids): `text` when given (on run=...), else the run's own corpus (a run
+    trained here), else Shakespeare, read with the run's tokenizer."""
     if not config.text and (run_dir / "config.json").exists():
         corpus = suite.own_corpus(run_dir)
     else:

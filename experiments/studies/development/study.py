@@ -16,9 +16,10 @@ checkpoint series, each computed for one checkpoint and vmapped over the series 
 
 Any run: a pretrain run (`pretrain_run`, as the quickstart gives it, or the preset trained into
 OUT/pretrain) or `run` of any family (an imported GPT-NeoX / LLaMA / GPT-2 suite or a run
-trained here), its checkpoints streamed from disk in chunks under `memory_budget_gb`. Text: the
-run's own corpus (a run trained here), else `text`, else Shakespeare, read with the run's
-tokenizer; held-out windows for the lens, CKA and the ICL score, training windows for the LLC.
+trained here), its checkpoints streamed from disk in chunks under `memory_budget_gb`. Text: a
+pretrain run's own corpus; on `run`, `text` when given, else the run's own corpus (a run trained
+here), else Shakespeare, read with the run's tokenizer. Held-out windows serve the lens, CKA
+and the ICL score; training windows the LLC.
 The computations are in `experiments.studies.development.measures`, the figures in `figures`.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Config:
     pretrain_run: str = ""           # a pretrain run folder (the quickstart's); "" with run "" = train pretrain_preset into OUT/pretrain
     pretrain_preset: str = "tiny"    # the pretrain preset trained into OUT/pretrain when no run is given
     run: str = ""                    # a run of any family (imported suite or trained here), streamed from disk
-    text: str = ""                   # text file or folder read with the run's tokenizer ("" = the run's corpus, else Shakespeare)
+    text: str = ""                   # on run=...: text file or folder read with its tokenizer ("" = its own corpus, else Shakespeare)
     max_checkpoints: int = 0         # 0 = every checkpoint, else this many spread over the series (first and last kept)
     window: int = 0                  # tokens predicted per held-out window (lens, CKA, ICL score); 0 = the model's context
     n_windows: int = 32              # held-out windows (a multiple of batch_size)
@@ -87,9 +88,10 @@ class Config:
 
     def unused(self) -> dict[str, str]:
         """Keys the other settings leave without effect: setting one is refused."""
-        if self.pretrain_run or self.run:
-            return {"pretrain_preset": "a run is given, so no pretrain preset is trained"}
-        return {}
+        keys = {"pretrain_preset": "a run is given, so no pretrain preset is trained"} if self.pretrain_run or self.run else {}
+        if not self.run:
+            keys["text"] = "text is read on run=...; a pretrain run is read on its own corpus"
+        return keys
 
 
 PRESETS = {
@@ -107,6 +109,8 @@ def resolve(config: Config) -> dict:
     the windows' and sequences' lengths against its context, and the study's keys."""
     if config.run:
         ref = suite.run_reference(config.run)
+        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
+                                                               f"file or a folder of .txt files")
     else:
         ref = pretrain.pretrain_reference(config.pretrain_run, config.pretrain_preset)
     model = ref["model"] if isinstance(ref["model"], dict) else dataclasses.asdict(ref["model"])
