@@ -4,8 +4,8 @@ heads, the interval where a curve changes fastest, and turns of a curve that its
 support.
 
 `forward_measures_fn` is written for ONE checkpoint: the logit lens, the model's per-token loss,
-the Gram matrices CKA needs, the head scores and the weight statistics, from two forward passes
-of held-out windows and repeated random tokens. `map_stack(fn, stack, data)` lifts it over the
+the Gram matrices CKA needs and the head scores, from forward passes of held-out windows and
+repeated random tokens. `map_stack(fn, stack, data)` lifts it over the
 checkpoint axis (vmapped, in memory-bounded chunks, streamed from disk when the stack is).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from dynamics import stats
 from models.errors import require
 from probes.development import cka as cka_lib
-from probes.development import heads, lens, weights
+from probes.development import heads, lens
 
 
 def forward_measures_fn(model_config, batch_size: int):
@@ -25,8 +25,11 @@ def forward_measures_fn(model_config, batch_size: int):
     held-out tokens (N a multiple of batch_size), "positions" [N, M_w] the positions of each
     window whose residuals CKA compares, "repeated" and "control" [B, 2P] (`heads`). Returns
     "lens_nll" [L+1, N, S], "gram" [L+1, N*M_w, N*M_w] (uncentred linear Gram of the chosen
-    residuals, window-major), "prev_token" / "induction" / "induction_control" [B, L, H] and
-    "weights" (`weights.weight_stats`)."""
+    residuals, window-major) and "prev_token" / "induction" / "induction_control" [B, L, H].
+
+    [choice] The weight statistics (`weights.weight_stats`) are a pass of their own: in one
+    program with these forward passes, XLA's CPU runtime (jax 0.10.2) never finished the
+    SVD's LAPACK call (every thread idle), while each program alone runs."""
 
     def one_batch(params, windows_BS1, positions_BM):
         nll, caps = lens.lens_nll(params, model_config, windows_BS1, extra_captures=("embed", "resid"))
@@ -43,10 +46,8 @@ def forward_measures_fn(model_config, batch_size: int):
         L1 = nll.shape[1]
         nll = jnp.moveaxis(nll, 1, 0).reshape(L1, n, -1)
         reps = jnp.moveaxis(picked, 1, 0).reshape(L1, n * positions.shape[1], -1).astype(jnp.float32)
-        out = {"lens_nll": nll, "gram": jnp.einsum("lmd,lnd->lmn", reps, reps),
-               **heads.head_scores(params, model_config, data["repeated"], data["control"]),
-               "weights": weights.weight_stats(params, model_config)}
-        return out
+        return {"lens_nll": nll, "gram": jnp.einsum("lmd,lnd->lmn", reps, reps),
+                **heads.head_scores(params, model_config, data["repeated"], data["control"])}
 
     return fn
 

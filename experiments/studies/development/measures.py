@@ -18,6 +18,7 @@ from models.errors import require
 from probes.development import heads
 from probes.development.llc import next_token_loss, sgld_chains
 from probes.development.series import forward_measures_fn
+from probes.development.weights import weight_stats
 
 
 def shapes(config, context: int) -> dict:
@@ -85,12 +86,19 @@ def chosen_steps(config, run_dir: Path) -> list[int]:
 
 
 def forward_pass(config, run_dir: Path, data: dict) -> dict:
-    """The forward measures of every analysed checkpoint (leaves [C, ...]), streamed."""
+    """The forward measures and the weight statistics of every analysed checkpoint (leaves
+    [C, ...]), each a pass over the series streamed from disk (`forward_measures_fn` says why two)."""
     steps, disk = open_stack(run_dir, chosen_steps(config, run_dir))
-    fn = forward_measures_fn(data["model"], config.batch_size)
     t0 = time.perf_counter()
-    out = map_stack(fn, disk, data["forward"], chunk_size=config.chunk_size or None)
-    return {"steps": np.asarray(steps), **out, "seconds": time.perf_counter() - t0, "max_resident": disk.max_resident}
+    out = map_stack(forward_measures_fn(data["model"], config.batch_size), disk, data["forward"],
+                    chunk_size=config.chunk_size or None)
+    resident = disk.max_resident
+    _, disk = open_stack(run_dir, [int(s) for s in steps])
+    model = data["model"]
+    out["weights"] = map_stack(lambda params: weight_stats(params, model), disk, chunk_size=config.chunk_size or None)
+    return {"steps": np.asarray(steps), **out, "seconds": time.perf_counter() - t0,
+            "max_resident": max(resident, disk.max_resident)}
+
 
 
 def llc_fn(model_config, sgld):
