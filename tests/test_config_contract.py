@@ -26,7 +26,9 @@ COMPANIONS = {("crosscoders", "pretrain_run"): ["crosscoder.n_snapshots=4"],
               ("crosscoders", "pretrain_preset"): ["crosscoder.n_snapshots=4"],
               ("crosscoders", "run"): ["crosscoder.n_snapshots=4"],
               # on run=..., passages and samples must fit the context (the micro run's is 32)
-              ("waves", "run"): ["passage_length=24", "max_lag=16", "max_period=12", "sample_length=16"]}
+              ("waves", "run"): ["passage_length=24", "max_lag=16", "max_period=12", "sample_length=16"],
+              # the candidates of window (0 = the context) are 1 and 2 positions: CKA's must fit in them
+              ("development", "window"): ["cka_examples=64"]}
 
 
 def _text(value) -> str:

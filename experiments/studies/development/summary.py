@@ -5,7 +5,7 @@ Intervals: the LLC's is Student t over its chains (the estimator's spread); the 
 the ICL score's and the head scores' are percentile bootstraps over windows or sequences (the
 max over heads taken inside each resample); CKA's a jackknife over windows. [choice] "Changes
 fastest" is the pair of consecutive checkpoints, thinned to at least 5% of the series' span
-apart (`series.spaced_pairs`), with the largest change per unit of `change_axis`; for the
+apart (`series.spaced_pairs`), with the largest change per unit of log(1 + step) (or of step); for the
 logit lens, of its mean over layers; for CKA, 1 - their CKA averaged over layers.
 """
 from __future__ import annotations
@@ -70,12 +70,13 @@ def summarize(config, series: dict, llc: dict, data: dict) -> tuple[dict, dict]:
     steps = [int(s) for s in series["steps"]]
     shape = data["shape"]
     cka = cka_series(series["gram"], data["groups"], config.cka_debiased, config.ci_level)
-    out = {"steps": steps, "n_layers": int(series["lens_nll"].shape[1]), "shapes": shape, "change_axis": config.change_axis,
+    out = {"steps": steps, "n_layers": int(series["lens_nll"].shape[1]), "shapes": shape,
+           "change_axis": "log_step" if config.rate_per_log_step else "step",
            "cka_kind": "debiased" if config.cka_debiased else "linear",
            "cka_adjacent": cka["adjacent"], "cka_adjacent_ci": cka["adjacent_ci"],
            **lens_summary(config, series, shape), **head_summary(config, series, shape["period"]),
            **llc_summary(config, llc), **weight_summary(series)}
-    axis = config.change_axis
+    axis = out["change_axis"]
     maps = np.asarray(cka["maps"], np.float64)
     out["fastest_change"] = {
         "llc": fastest_change(out["llc_steps"], value_change(out["llc"]), axis),
