@@ -92,11 +92,11 @@ def forward_pass(config, run_dir: Path, data: dict) -> dict:
     t0 = time.perf_counter()
     out = map_stack(forward_measures_fn(data["model"], config.batch_size), disk, data["forward"],
                     chunk_size=config.chunk_size or None)
-    resident = disk.max_resident
+    resident, seconds = disk.max_resident, time.perf_counter() - t0
     _, disk = open_stack(run_dir, [int(s) for s in steps])
     model = data["model"]
     out["weights"] = map_stack(lambda params: weight_stats(params, model), disk, chunk_size=config.chunk_size or None)
-    return {"steps": np.asarray(steps), **out, "seconds": time.perf_counter() - t0,
+    return {"steps": np.asarray(steps), **out, "seconds": seconds, "weights_seconds": time.perf_counter() - t0 - seconds,
             "max_resident": max(resident, disk.max_resident)}
 
 

@@ -139,6 +139,7 @@ def run(config: Config, folder: RunFolder) -> dict:
     summary_lib.log_rows(folder, summary)
     measures.save_arrays(folder, series, llc, cka)
     figures.plot_all(folder, series, llc, summary, cka)
-    summary.update({"wall_s": time.perf_counter() - t0, "forward_s": series["seconds"], "llc_s": llc["seconds"],
+    summary.update({"wall_s": time.perf_counter() - t0, "forward_s": series["seconds"],
+                    "weights_s": series["weights_seconds"], "llc_s": llc["seconds"],
                     "max_resident_checkpoints": int(max(series["max_resident"], llc["max_resident"]))})
     return summary
