@@ -3,7 +3,7 @@ series with `dynamics.checkpoints.map_stack`:
 
 - `estimate_llc` / `sgld_chains` (llc.py): the local learning coefficient by SGLD chains
   (Lau et al. 2023), the chains a vmapped axis of their own;
-- `cka` (cka.py): linear and debiased CKA (Kornblith et al. 2019; Song et al. 2012);
+- `cka.cka` (cka.py): linear and debiased CKA (Kornblith et al. 2019; Song et al. 2012);
 - `head_scores` (heads.py): previous-token and induction scores of every head, the in-context
   learning score (Olsson et al. 2022);
 - `lens_nll` (lens.py): the logit lens of every layer (nostalgebraist 2020);
@@ -15,11 +15,10 @@ series with `dynamics.checkpoints.map_stack`:
     tokens = repeated_random_tokens(jax.random.PRNGKey(0), 32, 32, config.vocab_size)
     scores = map_stack(lambda p, t: head_scores(p, config, t), stack, tokens)   # leaves [C, B, L, H]
 """
-from probes.development.cka import cka
 from probes.development.heads import head_scores, repeated_random_tokens
 from probes.development.lens import lens_nll
 from probes.development.llc import SGLDConfig, estimate_llc, next_token_loss, sgld_chains
 from probes.development.weights import weight_stats
 
-__all__ = ["cka", "head_scores", "repeated_random_tokens", "lens_nll", "SGLDConfig", "estimate_llc",
+__all__ = ["head_scores", "repeated_random_tokens", "lens_nll", "SGLDConfig", "estimate_llc",
            "next_token_loss", "sgld_chains", "weight_stats"]
