@@ -69,12 +69,16 @@ def test_on_an_imported_suite(tmp_path):
     ("period=17", "period=17 needs sequences of 34"),
     ("n_windows=30", "multiple of batch_size"),
     ("text=/nonexistent", "text is read on run="),
+    ("llc.eps=1e6", "the SGLD chains diverged"),
 ])
 def test_bad_input_is_one_line(micro_run, tmp_path, capsys, override, message):
-    assert cli(["development", "--out", str(tmp_path / "bad"), *sets(f"pretrain_run={micro_run}", override)]) == 2
+    small = SMALL if override.startswith("llc") else []
+    assert cli(["development", "--out", str(tmp_path / "bad"), *sets(f"pretrain_run={micro_run}", *small, override)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
-    assert not (tmp_path / "bad").exists()
+    assert not (tmp_path / "bad" / "summary.json").exists()
+    if not small:
+        assert not (tmp_path / "bad").exists()            # refused before any folder is claimed
 
 
 def test_findings_claim_a_boundary_only_where_supported():

@@ -120,6 +120,9 @@ def llc_pass(config, run_dir: Path, data: dict, steps) -> dict:
     # checkpoint's temporaries (one extra compile), whatever the stack's size
     chunk = config.chunk_size or auto_chunk_size(fn, disk, data["llc_windows"], key, scratch_above=0)
     out = map_stack(fn, disk, data["llc_windows"], key, chunk_size=chunk)
+    bad = [int(s) for s, k in zip(llc_steps, out["llc_K"]) if not np.isfinite(k).all()]
+    require(not bad, f"the SGLD chains diverged (a non-finite loss) at checkpoint steps {bad}; lower llc.eps "
+                     f"or raise llc.gamma")
     return {"steps": np.asarray(llc_steps), **out, "seconds": time.perf_counter() - t0,
             "max_resident": disk.max_resident}
 
