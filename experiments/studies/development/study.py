@@ -28,6 +28,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from dynamics.checkpoints import set_memory_budget
 from dynamics.runlog import RunFolder
 from experiments.studies import run_inputs as suite
@@ -132,13 +134,20 @@ def run(config: Config, folder: RunFolder) -> dict:
     t0 = time.perf_counter()
     set_memory_budget(int(config.memory_budget_gb * 2**30))
     run_dir = run_dir_of(config, folder)
-    data = measures.inputs(config, run_dir)
-    series = measures.forward_pass(config, run_dir, data)
-    llc = measures.llc_pass(config, run_dir, data, series["steps"])
-    summary, cka = summary_lib.summarize(config, series, llc, data)
-    summary_lib.log_rows(folder, summary)
-    measures.save_arrays(folder, series, llc, cka)
-    figures.plot_all(folder, series, llc, summary, cka)
+    with tqdm(total=3, desc="development", unit="pass") as bar:
+        data = measures.inputs(config, run_dir)
+        bar.set_postfix_str("forward measures and weights")
+        series = measures.forward_pass(config, run_dir, data)
+        bar.update()
+        bar.set_postfix_str(f"LLC ({config.llc.chains} chains x {config.llc.steps} steps a checkpoint)")
+        llc = measures.llc_pass(config, run_dir, data, series["steps"])
+        bar.update()
+        bar.set_postfix_str("CKA intervals, summary, figures")
+        summary, cka = summary_lib.summarize(config, series, llc, data)
+        summary_lib.log_rows(folder, summary)
+        measures.save_arrays(folder, series, llc, cka)
+        figures.plot_all(folder, series, llc, summary, cka)
+        bar.update()
     summary.update({"wall_s": time.perf_counter() - t0, "forward_s": series["seconds"],
                     "weights_s": series["weights_seconds"], "llc_s": llc["seconds"],
                     "max_resident_checkpoints": int(max(series["max_resident"], llc["max_resident"]))})
