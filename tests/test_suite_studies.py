@@ -117,9 +117,9 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported, sweep):
                                                  capture=("resid",))[1]["resid"][1]).reshape(-1, 32)[:40]
                          for t in range(3)], axis=1)                                # [N, C, D]
         if i == 0:
-            np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_S[None, :, None], axis=-1).mean(0),
+            np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_C[None, :, None], axis=-1).mean(0),
                                        np.sqrt(32), rtol=1e-5)
-        np.testing.assert_allclose(stream(i), loop * stream.scale_S[None, :, None], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stream(i), loop * stream.scale_C[None, :, None], rtol=1e-4, atol=1e-5)
     # one pass over the snapshots per `sweep` batches: blocks {0}, {2}, {4} or {0,1,2}, {3,4}
     assert stream.passes == (3 if sweep == 1 else 2) and disk.max_resident <= 3
     assert xs.direct_sweep(config, 3, 32, budget_bytes=8 * 40 * 3 * 32 * 4 * 2) == 2

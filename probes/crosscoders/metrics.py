@@ -1,8 +1,7 @@
 """The crosscoder metrics of Ge et al. (arXiv 2509.17196), each for one snapshot where it can be
 (lifted over the snapshots by `map_stack` or computed on stacked arrays).
 
-Axis letters: N tokens, C snapshots (checkpoints; `probes.crosscoders.model` writes this axis S, as in
-x_NSD), D width, F features, B windows/sequences, S positions, V vocabulary.
+Axis letters: N tokens, C snapshots (checkpoints), D width, F features, B windows/sequences, S positions, V vocabulary.
 
 - quality per snapshot: `explained_variance`, `l0`, `dead_fraction`, `fire_counts`
   (`evaluate` all at once), `loss_recovered` from the clean / spliced / ablated cross-entropy

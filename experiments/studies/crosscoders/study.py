@@ -227,7 +227,7 @@ def run(config: Config, folder: RunFolder) -> dict:
         for row in history:
             folder.log({"phase": "train", **{k: np.asarray(v).tolist() for k, v in row.items()}})
 
-        m = measure(config, folder, model_config, layer, steps, stacked, corpus, site, buffer.scale_S, state, ccfg, hps, S)
+        m = measure(config, folder, model_config, layer, steps, stacked, corpus, site, buffer.scale_C, state, ccfg, hps, S)
         write_outputs(config, folder, steps, m, corpus.tokenizer.decode)
         timing = {"buffer_fill_s": fill_s, "train_s": train_s, "max_resident_snapshots": getattr(stacked, "max_resident", C),
                   "memory_budget_gib": budget / 2**30, "crosscoder_training_gib": training / 2**30,
