@@ -163,9 +163,31 @@ def loss_and_kl(model_config, layer: int, ablation: str, stacked, hat_CBSD, raw_
 
 
 # ---------------------------------------------------------------------------- decoder geometry
-def emergence(norms_FC: np.ndarray, frac: float) -> np.ndarray:
-    """[F] index of the first snapshot at >= frac x the feature's maximum decoder norm."""
-    return (norms_FC >= frac * norms_FC.max(1, keepdims=True)).argmax(1)
+EMERGENCE_RULES = ("half_max", "relative_mean", "steepest")
+
+
+def emergence(norms_FC: np.ndarray, frac: float = 0.5, rule: str = "half_max", alive_F=None) -> np.ndarray:
+    """[F] snapshot index at which each feature emerges, from its decoder norms n_fc [F, C]:
+
+      half_max       first c with n_fc >= frac x max_c n_fc (Ge et al.'s rule, as reconstructed:
+                     frac = 0.5); blind to how strong the feature is next to the others
+      relative_mean  first c with n_fc >= frac x the mean norm of the alive features at snapshot c
+                     (a feature counts once it is as strong as a typical feature there); one that
+                     never gets there emerges where n_fc / mean_c is largest [choice]
+      steepest       argmax_c (n_fc - n_f,c-1) with n_f,-1 = 0: the snapshot of steepest growth
+                     (per snapshot, not per training step [choice])
+    """
+    norms = np.asarray(norms_FC, np.float64)
+    if rule == "half_max":
+        return (norms >= frac * norms.max(1, keepdims=True)).argmax(1)
+    if rule == "relative_mean":
+        alive = np.ones(len(norms), bool) if alive_F is None else np.asarray(alive_F, bool)
+        rel = norms / np.maximum(norms[alive].mean(0) if alive.any() else norms.mean(0), 1e-12)[None]
+        above = rel >= frac
+        return np.where(above.any(1), above.argmax(1), rel.argmax(1))
+    if rule == "steepest":
+        return np.diff(norms, axis=1, prepend=0.0).argmax(1)
+    raise ValueError(f"emergence rule {rule!r}; choose one of {', '.join(EMERGENCE_RULES)}")
 
 
 def consecutive_cosines(w_dec_FCD: np.ndarray) -> np.ndarray:
@@ -174,14 +196,53 @@ def consecutive_cosines(w_dec_FCD: np.ndarray) -> np.ndarray:
     return np.sum(w[:, 1:] * w[:, :-1], axis=-1)
 
 
-def decoder_features(w_dec_FCD, alive_F, steps_C, emergence_frac: float, init_fade: float) -> dict:
-    """Decoder norms [F, C], emergence index and step [F], initialisation features (emerged at
-    snapshot 0, alive, ending below `init_fade` x their maximum norm) and direction cosines."""
+def decoder_features(w_dec_FCD, alive_F, steps_C, emergence_frac: float, init_fade: float,
+                     rule: str = "half_max") -> dict:
+    """Decoder norms [F, C], emergence index and step [F] (`emergence` by `rule`),
+    initialisation features (emerged at snapshot 0, alive, ending below `init_fade` x their
+    maximum norm), direction cosines at consecutive snapshots [F, C-1] and between the first and
+    the last snapshot [F]."""
     norms = np.linalg.norm(w_dec_FCD, axis=-1)
-    emerge_idx = emergence(norms, emergence_frac)
+    emerge_idx = emergence(norms, emergence_frac, rule, alive_F)
+    unit = w_dec_FCD / np.maximum(norms[..., None], 1e-12)
     return {"norms": norms, "emerge_idx": emerge_idx, "emerge_step": np.asarray(steps_C)[emerge_idx],
             "init_feature": (emerge_idx == 0) & (norms[:, -1] <= init_fade * norms.max(1)) & alive_F,
-            "cos": consecutive_cosines(w_dec_FCD)}
+            "cos": consecutive_cosines(w_dec_FCD), "cos_first_last": np.sum(unit[:, 0] * unit[:, -1], -1)}
+
+
+def similarity_to_first(x_NCD) -> np.ndarray:
+    """[C] linear CKA between each snapshot's activations and the first's on the same tokens
+    (Kornblith et al. 2019): ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on centred X = x_0,
+    Y = x_c. 1 = the same representation up to rotation and scale; a random one of the same
+    width gives about D / N."""
+    x = np.asarray(x_NCD, np.float64)
+    x = x - x.mean(0)
+    first = x[:, 0]
+    gram0 = np.linalg.norm(first.T @ first)
+    return np.array([np.linalg.norm(x[:, c].T @ first) ** 2 / (gram0 * np.linalg.norm(x[:, c].T @ x[:, c]))
+                     for c in range(x.shape[1])])
+
+
+def token_r2(tokens_BS, x_BSCD) -> np.ndarray:
+    """[C] fraction of each snapshot's activation variance that the current token alone explains:
+    1 - sum ||x - mean_x[token]||^2 / sum ||x - mean x||^2, the per-token means fitted on the even
+    windows and scored on the odd ones (a token unseen there is predicted by the overall mean).
+    A step-0 model's residual is close to a token lookup, so features selective for tokens already
+    have strong decoders there."""
+    tokens = np.asarray(tokens_BS)
+    x = np.asarray(x_BSCD, np.float64)
+    fit, test = np.arange(0, len(tokens), 2), np.arange(1, len(tokens), 2)
+    t_fit, x_fit = tokens[fit].ravel(), x[fit].reshape(-1, *x.shape[2:])
+    t_test, x_test = tokens[test].ravel(), x[test].reshape(-1, *x.shape[2:])
+    overall = x_fit.mean(0)
+    V = int(tokens.max()) + 1
+    counts = np.bincount(t_fit, minlength=V)
+    sums = np.zeros((V,) + x.shape[2:])
+    np.add.at(sums, t_fit, x_fit)
+    means = np.where(counts[:, None, None] > 0, sums / np.maximum(counts, 1)[:, None, None], overall[None])
+    sse = ((x_test - means[t_test]) ** 2).sum((0, 2))
+    sst = ((x_test - overall[None]) ** 2).sum((0, 2))
+    return 1.0 - sse / sst
 
 
 # ------------------------------------------------------------------- attribution and ablation

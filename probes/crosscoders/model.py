@@ -50,7 +50,7 @@ ARCHS = ("relu", "jumprelu", "batchtopk")
 
 @dataclasses.dataclass(frozen=True)
 class CrosscoderConfig:
-    n_snapshots: int = 16         # snapshots the dictionary spans, spread evenly over the series (0 and last included)
+    n_snapshots: int = 16         # snapshots the dictionary spans, spread evenly over the series (0 = all, at most 16)
     d_model: int = 128            # width of the activations read (a study sets it from the run)
     n_features: int = 512         # dictionary size (features shared by all snapshots)
     arch: str = "batchtopk"       # relu | jumprelu (Ge et al.'s) | batchtopk
@@ -88,7 +88,9 @@ class CrosscoderConfig:
 
     def __post_init__(self):
         require(self.arch in ARCHS, f"crosscoder arch={self.arch!r}; choose one of {', '.join(ARCHS)}")
-        for name in ("n_snapshots", "d_model", "n_features", "steps", "batch_size"):
+        # n_snapshots = 0 is left for a caller to set from its series (`init_state` checks the count)
+        require(self.n_snapshots >= 0, f"crosscoder n_snapshots={self.n_snapshots} must be >= 0 (0 = the series' count)")
+        for name in ("d_model", "n_features", "steps", "batch_size"):
             require(getattr(self, name) >= 1, f"crosscoder {name}={getattr(self, name)} must be positive")
         require(self.lr > 0 and 0 <= self.warmup < 1 and 0 <= self.decay < 1 and self.warmup + self.decay <= 1,
                 "crosscoder lr must be > 0 and warmup + decay fractions must lie in [0, 1]")
@@ -263,6 +265,8 @@ def make_optimizer(config: CrosscoderConfig):
 
 
 def init_state(config: CrosscoderConfig, key, x_NCD, hp) -> dict:
+    require(config.n_snapshots == x_NCD.shape[1], f"crosscoder n_snapshots={config.n_snapshots} but the activations "
+                                                  f"hold {x_NCD.shape[1]} snapshots; set it to the series' count")
     params = init_params(config, key, x_NCD, hp)
     return {"params": params, "opt_state": make_optimizer(config).init(params), "step": jnp.zeros((), jnp.int32),
             "since_fired": jnp.zeros(config.n_features, jnp.int32), "threshold": jnp.zeros(())}

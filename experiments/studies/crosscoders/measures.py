@@ -1,0 +1,130 @@
+"""The crosscoders study's measures on a model's snapshots: each member's quality, the first
+member's CE / KL, decoder geometry and emergence, attribution and ablation, complexity, the
+snapshots' similarity to the first and how much the current token explains; then the outputs
+(figures, features.json, top_features.md) and the summary. `config` is the study's Config."""
+from __future__ import annotations
+
+import numpy as np
+
+from dynamics import data as data_lib
+from dynamics import distributed
+from dynamics import stats
+from dynamics.checkpoints import map_stack
+from dynamics.runlog import RunFolder, write_json
+from models.families import logits_from_resid
+from probes.crosscoders import metrics as cm
+from probes.crosscoders import model as cc
+from probes.crosscoders import training as cct
+from . import figures
+
+
+def evaluate_members(state, hps: list[dict], ccfg: cc.CrosscoderConfig, x_eval, folder: RunFolder) -> list[dict]:
+    """Each crosscoder's per-snapshot EV, L0 and dead fraction on the held-out rows (logged)."""
+    members = []
+    for m, hp in enumerate(hps):
+        params_m = cct.member(state["params"], m)
+        threshold = state["threshold"][m] if ccfg.arch == "batchtopk" else None
+        ev = cm.evaluate(params_m, x_eval, ccfg, threshold)
+        members.append({"hp": hp, "params": params_m, "threshold": threshold, **ev})
+        folder.log({"phase": "eval", "member": m, "hp": hp, "explained_variance": ev["explained_variance"],
+                    "l0": ev["l0"], "dead_fraction": ev["dead_fraction"]})
+    return members
+
+
+
+
+def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked, corpus, site, scale_C,
+            state, ccfg: cc.CrosscoderConfig, hps: list[dict], S: int) -> dict:
+    """Every measure of the trained crosscoders on held-out text (windows of S tokens), in the
+    buffer's normalised units."""
+    C, D = len(steps), model_config.d_model
+    eval_tokens, eval_targets = data_lib.get_batch(corpus.val_ids, config.seed + 1, 0, config.eval_windows, S, stream=1)
+    raw = map_stack(site, stacked, eval_tokens)                                  # [C, B, S, D]
+    x_eval = np.moveaxis(raw.reshape(C, -1, D), 0, 1) * scale_C[None, :, None]
+    members = evaluate_members(state, hps, ccfg, x_eval, folder)
+    main = members[0]
+    params, f, x_hat = main["params"], main["f"], main["x_hat"]
+    counts, log_uni, log_bi = cm.corpus_statistics(corpus.train_ids, model_config.vocab_size)
+    hat_CBSD = np.moveaxis(x_hat / scale_C[None, :, None], 1, 0).reshape(C, config.eval_windows, S, D)
+    ce, loss_rec = cm.loss_and_kl(model_config, layer, config.ablation, stacked, hat_CBSD, raw, eval_tokens,
+                                  eval_targets, log_uni, log_bi)
+    alive = cm.fire_counts(f, C) > 0
+    geo = cm.decoder_features(np.asarray(params["W_dec"]), alive, steps, config.emergence_frac, config.init_fade,
+                              config.emergence_rule)
+    # why features look present early: the snapshots' CKA to the first, the current token's share
+    similarity = cm.similarity_to_first(x_eval)
+    tok_r2 = cm.token_r2(eval_tokens, np.moveaxis(np.asarray(raw), 0, 2))
+    logits_fn = lambda p, resid: logits_from_resid(p, resid, layer, model_config)
+    abl = cm.induction_ablation(stacked, site, logits_fn, params, main["threshold"], ccfg, scale_C, counts, alive, S,
+                                config.seed, config.n_induction, config.n_ablate, config.n_random)
+    f_last_NF = cm.per_snapshot_f(f, C)[-1]
+    cx = cm.complexity(eval_tokens, f_last_NF.reshape(config.eval_windows, S, -1), config.max_order, alive,
+                       geo["init_feature"], geo["emerge_idx"])
+    return {"eval_tokens": eval_tokens, "x_eval": x_eval, "members": members, "f": f, "x_hat": x_hat,
+            "f_last_NF": f_last_NF, "alive": alive, "ce": ce, "loss_rec": loss_rec, "geo": geo, "abl": abl, "cx": cx,
+            "similarity": similarity, "token_r2": tok_r2, "text": corpus.name}
+
+
+def write_outputs(config, folder: RunFolder, steps, m: dict, decode) -> None:
+    """top_features.md, the figures and features.json."""
+    geo, abl, cx, alive = m["geo"], m["abl"], m["cx"], m["alive"]
+    if distributed.is_primary():
+        (folder.root / "top_features.md").write_text(figures.top_features_markdown(
+            abl["attr"], geo["emerge_step"], cx["order"], m["f_last_NF"], m["eval_tokens"], decode, steps[-1],
+            config.n_text_features, config.n_contexts))
+    drop_top, drop_rand = abl["seq_top"].mean(-1), abl["seq_rand"].mean(-1)
+    figures.draw(folder, steps, geo["norms"], geo["emerge_idx"], alive, geo["cos"], m["ce"], drop_top, drop_rand,
+                 cx["order"], cx["usable"], geo["init_feature"], m["similarity"], m["token_r2"])
+    write_json(folder.root / "features.json", {
+        "steps": steps, "decoder_norms": geo["norms"], "emergence_step": geo["emerge_step"], "alive": alive,
+        "init_feature": geo["init_feature"], "ngram_order": cx["order"], "attribution": abl["attr"],
+        "consecutive_cos": geo["cos"]})
+
+
+def emergence_summary(geo: dict, alive, n_snapshots: int) -> dict:
+    """How many alive features emerge where: the histogram over snapshots and the share that
+    emerges at the first (Wilson interval over alive features), with the median cosine of each
+    alive feature's decoder at the first and the last snapshot."""
+    n_alive = max(int(alive.sum()), 1)
+    first = int((geo["emerge_idx"][alive] == 0).sum())
+    w_cos = geo.get("cos_first_last")
+    return {"emergence_histogram": np.bincount(geo["emerge_idx"][alive], minlength=n_snapshots),
+            "frac_emerge_first": first / n_alive, "frac_emerge_first_ci": stats.wilson_ci(first, n_alive),
+            **({"decoder_cos_first_last_median": float(np.median(w_cos[alive]))} if w_cos is not None and alive.any()
+               else {})}
+
+
+def summarize(config, steps, layer: int, ccfg, m: dict) -> dict:
+    """The headline numbers of the first crosscoder with their intervals (and EV / L0 / dead
+    fraction of every member)."""
+    members, alive, loss_rec, ce, geo, abl, cx = (m[k] for k in ("members", "alive", "loss_rec", "ce", "geo", "abl", "cx"))
+    cis = {**cm.window_intervals(m["x_eval"], m["x_hat"], m["f"], len(steps), config.eval_windows, steps[0] == 0),
+           **cm.feature_intervals(alive, geo["init_feature"], geo["emerge_step"], cx["order"], geo["emerge_idx"],
+                                  cx["usable"], abl["seq_top"], abl["seq_rand"])}
+    main = members[0]
+    ev_all = main["explained_variance"]
+    after0 = ev_all[1:] if steps[0] == 0 else ev_all
+    drop_top, drop_rand = abl["seq_top"].mean(-1), abl["seq_rand"].mean(-1)
+    init_feature = geo["init_feature"]
+    return {
+        **cis,
+        "text": m["text"], "n_snapshots": len(steps), "snapshot_steps": steps, "layer": layer, "arch": ccfg.arch,
+        "hp": main["hp"], "emergence_rule": config.emergence_rule, **emergence_summary(geo, alive, len(steps)),
+        "similarity_to_first": m["similarity"], "token_r2": m["token_r2"],
+        "n_features": ccfg.n_features,
+        "explained_variance_min": float(after0.min()), "explained_variance_mean": float(after0.mean()),
+        "explained_variance_step0": float(ev_all[0]), "explained_variance": ev_all,
+        "l0_mean": float(np.mean(main["l0"])), "dead_fraction": float(1.0 - alive.mean()),
+        "loss_recovered_mean": float(np.mean(loss_rec)), "loss_recovered": loss_rec,
+        "ablation": config.ablation, "ce_clean": ce["clean"], "kl_unigram": ce["kl_unigram"], "kl_bigram": ce["kl_bigram"],
+        "median_emergence_step": float(np.median(geo["emerge_step"][alive])),
+        "frac_init_features": float(init_feature.sum() / max(alive.sum(), 1)),
+        "ablation_drop_top": float(drop_top[-1]), "ablation_drop_random": float(drop_rand[-1]),
+        "ablation_drop_top_per_snapshot": drop_top, "ablation_drop_random_per_snapshot": drop_rand,
+        "induction_logprob": abl["m_clean"].mean(-1),
+        "complexity_spearman_r": stats.defined(cx["rho"]), "complexity_p_value": stats.defined(cx["p_value"]),
+        "complexity_n_features": int(cx["usable"].sum()),
+        "members": [{"hp": mm["hp"], "explained_variance_min": float(mm["explained_variance"][1:].min()),
+                     "l0_mean": float(np.mean(mm["l0"])), "dead_fraction": float(np.mean(mm["dead_fraction"]))}
+                    for mm in members],
+    }
