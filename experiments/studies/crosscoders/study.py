@@ -191,10 +191,10 @@ PRESETS = {
     # width 32, switching on at snapshots 0, 4 and 6, under a drifting dense background; the
     # study's JumpReLU at a size for seconds on a CPU (`--set crosscoder.arch=relu|batchtopk`
     # for the other variants; `--set planted.all_at_zero=true` for the control)
-    "planted": Config(series="planted", crosscoder=PLANTED_CROSSCODER),
+    "planted": Config(series="planted", crosscoder=PLANTED_CROSSCODER, ks=(4,)),
     # a larger planted series: 16 snapshots in width 64 with nested features (later features that
     # fire only inside an earlier one, the case in which absorption can hide an onset)
-    "planted-large": Config(series="planted", planted=PlantedConfig(
+    "planted-large": Config(series="planted", ks=(4,), planted=PlantedConfig(
         n_snapshots=16, d_model=64, n_init=16, n_fading=8, n_turning=8, n_middle=16, n_late=16, n_nested=16),
         crosscoder=dataclasses.replace(PLANTED_CROSSCODER, n_features=256, steps=2000, batch_size=512)),
 }
