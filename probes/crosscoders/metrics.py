@@ -245,6 +245,19 @@ def token_r2(tokens_BS, x_BSCD) -> np.ndarray:
     return 1.0 - sse / sst
 
 
+def token_purity(tokens_N, f_NF) -> np.ndarray:
+    """[F] share of each feature's activation mass on its most frequent current token:
+    max_t sum_{n: token_n = t} f_nf / sum_n f_nf (0 for a feature that never fires). 1 = a
+    token-identity feature, which a step-0 model (a token lookup) already separates."""
+    tokens = np.asarray(tokens_N).ravel()
+    f = np.maximum(np.asarray(f_NF, np.float64), 0.0)
+    V = int(tokens.max()) + 1
+    mass = np.zeros((V, f.shape[1]))
+    np.add.at(mass, tokens, f)
+    total = mass.sum(0)
+    return np.where(total > 0, mass.max(0) / np.maximum(total, 1e-300), 0.0)
+
+
 # ------------------------------------------------------------------- attribution and ablation
 def spliced_inputs(tokens_BS, stacked, site, params, threshold, config: cc.CrosscoderConfig, scale_C) -> dict:
     """Per-snapshot inputs of `probes.crosscoders.attribution` for these sequences: the model, the decoder,

@@ -54,6 +54,7 @@ def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked,
     # why features look present early: the snapshots' CKA to the first, the current token's share
     similarity = cm.similarity_to_first(x_eval)
     tok_r2 = cm.token_r2(eval_tokens, np.moveaxis(np.asarray(raw), 0, 2))
+    purity = cm.token_purity(eval_tokens, cm.per_snapshot_f(f, C)[-1])
     logits_fn = lambda p, resid: logits_from_resid(p, resid, layer, model_config)
     abl = cm.induction_ablation(stacked, site, logits_fn, params, main["threshold"], ccfg, scale_C, counts, alive, S,
                                 config.seed, config.n_induction, config.n_ablate, config.n_random)
@@ -62,7 +63,7 @@ def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked,
                        geo["init_feature"], geo["emerge_idx"])
     return {"eval_tokens": eval_tokens, "x_eval": x_eval, "members": members, "f": f, "x_hat": x_hat,
             "f_last_NF": f_last_NF, "alive": alive, "ce": ce, "loss_rec": loss_rec, "geo": geo, "abl": abl, "cx": cx,
-            "similarity": similarity, "token_r2": tok_r2, "text": corpus.name}
+            "similarity": similarity, "token_r2": tok_r2, "purity": purity, "text": corpus.name}
 
 
 def write_outputs(config, folder: RunFolder, steps, m: dict, decode) -> None:
@@ -78,20 +79,39 @@ def write_outputs(config, folder: RunFolder, steps, m: dict, decode) -> None:
     write_json(folder.root / "features.json", {
         "steps": steps, "decoder_norms": geo["norms"], "emergence_step": geo["emerge_step"], "alive": alive,
         "init_feature": geo["init_feature"], "ngram_order": cx["order"], "attribution": abl["attr"],
-        "consecutive_cos": geo["cos"]})
+        "consecutive_cos": geo["cos"], "token_purity": m["purity"]})
 
 
-def emergence_summary(geo: dict, alive, n_snapshots: int) -> dict:
-    """How many alive features emerge where: the histogram over snapshots and the share that
+def emergence_summary(geo: dict, alive, n_snapshots: int, frac: float) -> dict:
+    """How many alive features emerge where: the histogram over snapshots (by the chosen rule,
+    and by every rule on the same dictionary, `frac` for the thresholds) and the share that
     emerges at the first (Wilson interval over alive features), with the median cosine of each
     alive feature's decoder at the first and the last snapshot."""
     n_alive = max(int(alive.sum()), 1)
     first = int((geo["emerge_idx"][alive] == 0).sum())
-    w_cos = geo.get("cos_first_last")
+    by_rule = {rule: np.bincount(cm.emergence(geo["norms"], frac if rule != "steepest" else 0.5, rule, alive)[alive],
+                                 minlength=n_snapshots) for rule in cm.EMERGENCE_RULES}
     return {"emergence_histogram": np.bincount(geo["emerge_idx"][alive], minlength=n_snapshots),
+            "emergence_histograms": by_rule,
             "frac_emerge_first": first / n_alive, "frac_emerge_first_ci": stats.wilson_ci(first, n_alive),
-            **({"decoder_cos_first_last_median": float(np.median(w_cos[alive]))} if w_cos is not None and alive.any()
-               else {})}
+            "decoder_cos_first_last_median": float(np.median(geo["cos_first_last"][alive])) if alive.any() else None}
+
+
+def purity_summary(purity_F, emerge_idx_F, alive, level: float = 0.95) -> dict:
+    """Median token purity (`probes.crosscoders.metrics.token_purity`) of the alive features that
+    emerge at the first snapshot and of those emerging later, and a bootstrap interval of the
+    difference of the medians (each group resampled on its own); None where a group is empty."""
+    first, later = purity_F[alive & (emerge_idx_F == 0)], purity_F[alive & (emerge_idx_F > 0)]
+    out = {"purity_first_median": float(np.median(first)) if len(first) else None,
+           "purity_later_median": float(np.median(later)) if len(later) else None, "purity_first_minus_later": None,
+           "purity_first_minus_later_ci": None}
+    if len(first) and len(later):
+        rng = np.random.default_rng(0)
+        draws = [np.median(rng.choice(first, len(first))) - np.median(rng.choice(later, len(later)))
+                 for _ in range(2000)]
+        out["purity_first_minus_later"] = float(np.median(first) - np.median(later))
+        out["purity_first_minus_later_ci"] = stats.quantile_ci(np.asarray(draws), level)
+    return out
 
 
 def summarize(config, steps, layer: int, ccfg, m: dict) -> dict:
@@ -109,7 +129,9 @@ def summarize(config, steps, layer: int, ccfg, m: dict) -> dict:
     return {
         **cis,
         "text": m["text"], "n_snapshots": len(steps), "snapshot_steps": steps, "layer": layer, "arch": ccfg.arch,
-        "hp": main["hp"], "emergence_rule": config.emergence_rule, **emergence_summary(geo, alive, len(steps)),
+        "hp": main["hp"], "emergence_rule": config.emergence_rule,
+        **emergence_summary(geo, alive, len(steps), config.emergence_frac),
+        **purity_summary(m["purity"], geo["emerge_idx"], alive),
         "similarity_to_first": m["similarity"], "token_r2": m["token_r2"],
         "n_features": ccfg.n_features,
         "explained_variance_min": float(after0.min()), "explained_variance_mean": float(after0.mean()),

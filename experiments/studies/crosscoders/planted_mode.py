@@ -96,7 +96,7 @@ def summarize(config, ccfg, truth: dict, rec: dict, geo: dict, alive, main: dict
         "explained_variance": ev, "explained_variance_min": float(ev.min()), "l0_mean": float(np.mean(main["l0"])),
         "dead_fraction": float(1.0 - alive.mean()),
         "planted_onset_histogram": np.bincount(truth["onset"], minlength=C),
-        **measures.emergence_summary(geo, alive, C),
+        **measures.emergence_summary(geo, alive, C, config.emergence_frac),
     }
 
 

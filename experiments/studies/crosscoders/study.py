@@ -316,6 +316,10 @@ def findings(summary: dict) -> list[str]:
                   f"current token explains {tok[0]:.2f} of the first snapshot's variance ({tok[-1]:.2f} of the last's): "
                   f"a feature selective for tokens has a strong decoder wherever the representation is already a "
                   f"token lookup")
+        if s.get("purity_first_minus_later_ci"):
+            third += (f". Features emerging at the first snapshot put a median {s['purity_first_median']:.2f} of their "
+                      f"activation on one current token, later ones {s['purity_later_median']:.2f} (difference "
+                      f"{stats.ci_text(s, 'purity_first_minus_later', signed=True)})")
     if s.get("complexity_spearman_r") is not None and np.isfinite(s["complexity_spearman_r"]):
         ci = s.get("complexity_spearman_r_ci")
         rel = ("later features are more complex" if ci[0] > 0 else "later features are simpler") \
