@@ -75,8 +75,9 @@ def test_readme_is_for_users():
 
 
 # What the project's prose must never say: it speaks to users, not of how it was built.
-BUILT = re.compile("|".join([r"machine [AB]\b", "previous stop", "the issue", "the sketch", r"\bissue \d+",
-                             "this session", "earlier rounds?"]), re.IGNORECASE)
+# The first four are the check users run (`grep -rniE`), written here so that this file passes it.
+BUILT = re.compile("|".join(["machine [AB]", "previous[ ]stop", "the[ ]issue", "the[ ]sketch", r"\bissue \d+",
+                             "this[ ]session", "earlier rounds?"]), re.IGNORECASE)
 
 
 def prose_files():
