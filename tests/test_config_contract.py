@@ -20,7 +20,7 @@ STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic"], "f_kind": ["t
            "within_mode": ["to_mean"], "ablation": ["mean"], "variant": ["shortest_path"],
            "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes"],
            "token_dtype": ["uint32"], "site": ["resid_post.0"], "series": ["planted"],
-           "emergence_rule": ["steepest"]}
+           "emergence_rule": ["steepest"], "emergence_strength": ["contribution"]}
 REFERENCES = ("pretrain_run", "gpt_run", "path", "run")  # a run folder: the micro pretrain run (data.path: a text folder)
 # settings a change needs to be valid at all (the micro run has 8 checkpoints), set on both sides
 COMPANIONS = {("crosscoders", "pretrain_run"): ["crosscoder.n_snapshots=4"],

@@ -196,17 +196,35 @@ def consecutive_cosines(w_dec_FCD: np.ndarray) -> np.ndarray:
     return np.sum(w[:, 1:] * w[:, :-1], axis=-1)
 
 
+def snapshot_activity(f, n_snapshots: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fire rate [F, C], mean activation [F, C]) of each feature at each snapshot over the
+    tokens of f (f_NF shared or f_NFC gated per snapshot)."""
+    per = per_snapshot_f(np.asarray(f), n_snapshots)                           # [C, N, F]
+    return (per > 0).mean(1).T, per.mean(1).T
+
+
+def contribution(norms_FC, mean_act_FC) -> np.ndarray:
+    """[F, C] a feature's mean contribution to each snapshot's reconstruction, E_n[f_nc] ||d_c||:
+    its strength where it is used. For latents shared by the snapshots (relu, batchtopk) this is
+    the decoder norm times one constant, so every emergence rule reads it as the norm; for
+    JumpReLU's per-snapshot gates a decoder that never fires at a snapshot counts 0 there,
+    whatever norm its initialisation left it."""
+    return np.asarray(norms_FC) * np.asarray(mean_act_FC)
+
+
 def decoder_features(w_dec_FCD, alive_F, steps_C, emergence_frac: float, init_fade: float,
-                     rule: str = "half_max") -> dict:
-    """Decoder norms [F, C], emergence index and step [F] (`emergence` by `rule`),
-    initialisation features (emerged at snapshot 0, alive, ending below `init_fade` x their
-    maximum norm), direction cosines at consecutive snapshots [F, C-1] and between the first and
-    the last snapshot [F]."""
+                     rule: str = "half_max", strength_FC=None) -> dict:
+    """Decoder norms [F, C], emergence index and step [F] (`emergence` by `rule` of
+    `strength_FC`, default the decoder norms), initialisation features (emerged at snapshot 0,
+    alive, ending below `init_fade` x their maximum strength), direction cosines at consecutive
+    snapshots [F, C-1] and between the first and the last snapshot [F]."""
     norms = np.linalg.norm(w_dec_FCD, axis=-1)
-    emerge_idx = emergence(norms, emergence_frac, rule, alive_F)
+    strength = norms if strength_FC is None else np.asarray(strength_FC, np.float64)
+    emerge_idx = emergence(strength, emergence_frac, rule, alive_F)
     unit = w_dec_FCD / np.maximum(norms[..., None], 1e-12)
-    return {"norms": norms, "emerge_idx": emerge_idx, "emerge_step": np.asarray(steps_C)[emerge_idx],
-            "init_feature": (emerge_idx == 0) & (norms[:, -1] <= init_fade * norms.max(1)) & alive_F,
+    return {"norms": norms, "strength": strength, "emerge_idx": emerge_idx,
+            "emerge_step": np.asarray(steps_C)[emerge_idx],
+            "init_feature": (emerge_idx == 0) & (strength[:, -1] <= init_fade * strength.max(1)) & alive_F,
             "cos": consecutive_cosines(w_dec_FCD), "cos_first_last": np.sum(unit[:, 0] * unit[:, -1], -1)}
 
 

@@ -33,6 +33,17 @@ def evaluate_members(state, hps: list[dict], ccfg: cc.CrosscoderConfig, x_eval, 
 
 
 
+def feature_geometry(config, w_dec_FCD, f, alive, steps) -> dict:
+    """`probes.crosscoders.metrics.decoder_features` with the strength `config.emergence_strength`
+    names, plus each feature's fire rate and mean activation per snapshot."""
+    fire_rate, mean_act = cm.snapshot_activity(f, len(steps))
+    norms = np.linalg.norm(w_dec_FCD, axis=-1)
+    strength = cm.contribution(norms, mean_act) if config.emergence_strength == "contribution" else None
+    geo = cm.decoder_features(w_dec_FCD, alive, steps, config.emergence_frac, config.init_fade, config.emergence_rule,
+                              strength)
+    return {**geo, "fire_rate": fire_rate, "mean_act": mean_act}
+
+
 def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked, corpus, site, scale_C,
             state, ccfg: cc.CrosscoderConfig, hps: list[dict], S: int) -> dict:
     """Every measure of the trained crosscoders on held-out text (windows of S tokens), in the
@@ -49,8 +60,7 @@ def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked,
     ce, loss_rec = cm.loss_and_kl(model_config, layer, config.ablation, stacked, hat_CBSD, raw, eval_tokens,
                                   eval_targets, log_uni, log_bi)
     alive = cm.fire_counts(f, C) > 0
-    geo = cm.decoder_features(np.asarray(params["W_dec"]), alive, steps, config.emergence_frac, config.init_fade,
-                              config.emergence_rule)
+    geo = feature_geometry(config, np.asarray(params["W_dec"]), f, alive, steps)
     # why features look present early: the snapshots' CKA to the first, the current token's share
     similarity = cm.similarity_to_first(x_eval)
     tok_r2 = cm.token_r2(eval_tokens, np.moveaxis(np.asarray(raw), 0, 2))
@@ -79,21 +89,33 @@ def write_outputs(config, folder: RunFolder, steps, m: dict, decode) -> None:
     write_json(folder.root / "features.json", {
         "steps": steps, "decoder_norms": geo["norms"], "emergence_step": geo["emerge_step"], "alive": alive,
         "init_feature": geo["init_feature"], "ngram_order": cx["order"], "attribution": abl["attr"],
-        "consecutive_cos": geo["cos"], "token_purity": m["purity"]})
+        "consecutive_cos": geo["cos"], "token_purity": m["purity"], "fire_rate": geo["fire_rate"],
+        "mean_activation": geo["mean_act"]})
 
 
 def emergence_summary(geo: dict, alive, n_snapshots: int, frac: float) -> dict:
-    """How many alive features emerge where: the histogram over snapshots (by the chosen rule,
-    and by every rule on the same dictionary, `frac` for the thresholds) and the share that
-    emerges at the first (Wilson interval over alive features), with the median cosine of each
-    alive feature's decoder at the first and the last snapshot."""
+    """How many alive features emerge where: the histogram over snapshots (by the chosen rule and
+    strength, and by every rule and both strengths on the same dictionary, `frac` for the
+    thresholds), the share that emerges at the first (Wilson interval over alive features), the
+    share of the features that half the maximum decoder norm puts at the first snapshot which
+    never fire there, and the median cosine of each alive feature's decoder at the first and
+    the last snapshot."""
     n_alive = max(int(alive.sum()), 1)
     first = int((geo["emerge_idx"][alive] == 0).sum())
-    by_rule = {rule: np.bincount(cm.emergence(geo["norms"], frac if rule != "steepest" else 0.5, rule, alive)[alive],
-                                 minlength=n_snapshots) for rule in cm.EMERGENCE_RULES}
+    strengths = {"norm": geo["norms"], "contribution": cm.contribution(geo["norms"], geo["mean_act"])}
+    by_rule = {name: {rule: np.bincount(cm.emergence(s, frac if rule != "steepest" else 0.5, rule, alive)[alive],
+                                        minlength=n_snapshots) for rule in cm.EMERGENCE_RULES}
+               for name, s in strengths.items()}
+    # features the decoder norm puts at the first snapshot although they never fire there
+    norm_first = alive & (cm.emergence(geo["norms"], 0.5, "half_max", alive) == 0)
+    silent = norm_first & (geo["fire_rate"][:, 0] == 0)
     return {"emergence_histogram": np.bincount(geo["emerge_idx"][alive], minlength=n_snapshots),
             "emergence_histograms": by_rule,
             "frac_emerge_first": first / n_alive, "frac_emerge_first_ci": stats.wilson_ci(first, n_alive),
+            "n_norm_first": int(norm_first.sum()),
+            "frac_norm_first_silent": float(silent.sum() / norm_first.sum()) if norm_first.any() else None,
+            "frac_norm_first_silent_ci": stats.wilson_ci(int(silent.sum()), int(norm_first.sum()))
+            if norm_first.any() else None,
             "decoder_cos_first_last_median": float(np.median(geo["cos_first_last"][alive])) if alive.any() else None}
 
 

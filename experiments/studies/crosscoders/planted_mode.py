@@ -57,13 +57,12 @@ def run(config, folder: RunFolder) -> dict:
     main = members[0]
     alive = cm.fire_counts(main["f"], C) > 0
     w_dec = np.asarray(main["params"]["W_dec"])
-    geo = cm.decoder_features(w_dec, alive, list(range(C)), config.emergence_frac, config.init_fade,
-                              config.emergence_rule)
+    geo = measures.feature_geometry(config, w_dec, main["f"], alive, list(range(C)))
     rec = pl.recovery(truth, w_dec, scale_C, alive, geo["emerge_idx"], config.match_cos)
     rules = {}
     for rule in cm.EMERGENCE_RULES:   # the same dictionary read by every rule (frac as set, or 0.5)
         frac = config.emergence_frac if rule != "steepest" else 0.5
-        r = pl.recovery(truth, w_dec, scale_C, alive, cm.emergence(geo["norms"], frac, rule, alive), config.match_cos)
+        r = pl.recovery(truth, w_dec, scale_C, alive, cm.emergence(geo["strength"], frac, rule, alive), config.match_cos)
         rules[rule] = {"within_one": r["within_one"], "late_as_init": r["late_as_init"], "passed": verdict(r)}
     figures.draw_planted(folder, truth, rec, geo["norms"], geo["emerge_idx"], alive)
     write_json(folder.root / "features.json", {

@@ -96,6 +96,7 @@ class Config:
     ablation: str = "zero"           # ablate features to zero or to their mean activation ("zero" | "mean")
     emergence_rule: str = "half_max"  # half_max | relative_mean | steepest (probes.crosscoders.metrics.emergence)
     emergence_frac: float = 0.5      # half_max: x the feature's max norm; relative_mean: x the snapshot's mean norm
+    emergence_strength: str = "norm"  # what emergence reads: norm (decoder norm) | contribution (x mean activation)
     init_fade: float = 0.5           # an initialisation feature ends below this x its max decoder norm
     n_induction: int = 64            # induction sequences (half for selection, half for ablation)
     n_ablate: int = 16               # top-attribution features ablated together (and as many random ones)
@@ -112,6 +113,8 @@ class Config:
         require(self.emergence_rule in cm.EMERGENCE_RULES,
                 f"emergence_rule={self.emergence_rule!r}; choose one of {', '.join(cm.EMERGENCE_RULES)}")
         require(0 < self.match_cos <= 1, f"match_cos={self.match_cos} must lie in (0, 1]")
+        require(self.emergence_strength in ("norm", "contribution"),
+                f"emergence_strength={self.emergence_strength!r} must be norm or contribution")
         require(not (self.run and self.pretrain_run), "give run (any family, streamed) or pretrain_run, not both")
         require(self.context >= 0, f"context={self.context} must be 0 (automatic) or a window length")
         require(self.direct_sweep >= 0, f"direct_sweep={self.direct_sweep} must be >= 0 (0 = automatic)")
