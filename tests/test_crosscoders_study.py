@@ -123,3 +123,26 @@ def test_study_end_to_end_on_micro_run(tmp_path, monkeypatch):
     assert np.asarray(features["decoder_norms"]).shape == (32, 4)
     assert (tmp_path / "cc" / "figures" / "decoder_norms.png").exists()
     assert "feature" in (tmp_path / "cc" / "top_features.md").read_text()
+
+
+def test_snapshot_count_fits_the_series_unless_more_are_asked(micro_run):
+    """crosscoder.n_snapshots = 0 takes every checkpoint of the series up to 16; a count the
+    series cannot give is one error naming both numbers, before anything runs."""
+    from experiments.cli.config import override
+    from models.errors import OntogenyError
+
+    base = override(study.PRESETS["tiny"], [f"pretrain_run={micro_run}"])
+    assert study.resolve(base)["crosscoder"]["n_snapshots"] == 8          # the micro run has 8 checkpoints
+    assert study.resolve(override(base, ["crosscoder.n_snapshots=5"]))["crosscoder"]["n_snapshots"] == 5
+    with pytest.raises(OntogenyError, match="n_snapshots=9 exceeds the 8 checkpoints"):
+        study.resolve(override(base, ["crosscoder.n_snapshots=9"]))
+    assert study.Config().snapshot_count(40) == study.MAX_AUTO_SNAPSHOTS
+    with pytest.raises(OntogenyError, match="needs >= 2"):
+        study.Config().snapshot_count(1)
+    # the planted series sets its own count; the model-only keys are refused there
+    planted = study.PRESETS["planted"]
+    assert study.resolve(planted)["crosscoder"]["n_snapshots"] == planted.planted.n_snapshots
+    with pytest.raises(OntogenyError, match="--set site: series=planted"):
+        override(planted, ["site=resid_post.0"])
+    with pytest.raises(OntogenyError, match="--set planted.n_late: planted"):
+        override(study.PRESETS["tiny"], ["planted.n_late=3"])

@@ -152,6 +152,8 @@ def test_crosscoders_cli_on_an_imported_run(imported, tmp_path):
                 "--set", "n_ablate=2", "--set", "n_random=1", "--set", f"text={text}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["max_resident_snapshots"] <= 3 and summary["layer"] == 0
+    from experiments.studies.crosscoders import study as xc   # the text it was scored on is named
+    assert summary["text"] == str(text) and f"scored on {text} text" in xc.findings(summary)[0]
     assert cli(["crosscoders", "--out", str(tmp_path / "bad"), "--set", f"run={imported['llama_gqa']}",
                 "--set", "site=resid_pre.0"]) == 2
 
