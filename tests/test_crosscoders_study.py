@@ -9,6 +9,7 @@ from dynamics.runlog import RunFolder
 from experiments.studies.crosscoders import study
 from probes.crosscoders import attribution as attr_lib
 from probes.crosscoders import metrics as cm
+from probes.crosscoders import training as cct
 
 
 def test_emergence_cosines_and_snapshot_choice():
@@ -100,13 +101,13 @@ def test_study_end_to_end_on_micro_run(tmp_path, monkeypatch):
     config = study.Config(pretrain_run=str(run_dir), crosscoder=crosscoder, ks=(4, 8), buffer_tokens=512,
                           windows_per_fetch=4, eval_windows=8, n_induction=8, n_ablate=4, n_random=2, max_order=3,
                           n_text_features=2)
-    real_train = study.cct.train
+    real_train = cct.train
     sigterm_at_9 = lambda i, m: os.kill(os.getpid(), signal.SIGTERM) if i == 9 else None
-    monkeypatch.setattr(study.cct, "train", lambda *a, **k: real_train(*a, callback=sigterm_at_9, **k))
+    monkeypatch.setattr(cct, "train", lambda *a, **k: real_train(*a, callback=sigterm_at_9, **k))
     with pytest.raises(Interrupted) as stopped:
         study.run(config, RunFolder(tmp_path / "cc"))
     assert stopped.value.step == 10 and (tmp_path / "cc" / "checkpoints" / "_resume" / "crosscoder" / "10").is_dir()
-    monkeypatch.setattr(study.cct, "train", real_train)
+    monkeypatch.setattr(cct, "train", real_train)
     summary = study.run(config, RunFolder(tmp_path / "cc"))
     assert not (tmp_path / "cc" / "checkpoints" / "_resume" / "crosscoder" / "10").exists()
     steps = [r["step"] for r in RunFolder(tmp_path / "cc").read_metrics() if r.get("phase") == "train"]
