@@ -37,11 +37,17 @@ def feature_geometry(config, w_dec_FCD, f, alive, steps) -> dict:
     """`probes.crosscoders.metrics.decoder_features` with the strength `config.emergence_strength`
     names, plus each feature's fire rate and mean activation per snapshot."""
     fire_rate, mean_act = cm.snapshot_activity(f, len(steps))
-    norms = np.linalg.norm(w_dec_FCD, axis=-1)
-    strength = cm.contribution(norms, mean_act) if config.emergence_strength == "contribution" else None
+    strength = strengths(cm.decoder_features(w_dec_FCD, alive, steps, 0.5, 1.0), mean_act)[config.emergence_strength]
     geo = cm.decoder_features(w_dec_FCD, alive, steps, config.emergence_frac, config.init_fade, config.emergence_rule,
                               strength)
     return {**geo, "fire_rate": fire_rate, "mean_act": mean_act}
+
+
+def strengths(geo: dict, mean_act_FC) -> dict:
+    """Every `emergence_strength` [F, C]: the decoder norm (Ge et al.), the contribution (norm x
+    mean activation at the snapshot) and the aligned norm (the part along the final direction)."""
+    return {"norm": geo["norms"], "contribution": cm.contribution(geo["norms"], mean_act_FC),
+            "aligned": cm.aligned(geo["norms"], geo["cos_to_last"])}
 
 
 def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked, corpus, site, scale_C,
@@ -90,7 +96,8 @@ def write_outputs(config, folder: RunFolder, steps, m: dict, decode) -> None:
         "steps": steps, "decoder_norms": geo["norms"], "emergence_step": geo["emerge_step"], "alive": alive,
         "init_feature": geo["init_feature"], "ngram_order": cx["order"], "attribution": abl["attr"],
         "consecutive_cos": geo["cos"], "token_purity": m["purity"], "fire_rate": geo["fire_rate"],
-        "mean_activation": geo["mean_act"]})
+        "mean_activation": geo["mean_act"], "cos_to_last": geo["cos_to_last"]})
+    np.save(folder.root / "decoder.npy", np.asarray(m["members"][0]["params"]["W_dec"]))   # [F, C, D], normalised units
 
 
 def emergence_summary(geo: dict, alive, n_snapshots: int, frac: float) -> dict:
@@ -102,10 +109,9 @@ def emergence_summary(geo: dict, alive, n_snapshots: int, frac: float) -> dict:
     the last snapshot."""
     n_alive = max(int(alive.sum()), 1)
     first = int((geo["emerge_idx"][alive] == 0).sum())
-    strengths = {"norm": geo["norms"], "contribution": cm.contribution(geo["norms"], geo["mean_act"])}
     by_rule = {name: {rule: np.bincount(cm.emergence(s, frac if rule != "steepest" else 0.5, rule, alive)[alive],
                                         minlength=n_snapshots) for rule in cm.EMERGENCE_RULES}
-               for name, s in strengths.items()}
+               for name, s in strengths(geo, geo["mean_act"]).items()}
     # features the decoder norm puts at the first snapshot although they never fire there
     norm_first = alive & (cm.emergence(geo["norms"], 0.5, "half_max", alive) == 0)
     silent = norm_first & (geo["fire_rate"][:, 0] == 0)
@@ -151,7 +157,7 @@ def summarize(config, steps, layer: int, ccfg, m: dict) -> dict:
     return {
         **cis,
         "text": m["text"], "n_snapshots": len(steps), "snapshot_steps": steps, "layer": layer, "arch": ccfg.arch,
-        "hp": main["hp"], "emergence_rule": config.emergence_rule,
+        "hp": main["hp"], "emergence_rule": config.emergence_rule, "emergence_strength": config.emergence_strength,
         **emergence_summary(geo, alive, len(steps), config.emergence_frac),
         **purity_summary(m["purity"], geo["emerge_idx"], alive),
         "similarity_to_first": m["similarity"], "token_r2": m["token_r2"],

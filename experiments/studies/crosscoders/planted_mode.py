@@ -60,10 +60,12 @@ def run(config, folder: RunFolder) -> dict:
     geo = measures.feature_geometry(config, w_dec, main["f"], alive, list(range(C)))
     rec = pl.recovery(truth, w_dec, scale_C, alive, geo["emerge_idx"], config.match_cos)
     rules = {}
-    for rule in cm.EMERGENCE_RULES:   # the same dictionary read by every rule (frac as set, or 0.5)
-        frac = config.emergence_frac if rule != "steepest" else 0.5
-        r = pl.recovery(truth, w_dec, scale_C, alive, cm.emergence(geo["strength"], frac, rule, alive), config.match_cos)
-        rules[rule] = {"within_one": r["within_one"], "late_as_init": r["late_as_init"], "passed": verdict(r)}
+    for name, strength in measures.strengths(geo, geo["mean_act"]).items():   # the same dictionary, every reading
+        for rule in cm.EMERGENCE_RULES:
+            frac = config.emergence_frac if rule != "steepest" else 0.5
+            r = pl.recovery(truth, w_dec, scale_C, alive, cm.emergence(strength, frac, rule, alive), config.match_cos)
+            rules[f"{rule}/{name}"] = {"within_one": r["within_one"], "late_as_init": r["late_as_init"],
+                                       "passed": verdict(r)}
     figures.draw_planted(folder, truth, rec, geo["norms"], geo["emerge_idx"], alive)
     write_json(folder.root / "features.json", {
         "planted_onset": truth["onset"], "planted_group": truth["group"].tolist(), "match": rec["match"],
@@ -84,6 +86,7 @@ def summarize(config, ccfg, truth: dict, rec: dict, geo: dict, alive, main: dict
         "series": "planted", "arch": ccfg.arch, "hp": main["hp"], "n_snapshots": C, "n_features": ccfg.n_features,
         "n_planted": len(truth["onset"]), "planted_onsets": sorted(set(truth["onset"].tolist())),
         "all_at_zero": config.planted.all_at_zero, "emergence_rule": config.emergence_rule,
+        "emergence_strength": config.emergence_strength,
         "passed": verdict(rec),
         "emergence_within_one": rec["within_one"],
         "emergence_within_one_ci": stats.wilson_ci(good, n_rec) if n_rec else None,
@@ -106,6 +109,7 @@ def findings(s: dict) -> list[str]:
     out = [f"{status}: on a planted series{control} of {s['n_planted']} features over {s['n_snapshots']} snapshots "
            f"(onsets {s['planted_onsets']}), the {s['arch']} crosscoder recovers {stats.ci_text(s, 'recovered_fraction')} "
            f"of them (decoder cosine over their support >= the match threshold) and the {s['emergence_rule']} rule "
+           f"on the decoder {s.get('emergence_strength', 'norm')} "
            f"places {stats.ci_text(s, 'emergence_within_one')} of those within one snapshot of the truth; answering "
            f"'every feature at the first snapshot' would place {_pct(s['emergence_within_one_all_first'])}. "
            f"{s['late_as_init']} of {s['n_late_recovered']} recovered features planted at snapshot >= 2 are reported at "
@@ -113,7 +117,7 @@ def findings(s: dict) -> list[str]:
     groups = "; ".join(f"{g}: {v['recovered']}/{v['n']} recovered, {_pct(v['within_one'])} within one"
                        for g, v in s["groups"].items())
     out.append(f"Per group: {groups}.")
-    out.append("The same dictionary read by each emergence rule: " + "; ".join(
+    out.append("The same dictionary read by each emergence rule / strength: " + "; ".join(
         f"{r}: {_pct(v['within_one'])} within one, {v['late_as_init']} late features at 0 "
         f"({'PASS' if v['passed'] else 'FAIL'})" for r, v in s["rules"].items()) + ".")
     first = np.asarray(s["planted_onset_histogram"])

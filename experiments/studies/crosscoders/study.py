@@ -96,7 +96,7 @@ class Config:
     ablation: str = "zero"           # ablate features to zero or to their mean activation ("zero" | "mean")
     emergence_rule: str = "half_max"  # half_max | relative_mean | steepest (probes.crosscoders.metrics.emergence)
     emergence_frac: float = 0.5      # half_max: x the feature's max norm; relative_mean: x the snapshot's mean norm
-    emergence_strength: str = "norm"  # what emergence reads: norm (decoder norm) | contribution (x mean activation)
+    emergence_strength: str = "norm"  # emergence reads: norm (decoder) | contribution (x mean act.) | aligned (on final dir.)
     init_fade: float = 0.5           # an initialisation feature ends below this x its max decoder norm
     n_induction: int = 64            # induction sequences (half for selection, half for ablation)
     n_ablate: int = 16               # top-attribution features ablated together (and as many random ones)
@@ -113,8 +113,8 @@ class Config:
         require(self.emergence_rule in cm.EMERGENCE_RULES,
                 f"emergence_rule={self.emergence_rule!r}; choose one of {', '.join(cm.EMERGENCE_RULES)}")
         require(0 < self.match_cos <= 1, f"match_cos={self.match_cos} must lie in (0, 1]")
-        require(self.emergence_strength in ("norm", "contribution"),
-                f"emergence_strength={self.emergence_strength!r} must be norm or contribution")
+        require(self.emergence_strength in ("norm", "contribution", "aligned"),
+                f"emergence_strength={self.emergence_strength!r} must be norm, contribution or aligned")
         require(not (self.run and self.pretrain_run), "give run (any family, streamed) or pretrain_run, not both")
         require(self.context >= 0, f"context={self.context} must be 0 (automatic) or a window length")
         require(self.direct_sweep >= 0, f"direct_sweep={self.direct_sweep} must be >= 0 (0 = automatic)")
@@ -314,7 +314,8 @@ def findings(summary: dict) -> list[str]:
     third = f"Median emergence step {stats.ci_text(s, 'median_emergence_step', 0)}"
     if "frac_emerge_first" in s and s.get("token_r2") is not None:
         sim, tok = np.asarray(s["similarity_to_first"]), np.asarray(s["token_r2"])
-        third += (f" ({s.get('emergence_rule')} rule): {stats.ci_text(s, 'frac_emerge_first')} of alive features emerge "
+        third += (f" ({s.get('emergence_rule')} rule on the decoder {s.get('emergence_strength', 'norm')}): "
+                  f"{stats.ci_text(s, 'frac_emerge_first')} of alive features emerge "
                   f"at the first snapshot. The snapshots' linear CKA to the first falls to {sim.min():.2f}, and the "
                   f"current token explains {tok[0]:.2f} of the first snapshot's variance ({tok[-1]:.2f} of the last's): "
                   f"a feature selective for tokens has a strong decoder wherever the representation is already a "
