@@ -64,7 +64,12 @@ def test_planted_firing_rates_dense_power_and_control():
     np.testing.assert_array_equal(pl.sample(config, truth, 0, 5, 8), pl.sample(config, truth, 0, 5, 8))
     assert not np.allclose(pl.sample(config, truth, 0, 5, 8), pl.sample(config, truth, 0, 6, 8))
     control = pl.truth(dataclasses.replace(config, all_at_zero=True))
-    assert np.all(control["onset"] == 0) and np.array_equal(control["directions"], truth["directions"])
+    assert np.all(control["onset"] == 0) and np.all(control["strength"] == 1.0)
+    np.testing.assert_array_equal(control["directions"][:, -1], truth["directions"][:, -1])   # the same features
+    before = np.arange(4)[None] < truth["onset"][:, None]                  # the lookup before each onset
+    assert before.any() and np.all(truth["strength"][before] == config.lookup)
+    cos = np.sum(truth["directions"][:, 0] * truth["directions"][:, -1], -1)
+    np.testing.assert_allclose(cos[before[:, 0]], 0.0, atol=1e-12)         # orthogonal to the feature's direction
     assert P == config.n_features
 
 
@@ -92,31 +97,38 @@ def test_emergence_rules_on_hand_made_norms():
         cm.emergence(norms, 0.5, "first")
 
 
-def test_recovery_scores_a_perfect_and_an_always_present_dictionary():
+def test_recovery_scores_the_feature_and_its_lookup_by_each_strength():
     config = pl.PlantedConfig(n_snapshots=6, d_model=24, dense_rank=0)
     truth = pl.truth(config)
-    scale = np.linspace(1.0, 0.5, 6)
-    exact = pl.planted_vectors(truth, scale)
+    scale = 1.0 / truth["scale"]                                        # inputs scaled to a constant norm
+    full = pl.planted_vectors(truth, scale)                              # the lookup before each onset, then the feature
+    support = np.arange(6)[None] >= truth["onset"][:, None]
+    exact = full * support[..., None]                                   # the feature alone
     rng = np.random.default_rng(0)
-    w = np.concatenate([exact, rng.normal(size=(10, 6, 24))])        # plus 10 junk features
-    alive = np.ones(len(w), bool)
-    norms = np.linalg.norm(w, axis=-1)
-    rec = pl.recovery(truth, w, scale, alive, cm.emergence(norms, 0.5))
-    assert rec["recovered_fraction"] == 1.0 and rec["within_one"] == 1.0 and rec["late_as_init"] == 0
-    assert np.array_equal(rec["match"], np.arange(len(exact)))
-    assert planted_mode.verdict(rec)
-    # the suspected failure: every feature's decoder strong from snapshot 0 (its late vectors
-    # copied into the snapshots before its onset) is still matched, and judged wrong
-    always = exact.copy()
-    for j, onset in enumerate(truth["onset"]):
-        always[j, :onset] = exact[j, onset]
-    rec = pl.recovery(truth, always, scale, alive[: len(always)], cm.emergence(np.linalg.norm(always, axis=-1), 0.5))
+    junk = rng.normal(size=(10, 6, 24))
+    alive = np.ones(len(exact) + 10, bool)
     late = int(np.sum(truth["onset"] >= 2))
-    assert rec["recovered_fraction"] == 1.0 and rec["late_as_init"] == late
-    assert rec["within_one"] == pytest.approx(1 - late / len(exact)) and not planted_mode.verdict(rec)
-    # a dead match does not count: with the exact features dead, nothing is recovered
+
+    def read(w, strength):
+        geo = cm.decoder_features(w, alive, list(range(6)), 0.5, 0.5)
+        s = {"norm": geo["norms"], "aligned": cm.aligned(geo["norms"], geo["cos_to_final"])}[strength]
+        return pl.recovery(truth, w, scale, alive, cm.emergence(s, 0.5))
+
+    for strength in ("norm", "aligned"):
+        rec = read(np.concatenate([exact, junk]), strength)
+        assert rec["recovered_fraction"] == 1.0 and rec["within_one"] == 1.0 and rec["late_as_init"] == 0
+        assert np.array_equal(rec["match"], np.arange(len(exact))) and planted_mode.verdict(rec)
+    # what a crosscoder's shared latent learns: the lookup before the onset, then the feature. It is
+    # matched all the same; the decoder norm puts every later feature at snapshot 0 (the lookup is
+    # as strong as the feature), the part along the final direction puts it at its onset
+    rec = read(np.concatenate([full, junk]), "norm")
+    assert rec["recovered_fraction"] == 1.0 and rec["late_as_init"] == late and not planted_mode.verdict(rec)
+    rec = read(np.concatenate([full, junk]), "aligned")
+    assert rec["late_as_init"] == 0 and rec["within_one"] == 1.0 and planted_mode.verdict(rec)
+    # a dead match does not count: with the planted features dead, nothing is recovered
     dead = np.concatenate([np.zeros(len(exact), bool), np.ones(10, bool)])
-    assert pl.recovery(truth, w, scale, dead, cm.emergence(norms, 0.5))["recovered_fraction"] < 0.2
+    assert pl.recovery(truth, np.concatenate([exact, junk]), scale, dead, np.zeros(len(dead), int))[
+        "recovered_fraction"] < 0.2
 
 
 @pytest.fixture(scope="module")

@@ -212,14 +212,15 @@ def contribution(norms_FC, mean_act_FC) -> np.ndarray:
     return np.asarray(norms_FC) * np.asarray(mean_act_FC)
 
 
-def aligned(norms_FC, cos_to_last_FC) -> np.ndarray:
+def aligned(norms_FC, cos_to_final_FC) -> np.ndarray:
     """[F, C] the part of each decoder vector along the feature's final direction,
-    ||d_c|| max(0, cos(d_c, d_last)) [ours]: a decoder that is strong at a snapshot but points
-    elsewhere (the random token lookup of an untrained model, say) counts 0 there, so emergence
-    read from it is when the final feature's direction forms. A feature that turns by more than
-    60 degrees over training emerges where it has turned within 60 degrees of its final direction
-    under half_max."""
-    return np.asarray(norms_FC) * np.maximum(np.asarray(cos_to_last_FC), 0.0)
+    ||d_c|| max(0, cos(d_c, d_final)) [ours], d_final the decoder at the last snapshot where its
+    norm is at least half its maximum (the last snapshot where the feature is strong; a decoder
+    its gate left at ~0 there points nowhere). A decoder that is strong at a snapshot but points
+    elsewhere (an untrained network's random token lookup, say) counts 0 there, so emergence read
+    from it is when the final feature's direction forms. A feature that turns by more than 60
+    degrees on its way counts as not yet formed until it is within 60 degrees (under half_max)."""
+    return np.asarray(norms_FC) * np.maximum(np.asarray(cos_to_final_FC), 0.0)
 
 
 def decoder_features(w_dec_FCD, alive_F, steps_C, emergence_frac: float, init_fade: float,
@@ -227,16 +228,19 @@ def decoder_features(w_dec_FCD, alive_F, steps_C, emergence_frac: float, init_fa
     """Decoder norms [F, C], emergence index and step [F] (`emergence` by `rule` of
     `strength_FC`, default the decoder norms), initialisation features (emerged at snapshot 0,
     alive, ending below `init_fade` x their maximum strength), direction cosines at consecutive
-    snapshots [F, C-1], to the last snapshot's [F, C] and between the first and the last [F]."""
+    snapshots [F, C-1], to the final direction (`aligned`) [F, C] and between the first and the
+    last snapshot [F]."""
     norms = np.linalg.norm(w_dec_FCD, axis=-1)
     strength = norms if strength_FC is None else np.asarray(strength_FC, np.float64)
     emerge_idx = emergence(strength, emergence_frac, rule, alive_F)
     unit = w_dec_FCD / np.maximum(norms[..., None], 1e-12)
-    cos_to_last = np.sum(unit * unit[:, -1:], -1)
+    final = norms.shape[1] - 1 - (norms[:, ::-1] >= 0.5 * norms.max(1, keepdims=True)).argmax(1)
+    cos_to_final = np.sum(unit * unit[np.arange(len(unit)), final][:, None], -1)
     return {"norms": norms, "strength": strength, "emerge_idx": emerge_idx,
             "emerge_step": np.asarray(steps_C)[emerge_idx],
             "init_feature": (emerge_idx == 0) & (strength[:, -1] <= init_fade * strength.max(1)) & alive_F,
-            "cos": consecutive_cosines(w_dec_FCD), "cos_to_last": cos_to_last, "cos_first_last": cos_to_last[:, 0]}
+            "cos": consecutive_cosines(w_dec_FCD), "cos_to_final": cos_to_final,
+            "cos_first_last": np.sum(unit[:, 0] * unit[:, -1], -1)}
 
 
 def similarity_to_first(x_NCD) -> np.ndarray:

@@ -17,6 +17,11 @@ its onset is the first snapshot with s_jc > 0. Groups (in this order of j):
             feature (its parent) fires: the hierarchical case in which a later feature can absorb
             its parent's direction at the snapshots before its own onset
 
+Before its onset a feature is not absent from the tokens it fires on: an untrained network
+already maps those tokens somewhere (its random token lookup), so each feature with a later
+onset carries, at the snapshots before it, a random direction r_j orthogonal to u_j (as random
+directions nearly are in a wide model [choice]) with strength `lookup` (0 = truly absent). A decoder norm alone cannot tell that from the feature.
+
 On a token, feature j fires with probability `per_token` / P (a nested feature with probability
 `nested_given_parent` when its parent fires) with amplitude a = 0.5 + Exponential(1), the same
 amplitude at every snapshot (the crosscoder's premise: one latent shared by the snapshots). The
@@ -64,7 +69,8 @@ class PlantedConfig:
     per_token: float = 3.0           # expected planted features firing per token
     nested_given_parent: float = 0.5  # probability a nested feature fires when its parent fires
     fade: float = 0.2                # strength of a fading feature at the last snapshot
-    turn_degrees: float = 60.0       # total turn of a turning feature's direction, first to last snapshot
+    turn_degrees: float = 40.0       # total turn of a turning feature's direction, first to last snapshot
+    lookup: float = 1.0              # strength of a random direction on a feature's tokens before its onset
     scale_growth: float = 4.0        # global scale at the last snapshot / at the first
     dense_rank: int = 4              # rank of the dense component (0 = none)
     dense_start: float = 1.0         # dense power / planted-feature power at the first snapshot
@@ -91,6 +97,7 @@ class PlantedConfig:
         require(min(self.dense_start, self.dense_end, self.noise, self.offset_drift) >= 0,
                 "planted dense powers, noise and offset_drift must be >= 0")
         require(self.eval_tokens >= 64, f"planted.eval_tokens={self.eval_tokens} must be >= 64")
+        require(self.lookup >= 0, f"planted.lookup={self.lookup} must be >= 0 (0 = a feature is absent before its onset)")
 
     @property
     def n_features(self) -> int:
@@ -117,6 +124,7 @@ class PlantedConfig:
                 keys[k] = "dense_rank=0 has no dense component"
         if self.all_at_zero:
             keys["middle"] = keys["late"] = "all_at_zero=true switches every group on at snapshot 0"
+            keys["lookup"] = "all_at_zero=true leaves no snapshot before an onset"
         return keys
 
 
@@ -136,8 +144,8 @@ def _rotation_step(rng, D: int, degrees: float) -> np.ndarray:
 
 
 def truth(config: PlantedConfig) -> dict:
-    """The series' ground truth: directions [P, C, D] (unit), strength [P, C], onset [P] (first
-    snapshot with strength > 0), group [P] (names), parent [P] (-1 or the init feature a nested one
+    """The series' ground truth: directions [P, C, D] (unit; the lookup direction before the
+    onset), strength [P, C] (`lookup` before the onset), onset [P], group [P] (names), parent [P] (-1 or the init feature a nested one
     fires inside), scale [C], dense basis [C, D, R] (scaled to its power), mean [C, D], and the
     per-token power of the planted features at full strength."""
     C, D = config.n_snapshots, config.d_model
@@ -155,7 +163,11 @@ def truth(config: PlantedConfig) -> dict:
     if not config.all_at_zero:
         onset[np.isin(group, ("middle", "nested"))] = config.onset_middle
         onset[group == "late"] = config.onset_late
-    strength = (np.arange(C)[None] >= onset[:, None]).astype(float)
+    present = np.arange(C)[None] >= onset[:, None]
+    strength = np.where(present, 1.0, config.lookup)
+    lookup_dir = rng.normal(size=(P, D))   # orthogonal to the feature, as random directions nearly are in a wide model
+    lookup_dir = _unit(lookup_dir - np.sum(lookup_dir * directions[:, -1], -1, keepdims=True) * directions[:, -1])
+    directions = np.where(present[..., None], directions, lookup_dir[:, None])
     fading = group == "fading"
     strength[fading] *= np.linspace(1.0, config.fade, C)[None]
     parent = np.full(P, -1)
@@ -217,15 +229,15 @@ def recovery(planted: dict, w_dec_FCD, scale_C, alive_F, emerge_idx_F, min_cos: 
     """How well a crosscoder recovered the planted features and their emergence.
 
     Each planted feature j is matched to the alive learned feature f of highest cosine between
-    the planted vectors and f's decoder vectors over the snapshots where j is present (its
-    support: a decoder that is wrongly strong before the onset still matches, and its emergence
-    is then judged wrong, not hidden). j is recovered when that cosine is >= `min_cos`. Returns
+    the planted vectors and f's decoder vectors over the snapshots from j's onset on (its
+    support: a decoder that is strong before the onset, on the lookup direction or any other,
+    still matches, and its emergence is then judged wrong, not hidden). j is recovered when that cosine is >= `min_cos`. Returns
     per planted feature: match [P], cos [P], recovered [P], estimated onset [P], error [P]
     (estimate - truth); and `within_one` (fraction of recovered features whose emergence is
     within one snapshot of the truth, None if none), `late_as_init` (recovered features with
     onset >= 2 reported at snapshot 0), `recovered_fraction` and the same per group."""
-    target = planted_vectors(planted, scale_C)                                    # [P, C, D]
-    support = (planted["strength"] > 0).astype(float)                             # [P, C]
+    support = (np.arange(planted["strength"].shape[1])[None] >= planted["onset"][:, None]).astype(float)   # [P, C]
+    target = planted_vectors(planted, scale_C) * support[..., None]               # the feature itself, not its lookup
     learned = np.asarray(w_dec_FCD, np.float64)
     num = np.einsum("pcd,fcd->pf", target, learned)
     den = np.sqrt(support @ (learned ** 2).sum(-1).T) * np.linalg.norm(target.reshape(len(target), -1), axis=1)[:, None]

@@ -47,7 +47,7 @@ def strengths(geo: dict, mean_act_FC) -> dict:
     """Every `emergence_strength` [F, C]: the decoder norm (Ge et al.), the contribution (norm x
     mean activation at the snapshot) and the aligned norm (the part along the final direction)."""
     return {"norm": geo["norms"], "contribution": cm.contribution(geo["norms"], mean_act_FC),
-            "aligned": cm.aligned(geo["norms"], geo["cos_to_last"])}
+            "aligned": cm.aligned(geo["norms"], geo["cos_to_final"])}
 
 
 def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked, corpus, site, scale_C,
@@ -96,7 +96,7 @@ def write_outputs(config, folder: RunFolder, steps, m: dict, decode) -> None:
         "steps": steps, "decoder_norms": geo["norms"], "emergence_step": geo["emerge_step"], "alive": alive,
         "init_feature": geo["init_feature"], "ngram_order": cx["order"], "attribution": abl["attr"],
         "consecutive_cos": geo["cos"], "token_purity": m["purity"], "fire_rate": geo["fire_rate"],
-        "mean_activation": geo["mean_act"], "cos_to_last": geo["cos_to_last"]})
+        "mean_activation": geo["mean_act"], "cos_to_final": geo["cos_to_final"]})
     np.save(folder.root / "decoder.npy", np.asarray(m["members"][0]["params"]["W_dec"]))   # [F, C, D], normalised units
 
 

@@ -70,7 +70,8 @@ def run(config, folder: RunFolder) -> dict:
     write_json(folder.root / "features.json", {
         "planted_onset": truth["onset"], "planted_group": truth["group"].tolist(), "match": rec["match"],
         "match_cos": rec["cos"], "estimated_onset": rec["estimate"], "decoder_norms": geo["norms"], "alive": alive,
-        "emergence_index": geo["emerge_idx"]})
+        "emergence_index": geo["emerge_idx"], "cos_to_final": geo["cos_to_final"]})
+    np.save(folder.root / "decoder.npy", w_dec)   # [F, C, D], normalised units
     return {**summarize(config, ccfg, truth, rec, geo, alive, main, rules),
             "train_s": train_s, "wall_s": time.perf_counter() - t_start}
 

@@ -10,7 +10,11 @@ the first is analysed. Analyses:
 - per-snapshot explained variance, L0, dead fraction, loss recovered (splice the
   reconstruction into that snapshot's forward pass; CE_ablated = `ablation` of the residual:
   "zero" (default) or "mean" over tokens);
-- decoder norm of every feature at every snapshot, emergence step by `emergence_rule`
+- decoder norm of every feature at every snapshot, emergence step by `emergence_rule` read from
+  `emergence_strength` (`aligned` [choice], the default: the decoder's part along the feature's
+  final direction, so a decoder that reconstructs an untrained network's random token lookup
+  does not count as the feature; `norm`: the decoder norm, Ge et al.'s; `contribution`: the
+  norm times the mean activation there; `probes.crosscoders.metrics`)
   (`half_max`: first snapshot at >= `emergence_frac` of the feature's maximum norm, Ge et al.'s;
   `relative_mean`: first snapshot at >= `emergence_frac` of that snapshot's mean feature norm;
   `steepest`: the snapshot of steepest growth; `probes.crosscoders.metrics.emergence`),
@@ -96,7 +100,7 @@ class Config:
     ablation: str = "zero"           # ablate features to zero or to their mean activation ("zero" | "mean")
     emergence_rule: str = "half_max"  # half_max | relative_mean | steepest (probes.crosscoders.metrics.emergence)
     emergence_frac: float = 0.5      # half_max: x the feature's max norm; relative_mean: x the snapshot's mean norm
-    emergence_strength: str = "norm"  # emergence reads: norm (decoder) | contribution (x mean act.) | aligned (on final dir.)
+    emergence_strength: str = "aligned"  # emergence reads: aligned (decoder on its final direction) | norm | contribution
     init_fade: float = 0.5           # an initialisation feature ends below this x its max decoder norm
     n_induction: int = 64            # induction sequences (half for selection, half for ablation)
     n_ablate: int = 16               # top-attribution features ablated together (and as many random ones)
