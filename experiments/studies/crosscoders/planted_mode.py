@@ -110,7 +110,7 @@ def findings(s: dict) -> list[str]:
     out = [f"{status}: on a planted series{control} of {s['n_planted']} features over {s['n_snapshots']} snapshots "
            f"(onsets {s['planted_onsets']}), the {s['arch']} crosscoder recovers {stats.ci_text(s, 'recovered_fraction')} "
            f"of them (decoder cosine over their support >= the match threshold) and the {s['emergence_rule']} rule "
-           f"on the decoder {s.get('emergence_strength', 'norm')} "
+           f"on the {s.get('emergence_strength', 'norm')} decoder strength "
            f"places {stats.ci_text(s, 'emergence_within_one')} of those within one snapshot of the truth; answering "
            f"'every feature at the first snapshot' would place {_pct(s['emergence_within_one_all_first'])}. "
            f"{s['late_as_init']} of {s['n_late_recovered']} recovered features planted at snapshot >= 2 are reported at "

@@ -318,7 +318,7 @@ def findings(summary: dict) -> list[str]:
     third = f"Median emergence step {stats.ci_text(s, 'median_emergence_step', 0)}"
     if "frac_emerge_first" in s and s.get("token_r2") is not None:
         sim, tok = np.asarray(s["similarity_to_first"]), np.asarray(s["token_r2"])
-        third += (f" ({s.get('emergence_rule')} rule on the decoder {s.get('emergence_strength', 'norm')}): "
+        third += (f" ({s.get('emergence_rule')} rule on the {s.get('emergence_strength', 'norm')} decoder strength): "
                   f"{stats.ci_text(s, 'frac_emerge_first')} of alive features emerge "
                   f"at the first snapshot. The snapshots' linear CKA to the first falls to {sim.min():.2f}, and the "
                   f"current token explains {tok[0]:.2f} of the first snapshot's variance ({tok[-1]:.2f} of the last's): "
