@@ -9,7 +9,7 @@ import pytest
 
 from dynamics.runlog import RunFolder
 from experiments.studies.crosscoders import planted_mode, study
-from probes.crosscoders import metrics as cm
+from probes.crosscoders import emergence as em
 from probes.crosscoders import planted as pl
 
 
@@ -78,8 +78,8 @@ def test_emergence_rules_on_hand_made_norms():
                       [0.0, 0.1, 0.8, 1.0],      # grows at snapshot 2
                       [0.3, 0.4, 0.5, 1.2],      # strongest growth at 3; above half its max only at 3
                       [0.05, 0.05, 0.05, 0.1]])  # weak: never at the snapshots' mean
-    assert cm.emergence(norms, 0.5, "half_max").tolist() == [0, 2, 3, 0]
-    assert cm.emergence(norms, 0.5, "steepest").tolist() == [0, 2, 3, 0]   # ties: the first
+    assert em.emergence(norms, 0.5, "half_max").tolist() == [0, 2, 3, 0]
+    assert em.emergence(norms, 0.5, "steepest").tolist() == [0, 2, 3, 0]   # ties: the first
     # relative_mean against a loop: first snapshot at >= frac x the alive features' mean there,
     # else the snapshot where norm / mean is largest
     rng = np.random.default_rng(0)
@@ -92,9 +92,9 @@ def test_emergence_rules_on_hand_made_norms():
             means = [np.mean([norms[g, c] for g in range(12) if alive[g]]) for c in range(5)]
             above = [c for c in range(5) if norms[f, c] >= frac * means[c]]
             want.append(above[0] if above else int(np.argmax([norms[f, c] / means[c] for c in range(5)])))
-        assert cm.emergence(norms, frac, "relative_mean", alive).tolist() == want
+        assert em.emergence(norms, frac, "relative_mean", alive).tolist() == want
     with pytest.raises(ValueError):
-        cm.emergence(norms, 0.5, "first")
+        em.emergence(norms, 0.5, "first")
 
 
 def test_recovery_scores_the_feature_and_its_lookup_by_each_strength():
@@ -110,9 +110,9 @@ def test_recovery_scores_the_feature_and_its_lookup_by_each_strength():
     late = int(np.sum(truth["onset"] >= 2))
 
     def read(w, strength):
-        geo = cm.decoder_features(w, alive, list(range(6)), 0.5, 0.5)
-        s = {"norm": geo["norms"], "aligned": cm.aligned(geo["norms"], geo["cos_to_final"])}[strength]
-        return pl.recovery(truth, w, scale, alive, cm.emergence(s, 0.5))
+        geo = em.decoder_features(w, alive, list(range(6)), 0.5, 0.5)
+        s = {"norm": geo["norms"], "aligned": em.aligned(geo["norms"], geo["cos_to_final"])}[strength]
+        return pl.recovery(truth, w, scale, alive, em.emergence(s, 0.5))
 
     for strength in ("norm", "aligned"):
         rec = read(np.concatenate([exact, junk]), strength)

@@ -8,7 +8,7 @@ import pytest
 from dynamics.runlog import RunFolder
 from experiments.studies.crosscoders import study
 from probes.crosscoders import attribution as attr_lib
-from probes.crosscoders import metrics as cm
+from probes.crosscoders import emergence as em
 from probes.crosscoders import training as cct
 
 
@@ -16,11 +16,11 @@ def test_emergence_cosines_and_snapshot_choice():
     norms = np.array([[1.0, 0.2, 0.1, 0.0],     # init feature: strong at step 0 then fades
                       [0.0, 0.1, 0.6, 1.0],     # emerges at index 2 (>= 0.5 max)
                       [0.0, 0.0, 0.0, 2.0]])
-    assert cm.emergence(norms, 0.5).tolist() == [0, 2, 3]
-    assert cm.emergence(norms, 0.05).tolist() == [0, 1, 3]
+    assert em.emergence(norms, 0.5).tolist() == [0, 2, 3]
+    assert em.emergence(norms, 0.05).tolist() == [0, 1, 3]
     w = np.zeros((1, 3, 2))
     w[0, 0], w[0, 1], w[0, 2] = [1, 0], [1, 1], [0, -2]
-    assert np.allclose(cm.consecutive_cosines(w), [[1 / np.sqrt(2), -1 / np.sqrt(2)]])
+    assert np.allclose(em.consecutive_cosines(w), [[1 / np.sqrt(2), -1 / np.sqrt(2)]])
     available = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200]
     chosen = study.choose_snapshots(available, 4)
     assert chosen[0] == 0 and chosen[-1] == 200 and len(chosen) == 4

@@ -31,7 +31,7 @@ def draw(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, 
          similarity, token_r2) -> None:
     """Decoder norms by emergence, the emergence histogram beside CE, KL, the snapshots' CKA to
     the first and the current token's share of their variance, decoder-direction turns, ablation
-    drops and complexity against emergence (arrays as `probes.crosscoders.metrics` returns them:
+    drops and complexity against emergence (arrays as `probes.crosscoders.metrics` and `.emergence` return them:
     [F, C] norms, [F] per feature, [C] per snapshot)."""
     rel = norms[alive] / norms[alive].max(1, keepdims=True)
     sort = np.lexsort((-rel[:, -1], emerge_idx[alive]))

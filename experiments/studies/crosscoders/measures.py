@@ -12,6 +12,7 @@ from dynamics import stats
 from dynamics.checkpoints import map_stack
 from dynamics.runlog import RunFolder, write_json
 from models.families import logits_from_resid
+from probes.crosscoders import emergence as em
 from probes.crosscoders import metrics as cm
 from probes.crosscoders import model as cc
 from probes.crosscoders import training as cct
@@ -34,11 +35,11 @@ def evaluate_members(state, hps: list[dict], ccfg: cc.CrosscoderConfig, x_eval, 
 
 
 def feature_geometry(config, w_dec_FCD, f, alive, steps) -> dict:
-    """`probes.crosscoders.metrics.decoder_features` with the strength `config.emergence_strength`
+    """`probes.crosscoders.emergence.decoder_features` with the strength `config.emergence_strength`
     names, plus each feature's fire rate and mean activation per snapshot."""
-    fire_rate, mean_act = cm.snapshot_activity(f, len(steps))
-    strength = strengths(cm.decoder_features(w_dec_FCD, alive, steps, 0.5, 1.0), mean_act)[config.emergence_strength]
-    geo = cm.decoder_features(w_dec_FCD, alive, steps, config.emergence_frac, config.init_fade, config.emergence_rule,
+    fire_rate, mean_act = em.snapshot_activity(f, len(steps))
+    strength = strengths(em.decoder_features(w_dec_FCD, alive, steps, 0.5, 1.0), mean_act)[config.emergence_strength]
+    geo = em.decoder_features(w_dec_FCD, alive, steps, config.emergence_frac, config.init_fade, config.emergence_rule,
                               strength)
     return {**geo, "fire_rate": fire_rate, "mean_act": mean_act}
 
@@ -46,8 +47,8 @@ def feature_geometry(config, w_dec_FCD, f, alive, steps) -> dict:
 def strengths(geo: dict, mean_act_FC) -> dict:
     """Every `emergence_strength` [F, C]: the decoder norm (Ge et al.), the contribution (norm x
     mean activation at the snapshot) and the aligned norm (the part along the final direction)."""
-    return {"norm": geo["norms"], "contribution": cm.contribution(geo["norms"], mean_act_FC),
-            "aligned": cm.aligned(geo["norms"], geo["cos_to_final"])}
+    return {"norm": geo["norms"], "contribution": em.contribution(geo["norms"], mean_act_FC),
+            "aligned": em.aligned(geo["norms"], geo["cos_to_final"])}
 
 
 def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked, corpus, site, scale_C,
@@ -68,9 +69,9 @@ def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked,
     alive = cm.fire_counts(f, C) > 0
     geo = feature_geometry(config, np.asarray(params["W_dec"]), f, alive, steps)
     # why features look present early: the snapshots' CKA to the first, the current token's share
-    similarity = cm.similarity_to_first(x_eval)
-    tok_r2 = cm.token_r2(eval_tokens, np.moveaxis(np.asarray(raw), 0, 2))
-    purity = cm.token_purity(eval_tokens, cm.per_snapshot_f(f, C)[-1])
+    similarity = em.similarity_to_first(x_eval)
+    tok_r2 = em.token_r2(eval_tokens, np.moveaxis(np.asarray(raw), 0, 2))
+    purity = em.token_purity(eval_tokens, cm.per_snapshot_f(f, C)[-1])
     logits_fn = lambda p, resid: logits_from_resid(p, resid, layer, model_config)
     abl = cm.induction_ablation(stacked, site, logits_fn, params, main["threshold"], ccfg, scale_C, counts, alive, S,
                                 config.seed, config.n_induction, config.n_ablate, config.n_random)
@@ -109,11 +110,11 @@ def emergence_summary(geo: dict, alive, n_snapshots: int, frac: float) -> dict:
     the last snapshot."""
     n_alive = max(int(alive.sum()), 1)
     first = int((geo["emerge_idx"][alive] == 0).sum())
-    by_rule = {name: {rule: np.bincount(cm.emergence(s, frac if rule != "steepest" else 0.5, rule, alive)[alive],
-                                        minlength=n_snapshots) for rule in cm.EMERGENCE_RULES}
+    by_rule = {name: {rule: np.bincount(em.emergence(s, frac if rule != "steepest" else 0.5, rule, alive)[alive],
+                                        minlength=n_snapshots) for rule in em.EMERGENCE_RULES}
                for name, s in strengths(geo, geo["mean_act"]).items()}
     # features the decoder norm puts at the first snapshot although they never fire there
-    norm_first = alive & (cm.emergence(geo["norms"], 0.5, "half_max", alive) == 0)
+    norm_first = alive & (em.emergence(geo["norms"], 0.5, "half_max", alive) == 0)
     silent = norm_first & (geo["fire_rate"][:, 0] == 0)
     return {"emergence_histogram": np.bincount(geo["emerge_idx"][alive], minlength=n_snapshots),
             "emergence_histograms": by_rule,
@@ -126,7 +127,7 @@ def emergence_summary(geo: dict, alive, n_snapshots: int, frac: float) -> dict:
 
 
 def purity_summary(purity_F, emerge_idx_F, alive, level: float = 0.95) -> dict:
-    """Median token purity (`probes.crosscoders.metrics.token_purity`) of the alive features that
+    """Median token purity (`probes.crosscoders.emergence.token_purity`) of the alive features that
     emerge at the first snapshot and of those emerging later, and a bootstrap interval of the
     difference of the medians (each group resampled on its own); None where a group is empty."""
     first, later = purity_F[alive & (emerge_idx_F == 0)], purity_F[alive & (emerge_idx_F > 0)]
@@ -178,3 +179,26 @@ def summarize(config, steps, layer: int, ccfg, m: dict) -> dict:
                      "l0_mean": float(np.mean(mm["l0"])), "dead_fraction": float(np.mean(mm["dead_fraction"]))}
                     for mm in members],
     }
+
+
+def emergence_finding(s: dict) -> str:
+    """The findings' clause on when features form and why they may look present at the first
+    snapshot: the chosen reading against the decoder norm's on the same dictionary, the first
+    decoders' cosine to the last, the snapshots' CKA to the first, the current token's share."""
+    sim, tok = np.asarray(s["similarity_to_first"]), np.asarray(s["token_r2"])
+    hist = s.get("emergence_histograms", {})
+    alive = max(sum(hist.get("norm", {}).get("half_max", [1])), 1)
+    norm_first = hist.get("norm", {}).get("half_max", [0])[0] / alive
+    text = (f" ({s.get('emergence_rule')} rule on the {s.get('emergence_strength', 'norm')} decoder strength): "
+            f"{stats.ci_text(s, 'frac_emerge_first')} of alive features emerge at the first snapshot, against "
+            f"{norm_first:.2f} by the decoder norm alone (half its maximum, Ge et al.'s reading). The first "
+            f"snapshot's decoders point elsewhere than the last's (median cosine "
+            f"{s.get('decoder_cos_first_last_median', float('nan')):.2f}), the snapshots' linear CKA to the first "
+            f"falls to {sim.min():.2f}, and the current token explains {tok[0]:.2f} of the first snapshot's variance "
+            f"({tok[-1]:.2f} of the last's): a latent shared by the snapshots reconstructs whatever its tokens look "
+            f"like at each, an untrained network's random lookup included")
+    if s.get("purity_first_minus_later_ci"):
+        text += (f". Features emerging at the first snapshot put a median {s['purity_first_median']:.2f} of their "
+                 f"activation on one current token, later ones {s['purity_later_median']:.2f} (difference "
+                 f"{stats.ci_text(s, 'purity_first_minus_later', signed=True)})")
+    return text

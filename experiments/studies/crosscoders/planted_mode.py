@@ -17,6 +17,7 @@ import numpy as np
 
 from dynamics import stats
 from dynamics.runlog import RunFolder, write_json
+from probes.crosscoders import emergence as em
 from probes.crosscoders import metrics as cm
 from probes.crosscoders import model as cc
 from probes.crosscoders import planted as pl
@@ -61,9 +62,9 @@ def run(config, folder: RunFolder) -> dict:
     rec = pl.recovery(truth, w_dec, scale_C, alive, geo["emerge_idx"], config.match_cos)
     rules = {}
     for name, strength in measures.strengths(geo, geo["mean_act"]).items():   # the same dictionary, every reading
-        for rule in cm.EMERGENCE_RULES:
+        for rule in em.EMERGENCE_RULES:
             frac = config.emergence_frac if rule != "steepest" else 0.5
-            r = pl.recovery(truth, w_dec, scale_C, alive, cm.emergence(strength, frac, rule, alive), config.match_cos)
+            r = pl.recovery(truth, w_dec, scale_C, alive, em.emergence(strength, frac, rule, alive), config.match_cos)
             rules[f"{rule}/{name}"] = {"within_one": r["within_one"], "late_as_init": r["late_as_init"],
                                        "passed": verdict(r)}
     figures.draw_planted(folder, truth, rec, geo["norms"], geo["emerge_idx"], alive)

@@ -14,10 +14,10 @@ the first is analysed. Analyses:
   `emergence_strength` (`aligned` [choice], the default: the decoder's part along the feature's
   final direction, so a decoder that reconstructs an untrained network's random token lookup
   does not count as the feature; `norm`: the decoder norm, Ge et al.'s; `contribution`: the
-  norm times the mean activation there; `probes.crosscoders.metrics`)
+  norm times the mean activation there; `probes.crosscoders.emergence`)
   (`half_max`: first snapshot at >= `emergence_frac` of the feature's maximum norm, Ge et al.'s;
   `relative_mean`: first snapshot at >= `emergence_frac` of that snapshot's mean feature norm;
-  `steepest`: the snapshot of steepest growth; `probes.crosscoders.metrics.emergence`),
+  `steepest`: the snapshot of steepest growth; `probes.crosscoders.emergence.emergence`),
   initialisation features (emerged at snapshot 0 and ending below `init_fade` x max),
   decoder-direction cosines across snapshots;
 - emergence histogram beside the loss and the KL from the model's next-token distribution to
@@ -50,6 +50,7 @@ from . import streams
 from experiments.studies import run_inputs as suite
 from models.errors import require
 from experiments.studies.pretrain.study import ensure_pretrain, pretrain_reference
+from probes.crosscoders import emergence as em
 from probes.crosscoders import metrics as cm
 from probes.crosscoders import model as cc
 from probes.crosscoders.planted import PlantedConfig
@@ -98,7 +99,7 @@ class Config:
     reuse: float = 8.0               # each activation row is drawn about this many times
     eval_windows: int = 128          # held-out windows (val text) for metrics and analyses
     ablation: str = "zero"           # ablate features to zero or to their mean activation ("zero" | "mean")
-    emergence_rule: str = "half_max"  # half_max | relative_mean | steepest (probes.crosscoders.metrics.emergence)
+    emergence_rule: str = "half_max"  # half_max | relative_mean | steepest (probes.crosscoders.emergence.emergence)
     emergence_frac: float = 0.5      # half_max: x the feature's max norm; relative_mean: x the snapshot's mean norm
     emergence_strength: str = "aligned"  # emergence reads: aligned (decoder on its final direction) | norm | contribution
     init_fade: float = 0.5           # an initialisation feature ends below this x its max decoder norm
@@ -114,8 +115,8 @@ class Config:
     def __post_init__(self):
         require(self.series in ("model", "planted"), f"series={self.series!r} must be model or planted")
         require(self.crosscoder.n_snapshots != 1, "crosscoder.n_snapshots=1 spans no training: give >= 2 or 0 (all)")
-        require(self.emergence_rule in cm.EMERGENCE_RULES,
-                f"emergence_rule={self.emergence_rule!r}; choose one of {', '.join(cm.EMERGENCE_RULES)}")
+        require(self.emergence_rule in em.EMERGENCE_RULES,
+                f"emergence_rule={self.emergence_rule!r}; choose one of {', '.join(em.EMERGENCE_RULES)}")
         require(0 < self.match_cos <= 1, f"match_cos={self.match_cos} must lie in (0, 1]")
         require(self.emergence_strength in ("norm", "contribution", "aligned"),
                 f"emergence_strength={self.emergence_strength!r} must be norm, contribution or aligned")
@@ -317,17 +318,7 @@ def findings(summary: dict) -> list[str]:
            f"ones (over {s.get('n_ablation_sequences', '?')} test sequences): {verdict}."]
     third = f"Median emergence step {stats.ci_text(s, 'median_emergence_step', 0)}"
     if "frac_emerge_first" in s and s.get("token_r2") is not None:
-        sim, tok = np.asarray(s["similarity_to_first"]), np.asarray(s["token_r2"])
-        third += (f" ({s.get('emergence_rule')} rule on the {s.get('emergence_strength', 'norm')} decoder strength): "
-                  f"{stats.ci_text(s, 'frac_emerge_first')} of alive features emerge "
-                  f"at the first snapshot. The snapshots' linear CKA to the first falls to {sim.min():.2f}, and the "
-                  f"current token explains {tok[0]:.2f} of the first snapshot's variance ({tok[-1]:.2f} of the last's): "
-                  f"a feature selective for tokens has a strong decoder wherever the representation is already a "
-                  f"token lookup")
-        if s.get("purity_first_minus_later_ci"):
-            third += (f". Features emerging at the first snapshot put a median {s['purity_first_median']:.2f} of their "
-                      f"activation on one current token, later ones {s['purity_later_median']:.2f} (difference "
-                      f"{stats.ci_text(s, 'purity_first_minus_later', signed=True)})")
+        third += measures.emergence_finding(s)
     if s.get("complexity_spearman_r") is not None and np.isfinite(s["complexity_spearman_r"]):
         ci = s.get("complexity_spearman_r_ci")
         rel = ("later features are more complex" if ci[0] > 0 else "later features are simpler") \
