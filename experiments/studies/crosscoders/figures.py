@@ -28,11 +28,12 @@ def top_features_markdown(attr_CF, emerge_step, order, f_NF, tokens_BS, decode, 
 
 
 def draw(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, order, usable, init_feature,
-         similarity, token_r2) -> None:
-    """Decoder norms by emergence, the emergence histogram beside CE, KL, the snapshots' CKA to
-    the first and the current token's share of their variance, decoder-direction turns, ablation
-    drops and complexity against emergence (arrays as `probes.crosscoders.metrics` and `.emergence` return them:
-    [F, C] norms, [F] per feature, [C] per snapshot)."""
+         similarity, token_r2, norm_histogram=None) -> None:
+    """Decoder norms by emergence, the emergence histogram (with `norm_histogram`, the decoder
+    norm's half-max reading of the same dictionary, outlined) beside CE, KL, the snapshots' CKA
+    to the first and the current token's share of their variance, decoder-direction turns,
+    ablation drops and complexity against emergence (arrays as `probes.crosscoders.metrics` and
+    `.emergence` return them: [F, C] norms, [F] per feature, [C] per snapshot)."""
     rel = norms[alive] / norms[alive].max(1, keepdims=True)
     sort = np.lexsort((-rel[:, -1], emerge_idx[alive]))
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -49,6 +50,9 @@ def draw(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, 
     counts = np.bincount(emerge_idx[alive & ~init_feature], minlength=len(steps))
     axes[0].bar(range(len(steps)), counts)
     axes[0].bar(0, int(init_feature.sum()), color="tab:red", label="init features")
+    if norm_histogram is not None:
+        axes[0].step(range(len(steps)), norm_histogram, where="mid", color="black", lw=1.2,
+                     label="decoder norm, half its max")
     axes[0].set_ylabel("features emerging")
     axes[0].legend()
     axes[1].plot(range(len(steps)), ce["clean"], "o-", label="val CE")

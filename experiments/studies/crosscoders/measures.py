@@ -91,8 +91,10 @@ def write_outputs(config, folder: RunFolder, steps, m: dict, decode) -> None:
             abl["attr"], geo["emerge_step"], cx["order"], m["f_last_NF"], m["eval_tokens"], decode, steps[-1],
             config.n_text_features, config.n_contexts))
     drop_top, drop_rand = abl["seq_top"].mean(-1), abl["seq_rand"].mean(-1)
+    by_norm = np.bincount(em.emergence(geo["norms"], 0.5, "half_max", alive)[alive], minlength=len(steps))
     figures.draw(folder, steps, geo["norms"], geo["emerge_idx"], alive, geo["cos"], m["ce"], drop_top, drop_rand,
-                 cx["order"], cx["usable"], geo["init_feature"], m["similarity"], m["token_r2"])
+                 cx["order"], cx["usable"], geo["init_feature"], m["similarity"], m["token_r2"],
+                 by_norm if config.emergence_strength != "norm" else None)
     write_json(folder.root / "features.json", {
         "steps": steps, "decoder_norms": geo["norms"], "emergence_step": geo["emerge_step"], "alive": alive,
         "init_feature": geo["init_feature"], "ngram_order": cx["order"], "attribution": abl["attr"],
