@@ -151,6 +151,23 @@ def test_letter_continuations_and_parsing(tmp_path):
     np.testing.assert_array_equal(got, [1, 2, 3, -1, -1, -1, -1])
 
 
+def test_fewshot_prompts_draw_train_shots_and_drop_the_earliest_to_fit():
+    from experiments.studies.cognition import series_inputs as si
+
+    items = [mt.MCItem(f"q{i}?", ("ab", "cd"), i % 2) for i in range(10)]
+    task = si.Task(items, np.arange(6), np.arange(6, 10), {}, "")
+    tok = CharTokenizer(CHARS + "0123456789")
+    full, used = si.fewshot_prompts(task, tok, task.train, task.test, 3, seed=0, room=1000)
+    assert list(used) == [3] * 4
+    for ids, i in zip(full, task.test):
+        blocks = tok.decode(ids).split("\n\n")
+        assert blocks[-1] == mt.prompt_text(items[i]) and len(blocks) == 4
+        assert all(any(b == mt.solved_text(items[j]) for j in task.train) for b in blocks[:3])
+    one = len(tok.encode(mt.prompt_text(items[6])))
+    cut, used = si.fewshot_prompts(task, tok, task.train, task.test, 3, seed=0, room=one + 2 * (one + 4))
+    assert list(used) == [2] * 4 and all(tok.decode(c) in tok.decode(f) for c, f in zip(cut, full))
+
+
 # ------------------------------------------------------------------------------- stages
 def test_stage_discovery_and_its_errors(runs):
     neox, llama = str(runs["neox"]), str(runs["llama"])
@@ -217,7 +234,8 @@ def test_cli_refuses_with_exit_2_naming_the_key(runs, tmp_path):
 def test_a_multi_stage_series_end_to_end_against_plain_loops(runs, tmp_path):
     config = override(cog.PRESETS["tiny"], [f"stages=base:{runs['llama']},sft:{runs['neox']}",
                                             f"tasks={runs['tasks']}", "fewshot=0,1", "pass_ks=1,2", "n_samples=2",
-                                            "probe_iters=8", "max_new_tokens=2", "batch_size=8"])
+                                            "probe_iters=8", "max_new_tokens=2", "batch_size=8",
+                                            "sample_temperature=0.00001"])
     folder = RunFolder(tmp_path / "out")
     summary = cog.run(config, folder)
     json.dumps(summary, allow_nan=False)                                     # finite or null throughout
@@ -229,6 +247,10 @@ def test_a_multi_stage_series_end_to_end_against_plain_loops(runs, tmp_path):
         for key in ("cognitive", "expressive", "expressive_letter", "cognitive_logistic"):
             assert 0 <= summary[f"{key}_{s}"] <= 1 and len(summary[f"{key}_{s}_ci"]) == 2
         assert summary["pass_at_k"][s][1] <= summary["pass_at_k"][s][2]
+        # near temperature 0 every sample is the greedy answer; a 1-shot prompt cannot fit a context of
+        # 64 characters, so its shot is dropped and the prompt is the zero-shot one
+        assert summary["pass_at_k"][s][2] == summary["pass_at_k"][s][1] == summary[f"expressive_{s}"]
+        assert summary["fewshot_shots_used"][s][1] == 0 and summary[f"fewshot_{s}"][1] == summary[f"expressive_{s}"]
     assert "expressive_sft_minus_base_ci" in summary and len(cog.findings(summary)) == 3
     rows = folder.read_metrics()
     assert [(r["stage"], r["step"]) for r in rows] == [("base", 0), ("base", 10), ("base", 20), ("sft", 100),

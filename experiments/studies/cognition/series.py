@@ -19,6 +19,7 @@ import time
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from dynamics import checkpoints
 from dynamics import mc_tasks as mt
@@ -101,7 +102,8 @@ def measure(config, stages, task) -> dict:
     encoded = [si.encode_stage(task, tok, m.context, config.max_new_tokens) for tok, m in zip(tokenizers, models)]
     train, test, dropped = si.keep_common(task, encoded)
     per_stage = [measure_stage(config, s, task, e, train, test, tok, m)
-                 for s, e, tok, m in zip(stages, encoded, tokenizers, models)]
+                 for s, e, tok, m in tqdm(list(zip(stages, encoded, tokenizers, models)), desc="cognition stages",
+                                          unit="stage", leave=False)]
     answers = np.array([task.items[i].answer for i in test])
     cat = lambda key: np.concatenate([p[key] for p in per_stage])
     best = cat("pca_val").argmax(-1)

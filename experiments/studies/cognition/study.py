@@ -1,4 +1,11 @@
-"""Cognition vs expression across pretraining, SFT and RL (Yan et al., ICML 2024), at small scale.
+"""Cognition vs expression across pretraining, SFT and RL (Yan et al., ICML 2024), in two settings.
+
+On a checkpoint series of real systems (`--set run=RUN --set tasks=ITEMS.jsonl`, or
+`--set stages=pretrain:RUN_A,sft:RUN_B,...`): every checkpoint of every stage of a run of any
+family, on multiple-choice benchmark items in the paper's format (ARC, OpenBookQA, CommonsenseQA,
+RACE, or plain rows; `dynamics.mc_tasks`). See `experiments.studies.cognition.series`; the
+`yan2024` preset is the OLMo-2 1B stage series on ARC-Challenge. Without `run`, the study
+trains and measures its own small world (the `tiny` and `full` presets):
 
 A small GPT is pretrained on the plain-sentence facts of a synthetic knowledge world
 (`dynamics.knowledge`), then fine-tuned on train-split multiple-choice items (SFT), then
@@ -170,6 +177,18 @@ PRESETS = {
         grpo=posttrain.GRPOConfig(group_size=16, prompts_per_step=32, max_new_tokens=1, temperature=1.0,
                                   clip_eps=0.2, kl_beta=0.02),
         pretrain_chars=2_000_000),
+    # The OLMo-2 1B stage series (base -> SFT -> DPO -> RLVR) on ARC-Challenge, imported with
+    #   for s in pretrain: sft:-SFT dpo:-DPO rl:-RLVR1; do python -m experiments import \
+    #     --model allenai/OLMo-2-0425-1B${s#*:} --steps 0 --pattern main --stage ${s%%:*} --out runs/olmo2-1b; done
+    # and the items exported with the `datasets` package:
+    #   d = load_dataset("allenai/ai2_arc", "ARC-Challenge"); d["train"].to_json("data/arc-challenge-train.jsonl")
+    #   d["test"].to_json("data/arc-challenge-test.jsonl")
+    # [choice] temperature 0.8 for pass@k, inside the paper's 0.7-1.0; one checkpoint per stage, so the
+    # correlation over checkpoints has 4 points (import base revisions such as stage1-step...-tokens...B
+    # into the pretrain series for more).
+    "yan2024": Config(run="runs/olmo2-1b", tasks="data/arc-challenge-train.jsonl",
+                      test_tasks="data/arc-challenge-test.jsonl", fewshot=(0, 1, 3, 5), pass_ks=(1, 2, 4, 8, 16),
+                      n_samples=16, sample_temperature=0.8, probe_iters=15, max_new_tokens=2, batch_size=8),
 }
 
 
