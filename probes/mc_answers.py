@@ -14,8 +14,8 @@ for every position.
   each new token costs one forward over the row buffer ([choice] no KV cache: a short answer of 1-2
   tokens needs 1-2 forwards, and one compiled program serves every family through
   `models.apply`).
-- `letter_continuations` / `parse_letters`: the tokens of " A", " B", ... under a tokenizer, and
-  which option a decoded continuation names.
+- `letter_continuations` / `parse_answers`: the tokens of " A", " B", ... under a tokenizer, and
+  which option a decoded continuation names (by its letter or by its text).
 
 Axis letters: N rows, S positions, B rows of a batch, D width, V vocabulary, K options, T new tokens.
 """
@@ -114,16 +114,28 @@ def letter_continuations(tokenizer, n_letters: int, letters: str, anchor: str = 
     return np.asarray(tails[0][:common], np.int32), np.array([h[0] for h in heads], np.int32)
 
 
-def parse_letters(new_NT, n_choices_N, tokenizer, letters: str) -> np.ndarray:
-    """[N]: the option each continuation names, -1 for none. [choice] The text is decoded up to
-    the first id outside the tokenizer (a padded vocabulary); leading whitespace and an opening
-    "(" are skipped, and the next character must be one of the item's letters ("B", "B.", "(B)"
-    all name B)."""
+def named_option(text: str, choices, letters: str) -> int:
+    """The option a decoded continuation names, -1 for none. [choice] Leading whitespace and an
+    opening "(" are skipped; a letter of the item not followed by another letter names its option
+    ("B", "B.", "(B)"); otherwise the continuation names the one option whose text it begins
+    (or begins with): an answer written as the option's text counts, as an instruction-tuned
+    model often writes it, and a continuation that two options share names none."""
+    text = text.lstrip().lstrip("(")
+    if not text:
+        return -1
+    if text[0] in letters[:len(choices)] and not text[1:2].isalpha():
+        return letters.index(text[0])
+    text = text.rstrip()
+    matches = [k for k, c in enumerate(choices) if c.startswith(text) or text.startswith(c)]
+    return matches[0] if len(matches) == 1 else -1
+
+
+def parse_answers(new_NT, choices_N, tokenizer, letters: str) -> np.ndarray:
+    """[N]: `named_option` of each row's continuation, decoded up to the first id outside the
+    tokenizer (the padded part of a model's vocabulary)."""
     out = np.full(len(new_NT), -1, np.int64)
-    for n, (ids, k) in enumerate(zip(np.asarray(new_NT), np.asarray(n_choices_N))):
+    for n, (ids, choices) in enumerate(zip(np.asarray(new_NT), choices_N)):
         valid = ids < tokenizer.vocab_size
         cut = len(ids) if valid.all() else int(np.argmin(valid))
-        text = tokenizer.decode(ids[:cut]).lstrip().lstrip("(")
-        if text[:1] and text[0] in letters[:k]:
-            out[n] = letters.index(text[0])
+        out[n] = named_option(tokenizer.decode(ids[:cut]), choices, letters)
     return out

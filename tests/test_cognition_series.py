@@ -144,11 +144,13 @@ def test_letter_continuations_and_parsing(tmp_path):
     with pytest.raises(OntogenyError, match="one distinct token"):        # the fixture BPE has no capitals
         mc_answers.letter_continuations(load_tokenizer(HF / "neox_rot25_parallel" / "step0"), 4, mt.LETTERS)
     wide = CharTokenizer(CHARS + "()")
-    conts = [" B", "(C) x", "\n D.", " E", "xA", "", " A"]
-    new = np.array([list(wide.encode(c.ljust(5)[:5])) for c in conts])
-    new[-1, 0] = wide.vocab_size + 3                                      # an id of the padded vocabulary
-    got = mc_answers.parse_letters(new, np.array([4, 4, 4, 4, 4, 4, 4]), wide, mt.LETTERS)
-    np.testing.assert_array_equal(got, [1, 2, 3, -1, -1, -1, -1])
+    options = ("ant", "bee", "cow", "cat")
+    conts = [" B", "(C) x", "\n D.", " E", "xA", "", " A", " bee\n", " b", " c", " co", "Ant", " cattle"]
+    new = np.array([list(wide.encode(c.ljust(7)[:7])) for c in conts])
+    new[6, 0] = wide.vocab_size + 3                                       # an id of the padded vocabulary
+    got = mc_answers.parse_answers(new, [options] * len(conts), wide, mt.LETTERS)
+    # letters, none, by the option's text (unique), ambiguous text, a capital that is no letter answer
+    np.testing.assert_array_equal(got, [1, 2, 3, -1, -1, -1, -1, 1, 1, -1, 2, -1, 3])
 
 
 def test_fewshot_prompts_draw_train_shots_and_drop_the_earliest_to_fit():
@@ -275,8 +277,7 @@ def test_a_multi_stage_series_end_to_end_against_plain_loops(runs, tmp_path):
                 seq.append(int(np.argmax(forward(seq)[0][-1])))
             new = seq[len(ids):]
             new = new[:next((j for j, t in enumerate(new) if t >= tok.vocab_size), len(new))]
-            said = tok.decode(new).lstrip().lstrip("(")[:1]
-            greedy.append(said != "" and mt.LETTERS.find(said) == items[i].answer)
+            greedy.append(mc_answers.named_option(tok.decode(new), items[i].choices, mt.LETTERS) == items[i].answer)
         assert row["expressive_letter"] == pytest.approx(np.mean(letter))
         assert row["expressive"] == pytest.approx(np.mean(greedy))
         # the PCA probe at the layer the study chose, from models.apply's residual stream

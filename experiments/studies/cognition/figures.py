@@ -118,7 +118,7 @@ def draw_series(folder, m: dict, summary: dict, pass_ks, fewshot) -> None:
                                "cognitive (logistic probe)": m["logistic_q"].mean(-1),
                                "expressive (greedy letter)": expr,
                                "expressive (letter likelihood)": m["letter_q"].mean(-1),
-                               "answer rate (a letter written)": m["answered_q"].mean(-1)},
+                               "answer rate (an option named)": m["answered_q"].mean(-1)},
                       chance, folder.figure("capabilities"), n_questions=n,
                       banded=("cognitive (PCA probe, Yan et al.)", "expressive (greedy letter)"))
     plot_heatmap(labels, m["pca_test_CL"], folder.figure("probe_layers_pca"), "PCA probe test accuracy per layer")

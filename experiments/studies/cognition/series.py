@@ -6,8 +6,9 @@
 Every checkpoint of every stage (`experiments.studies.cognition.stages`), on the held-out items
 (`series_inputs`): the cognitive capability is the PCA probe of the paper at the layer chosen on
 train folds, with a logistic probe beside it (`probes.mc_probes`); the expressive capability is
-the answer letter greedily decoded after "Answer:" (`max_new_tokens` tokens), with the letter of
-highest likelihood as a second measure (`probes.mc_answers`). At the last checkpoint of each stage
+the option greedily decoded after "Answer:" (`max_new_tokens` tokens; named by its letter or by
+its text, `probes.mc_answers.named_option`), with the letter of highest likelihood as a second
+measure (`probes.mc_answers`). At the last checkpoint of each stage
 also k-shot prompts (the `fewshot` k) and pass@k from `n_samples` answers sampled at
 `sample_temperature` ([choice]: only there, since each sample costs a decode). Checkpoints are
 streamed from disk and vmapped in chunks (`map_stack`), one compiled program per stage.
@@ -61,8 +62,8 @@ def measure_stage(config, stage, task, enc, train, test, tokenizer, model) -> di
     _, disk = checkpoints.open_stack(stage.run, stage.steps, stage.series)
     out = checkpoints.map_stack(fn, disk, data, chunk_size=_chunk(config))
     n_choices = np.array([len(task.items[i].choices) for i in test])
-    letters = mt.LETTERS
-    out["answer"] = np.stack([mc_answers.parse_letters(g, n_choices, tokenizer, letters) for g in out["greedy"]])
+    choices = [task.items[i].choices for i in test]
+    out["answer"] = np.stack([mc_answers.parse_answers(g, choices, tokenizer, mt.LETTERS) for g in out["greedy"]])
     out["letter_choice"] = np.where(np.arange(out["letter_logp"].shape[-1])[None, None] < n_choices[None, :, None],
                                     out["letter_logp"], -np.inf).argmax(-1)
     out.update(at_stage_end(config, stage, task, train, test, tokenizer, model, data, enc["context"]))
@@ -73,7 +74,7 @@ def at_stage_end(config, stage, task, train, test, tokenizer, model, data, conte
     """k-shot answers (greedy) and `n_samples` sampled answers per test item at the stage's last
     checkpoint, decoded in one program: {"fewshot": {k: option [E]}, "shots_used": {k: mean},
     "n_correct": [E]}."""
-    n, E, n_choices = config.n_samples, len(test), np.array([len(task.items[i].choices) for i in test])
+    n, E, choices = config.n_samples, len(test), [task.items[i].choices for i in test]
     ids, used = [], {}
     for k in (k for k in config.fewshot if k > 0):
         prompts, shots = si.fewshot_prompts(task, tokenizer, train, test, k, config.seed,
@@ -86,7 +87,7 @@ def at_stage_end(config, stage, task, train, test, tokenizer, model, data, conte
     fn = mc_probes.make_decode_fn(model, batch_size=config.batch_size, n_new=config.max_new_tokens)
     _, end = checkpoints.open_stack(stage.run, stage.steps[-1:], stage.series)
     new = checkpoints.map_stack(fn, end, rows, lengths, temperature, jax.random.PRNGKey(config.seed), chunk_size=1)[0]
-    picked = mc_answers.parse_letters(new, np.r_[np.tile(n_choices, len(used)), np.repeat(n_choices, n)], tokenizer,
+    picked = mc_answers.parse_answers(new, choices * len(used) + [c for c in choices for _ in range(n)], tokenizer,
                                       mt.LETTERS)
     answers = np.array([task.items[i].answer for i in test])
     fewshot = {k: picked[j * E:(j + 1) * E] for j, k in enumerate(used)}
