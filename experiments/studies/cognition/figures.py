@@ -116,11 +116,11 @@ def draw_series(folder, m: dict, summary: dict, pass_ks, fewshot) -> None:
     cog, expr = m["cognitive_q"].mean(-1), m["greedy_q"].mean(-1)
     plot_capabilities(labels, {"cognitive (PCA probe, Yan et al.)": cog,
                                "cognitive (logistic probe)": m["logistic_q"].mean(-1),
-                               "expressive (greedy letter)": expr,
+                               "expressive (greedy answer)": expr,
                                "expressive (letter likelihood)": m["letter_q"].mean(-1),
                                "answer rate (an option named)": m["answered_q"].mean(-1)},
                       chance, folder.figure("capabilities"), n_questions=n,
-                      banded=("cognitive (PCA probe, Yan et al.)", "expressive (greedy letter)"))
+                      banded=("cognitive (PCA probe, Yan et al.)", "expressive (greedy answer)"))
     plot_heatmap(labels, m["pca_test_CL"], folder.figure("probe_layers_pca"), "PCA probe test accuracy per layer")
     plot_heatmap(labels, m["log_test_CL"], folder.figure("probe_layers_logistic"),
                  "logistic probe test accuracy per layer")
