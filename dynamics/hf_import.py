@@ -197,15 +197,21 @@ def nonfinite(params) -> list[str]:
     return [path for path, x in _flat(params) if not np.isfinite(x.astype(np.float32)).all()]
 
 
+DEFAULT_PATTERNS = ("step{step}", "checkpoint-{step}", "stage1-step{step}-tokens*", "train_{step}B")
+
+
 def find_steps(root: Path, pattern: str | None = None) -> list[tuple[int, Path]]:
-    """[(step, folder)] under `root`, sorted by step. `pattern` names folders with `{step}`
-    (e.g. "global_step{step}"); by default Pythia's `step{N}` and stanford-crfm's `checkpoint-{N}`."""
+    """[(step, folder)] under `root`, sorted by step. `pattern` names folders with `{step}` and
+    optionally `*` for any text (e.g. "global_step{step}", "stage2-ingredient1-step{step}-tokens*");
+    by default Pythia's `step{N}`, stanford-crfm's `checkpoint-{N}`, OLMo-2's pretraining branches
+    `stage1-step{N}-tokens{T}B` and Baichuan2's `train_{N}B` (N billions of tokens, zero-padded)."""
     root = Path(root)
     if not root.is_dir():
         raise OntogenyError(f"{root} is not a folder; --from takes a folder holding one checkpoint folder per step")
-    patterns = [pattern] if pattern else ["step{step}", "checkpoint-{step}"]
+    patterns = [pattern] if pattern else list(DEFAULT_PATTERNS)
     require(all("{step}" in p for p in patterns), f"--pattern {pattern!r} must contain {{step}}, e.g. step{{step}}")
-    regexes = [re.compile("^" + re.escape(p).replace(re.escape("{step}"), r"(\d+)") + "$") for p in patterns]
+    regexes = [re.compile("^" + re.escape(p).replace(re.escape("{step}"), r"(\d+)").replace(re.escape("*"), ".*") + "$")
+               for p in patterns]
     found = {}
     for child in root.iterdir():
         for rx in regexes:
@@ -217,4 +223,3 @@ def find_steps(root: Path, pattern: str | None = None) -> list[tuple[int, Path]]
                 found[step] = child
     require(found, f"{root} has no step folders named {' or '.join(patterns)}; use --pattern to name them")
     return sorted(found.items())
-
