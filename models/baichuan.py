@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -56,15 +55,7 @@ def unembedding_matrix(params, config: BaichuanConfig) -> jnp.ndarray:
     return w_VD / jnp.maximum(jnp.linalg.norm(w_VD, axis=-1, keepdims=True), 1e-12)
 
 
-def apply(params, tokens_BS, config: BaichuanConfig, *, capture: Iterable[str] = (), dropout_key=None):
-    """Logits [B, S, V] and the requested intermediates (names in `CAPTURES`)."""
-    family.no_dropout(dropout_key, NAME)
-    return layers.decode(params, params["wte"][tokens_BS], config, capture, run_blocks, final_norm,
-                         unembedding_matrix)
-
-
-def logits_from_resid(params, resid_BSD, layer: int, config: BaichuanConfig):
-    return layers.finish(params, resid_BSD, layer, config, run_blocks, final_norm, unembedding_matrix)
+apply, logits_from_resid = layers.token_embedding_forward(NAME, run_blocks, final_norm, unembedding_matrix)
 
 
 # ----------------------------------------------------------------------------- Hugging Face

@@ -40,8 +40,10 @@ Import members (families read from Hugging Face checkpoints, `ImportedFamily`):
                          leading layer axis L) from a `Weights` of the checkpoint's tensors; it
                          takes every tensor it uses, and whatever it leaves is refused
 
-Reading files, shards, dtypes and checksums stays in `dynamics.hf_import`, which is the same for
-every family. Axis letters as in `models/__init__.py`.
+Shared pieces for writing one: `models.layers` (norms, RoPE, attention, `scan_blocks`, `decode`,
+`finish`, and `token_embedding_forward`, which makes `apply` and `logits_from_resid` from a
+family's blocks, final norm and unembedding). Reading files, shards, dtypes and checksums stays
+in `dynamics.hf_import`, which is the same for every family. Axis letters as in `models/__init__.py`.
 """
 from __future__ import annotations
 

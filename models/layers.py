@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
+from models import family
 from models.errors import require
 
 # Hugging Face `hidden_act` / `activation_function` names -> functions.
@@ -136,6 +137,22 @@ def finish(params, resid_BSD, layer: int, config, run_blocks, final_norm, unembe
     rest = jax.tree.map(lambda a: a[layer + 1:], params["blocks"])
     x_BSD, _ = run_blocks(rest, resid_BSD, config, **extra)
     return final_norm(params, x_BSD, config) @ unembedding_matrix(params, config).T
+
+
+def token_embedding_forward(name: str, run_blocks, final_norm, unembedding_matrix):
+    """`apply` and `logits_from_resid` of a family without learned positions (the residual
+    stream starts as the token embedding `wte[tokens]`), from its blocks, final norm and
+    unembedding: the members `models.family` asks for."""
+    def apply(params, tokens_BS, config, *, capture=(), dropout_key=None):
+        """Logits [B, S, V] and the requested intermediates (names in `models.family.CAPTURES`)."""
+        family.no_dropout(dropout_key, name)
+        return decode(params, params["wte"][tokens_BS], config, capture, run_blocks, final_norm, unembedding_matrix)
+
+    def logits_from_resid(params, resid_BSD, layer: int, config):
+        """Logits [B, S, V] from the residual stream after block `layer`."""
+        return finish(params, resid_BSD, layer, config, run_blocks, final_norm, unembedding_matrix)
+
+    return apply, logits_from_resid
 
 
 def fused_weight_matrices(params) -> dict:

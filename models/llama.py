@@ -126,15 +126,7 @@ def unembedding_matrix(params, config=None) -> jnp.ndarray:
     return params["lm_head"].T if "lm_head" in params else params["wte"]
 
 
-def apply(params, tokens_BS, config: LlamaConfig, *, capture: Iterable[str] = (), dropout_key=None):
-    """Logits [B, S, V] and the requested intermediates (names in `CAPTURES`)."""
-    family.no_dropout(dropout_key, NAME)
-    return layers.decode(params, params["wte"][tokens_BS], config, capture, run_blocks, final_norm,
-                         unembedding_matrix)
-
-
-def logits_from_resid(params, resid_BSD, layer: int, config: LlamaConfig):
-    return layers.finish(params, resid_BSD, layer, config, run_blocks, final_norm, unembedding_matrix)
+apply, logits_from_resid = layers.token_embedding_forward(NAME, run_blocks, final_norm, unembedding_matrix)
 
 
 def weight_matrices(params, config: LlamaConfig) -> dict:

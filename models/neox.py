@@ -92,15 +92,7 @@ def unembedding_matrix(params, config=None) -> jnp.ndarray:
     return params["lm_head"].T
 
 
-def apply(params, tokens_BS, config: NeoXConfig, *, capture: Iterable[str] = (), dropout_key=None):
-    """Logits [B, S, V] and the requested intermediates (names in `CAPTURES`)."""
-    family.no_dropout(dropout_key, NAME)
-    x = params["wte"][tokens_BS]
-    return layers.decode(params, x, config, capture, run_blocks, final_norm, unembedding_matrix)
-
-
-def logits_from_resid(params, resid_BSD, layer: int, config: NeoXConfig):
-    return layers.finish(params, resid_BSD, layer, config, run_blocks, final_norm, unembedding_matrix)
+apply, logits_from_resid = layers.token_embedding_forward(NAME, run_blocks, final_norm, unembedding_matrix)
 
 
 def weight_matrices(params, config: NeoXConfig) -> dict:

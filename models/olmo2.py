@@ -65,15 +65,7 @@ def run_blocks(blocks, x_BSD, config: Olmo2Config, *, collect: Iterable[str] = (
 final_norm, unembedding_matrix, weight_matrices = llama.final_norm, llama.unembedding_matrix, llama.weight_matrices
 
 
-def apply(params, tokens_BS, config: Olmo2Config, *, capture: Iterable[str] = (), dropout_key=None):
-    """Logits [B, S, V] and the requested intermediates (names in `CAPTURES`)."""
-    family.no_dropout(dropout_key, NAME)
-    return layers.decode(params, params["wte"][tokens_BS], config, capture, run_blocks, final_norm,
-                         unembedding_matrix)
-
-
-def logits_from_resid(params, resid_BSD, layer: int, config: Olmo2Config):
-    return layers.finish(params, resid_BSD, layer, config, run_blocks, final_norm, unembedding_matrix)
+apply, logits_from_resid = layers.token_embedding_forward(NAME, run_blocks, final_norm, unembedding_matrix)
 
 
 # ----------------------------------------------------------------------------- Hugging Face

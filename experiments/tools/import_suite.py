@@ -41,8 +41,9 @@ def _parser():
                                                  "olmo2-7b-stage1 | olmo2-7b-stage2 | baichuan2-7b | 0,1000,... | "
                                                  "STEP=REVISION,... (default: every step folder with --from, "
                                                  "pythia-log with --model)")
-    p.add_argument("--pattern", default=None, help="step folder / hub revision name with {step} "
-                                                   "(default: step{step} or checkpoint-{step})")
+    p.add_argument("--pattern", default=None, help="step folder / hub revision name with {step} and optionally * "
+                                                   "(default folders: step{step}, checkpoint-{step}, "
+                                                   "stage1-step{step}-tokens*, train_{step}B; hub: step{step})")
     p.add_argument("--stage", default=None, help="stage tag of this series (pretrain, midtrain, sft, dpo, rl, ...; "
                                                  "default: the revision set's stage, else pretrain)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="storage dtype")
