@@ -227,7 +227,11 @@ def _suite_eval_fn(model_config):
 def word_accuracy(right_CBS: np.ndarray, starts_BS: np.ndarray) -> np.ndarray:
     """[C]: the fraction of words whose every token is predicted right. [choice] A word starts at a
     target token that begins with a non-alphanumeric character (BPE's leading space, a space
-    character); each window's first, possibly cut, word is dropped."""
+    character); each window's first, possibly cut, word is dropped. A tokenizer that drops spaces
+    (a `Whitespace` pre-tokenizer) marks no start at all: then every token is a word ([choice]),
+    and the measure is the token accuracy rather than undefined."""
+    if not starts_BS.any():
+        starts_BS = np.ones_like(starts_BS)
     B, S = starts_BS.shape
     word_BS = np.cumsum(starts_BS, axis=1) + (np.arange(B) * (S + 1))[:, None]
     keep = (np.cumsum(starts_BS, axis=1) > 0).reshape(-1)
