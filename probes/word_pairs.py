@@ -22,9 +22,9 @@ How a word becomes rows of the unembedding [choice, each documented where it is 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+from dynamics import jsonl
 from models.errors import OntogenyError, require
 
 BUILTIN = Path(__file__).parent / "data" / "word_pairs.jsonl"
@@ -39,18 +39,8 @@ def read_pairs(path: str | Path | None = None) -> list[tuple[str, list[tuple[str
     path = Path(path) if path else BUILTIN
     require(path.is_file(), f"pairs={str(path)!r} is not a file; give a JSONL file of "
                             f"{{\"concept\": name, \"pairs\": [[word0, word1], ...]}} rows, or leave pairs empty")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        raise OntogenyError(f"cannot read {path} as UTF-8 text; give a JSONL file of concepts") from None
     concepts, seen = [], set()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
+    for n, row in jsonl.rows(path, "concepts"):
         pairs = row.get("pairs") if isinstance(row, dict) else None
         ok = (isinstance(row, dict) and set(row) == {"concept", "pairs"} and isinstance(row["concept"], str)
               and row["concept"].strip() != "" and isinstance(pairs, list) and len(pairs) >= 1

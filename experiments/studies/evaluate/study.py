@@ -14,7 +14,6 @@ Without `text`, a run trained here is scored on its own corpus's validation text
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import data as data_lib
-from models.errors import OntogenyError, require
+from dynamics import jsonl
+from models.errors import require
 from dynamics.runlog import RunFolder
 from experiments.studies import run_inputs as suite
 
@@ -91,15 +91,8 @@ def text_windows(ids: np.ndarray, seq_len: int, n_windows: int):
 
 def read_tasks(path: Path) -> list[dict]:
     items = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        raise OntogenyError(f"cannot read tasks file {path}; give a JSONL file with --set tasks=PATH") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, item in jsonl.rows(path, "multiple-choice items (--set tasks=PATH)"):
         try:
-            item = json.loads(line)
             ok = (isinstance(item["context"], str) and len(item["choices"]) >= 2
                   and 0 <= int(item["answer"]) < len(item["choices"]))
         except (ValueError, KeyError, TypeError):

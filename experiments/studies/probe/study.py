@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics import run_tokenizer
+from dynamics import jsonl, run_tokenizer
 from dynamics import stats
 from dynamics.checkpoints import load_model_config, map_stack, open_stack, set_memory_budget
 from dynamics.runlog import RunFolder
@@ -86,13 +86,7 @@ def read_labels(path: str) -> tuple[list[str], list, list]:
     p = Path(path)
     require(p.is_file(), f"labels={path!r} is not a file; give a JSONL file of {{\"text\": ..., \"label\": ...}} rows")
     texts, labels = [], []
-    for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
+    for i, row in jsonl.rows(p, '{"text", "label"} rows'):
         ok = isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"] != "" and \
             isinstance(row.get("label"), (str, int)) and not isinstance(row.get("label"), bool)
         require(ok, f"{path} line {i} is not a row {{\"text\": non-empty string, \"label\": string or int}}; fix it")
