@@ -100,7 +100,8 @@ def dense(x, w):
 
     [choice] On XLA CPU the weight gradient of a batched `x_BTD @ w_DF` is a dot contracting
     two axes (B and T), which trained the tiny shape 1.5-2x slower than the same product on
-    [B*T, D] rows (measured for issue 19; tests/test_train.py checks the losses are unchanged).
+    [B*T, D] rows (docs/benchmarks/2026-11-29-xeon.md; tests/test_train.py checks the losses are
+    unchanged).
     """
     lead = x.shape[:-1]
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*lead, w.shape[-1])
@@ -178,7 +179,8 @@ def run_blocks(blocks, x_BTD, config: GPTConfig, *, key=None, collect: Iterable[
 
     Returns (x_BTD, per-layer outputs dict with leading layer axis for the names in collect).
     Unrolled by default: on CPU the unrolled program trained ~30% faster than a rolled loop
-    (measured on the tiny shape); `unroll=False` compiles one block body for deep models.
+    (the tiny shape: docs/benchmarks/2026-11-23-x86.md); `unroll=False` compiles one block body
+    for deep models.
     """
     collect = tuple(collect)
     n = jax.tree.leaves(blocks)[0].shape[0]

@@ -179,7 +179,7 @@ def test_random_directions_keep_norms_and_width():
 
 
 def test_untrained_model_fails_every_check():
-    """The issue's case: at m = 4, d = 16 an untrained learner's cross-concept |cos| (~0.18) is
+    """The case that motivated the baselines: at m = 4, d = 16 an untrained learner's cross-concept |cos| (~0.18) is
     under the fixed 0.2, yet judged against its baselines (its own step 0, random directions)
     every check fails, the embedding side (~0.8 at init) included."""
     config = lo.Config(n_random_draws=4)

@@ -13,7 +13,7 @@ positions 0..S-2 so that every position has a next character for the class indic
 coherence, autocorrelation, coherence time and period; channels are clustered (average
 linkage on 1 - |C| of the passage-mean C) and clusters labelled by class; repeatability
 compares the P passages. The dominant period is the peak of the spectrum averaged over
-channels and passages, searched over word-scale periods [min_period, max_period]
+channels and passages, searched over word-scale periods from min_period to max_period
 [reconstructed]: passages all start at position 0, so the positional embedding adds a
 slow drift shared by every passage that would otherwise always win.
 
