@@ -3,6 +3,8 @@ checking the run folder, naming an activation site, the text a study scores (rea
 own tokenizer, and named in every summary as `text_source`), and the leaf keys of a config."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,8 +30,6 @@ def run_reference(run: str, key: str = "run") -> dict:
 
 def leaf_keys(config, prefix: str = "") -> list[str]:
     """Every settable key of a (nested) config dataclass, nested keys dotted (`train.lr`)."""
-    import dataclasses
-
     out = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -46,8 +46,6 @@ def text_source(run: str | Path, text: str = "") -> str:
     """The name of the text a study scores on `run` (each on-run summary's `text_source`): the
     path of `text`, else a run trained here's own corpus (its data.path or corpus name), else
     the built-in Shakespeare."""
-    import json
-
     if text:
         return str(Path(text).resolve())
     if trained_here(run):
@@ -86,8 +84,6 @@ def own_corpus(run: str | Path):
     """The corpus a run trained here was trained on (its config.json's data section, re-read and
     re-tokenized exactly as training did). A run without one (an imported suite) is an error
     that names the fix, never a silent fallback to another text."""
-    import json
-
     from dynamics import data as data_lib
     from dynamics.runlog import from_dict
 
