@@ -16,9 +16,9 @@ from experiments.cli.config import all_keys, field_types, help_rows, override, u
 
 STUDIES = tuple(registry.studies())
 # other valid values of string keys (the generic candidates below cover numbers, flags and tuples)
-STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic"], "f_kind": ["table"], "optimizer": ["adam", "sgd"],
+STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic", "shakespeare"], "f_kind": ["table"], "optimizer": ["adam", "sgd"],
            "within_mode": ["to_mean"], "ablation": ["mean"], "variant": ["shortest_path"],
-           "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes"],
+           "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes", "char"],
            "token_dtype": ["uint32"], "site": ["resid_post.1", "resid_post.0"], "multi_token": ["first", "mean"],
            "leading_space": ["never", "always"], "feature": ["mean"], "stage": ["sft"]}
 REFERENCES = ("pretrain_run", "gpt_run", "path", "run")  # run folders (data.path: a folder of text files)
@@ -27,13 +27,15 @@ FILES = ("pairs", "labels", "text", "tasks")  # input files, two of each kind (`
 # changes the resolved run or is refused with one line. {run} / {other} are the two run folders,
 # {pairs} etc. the input files; the micro run has 8 checkpoints and a context of 32.
 MODES = {
-    "pretrain": {"tiny": ("tiny", [])},
+    "pretrain": {"tiny": ("tiny", []), "synthetic": ("tiny", ["data.corpus=synthetic"]),
+                 "your text": ("tiny", ["data.path={corpus}", "data.tokenizer=bytes"])},
     "linear-origins": {"tiny (sweep)": ("tiny", []), "no sweep": ("tiny", ["sweep=false"]),
                        "verdict table": ("verdicts", []), "gpt_run": ("tiny", ["gpt_run={run}"]),
                        "run": ("tiny", ["run={other}", "pairs={pairs}"])},
     "cognition": {"tiny": ("tiny", [])},
     "crosscoders": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}", "crosscoder.n_snapshots=4"]),
-                    "run": ("tiny", ["run={run}", "crosscoder.n_snapshots=4"])},
+                    "run": ("tiny", ["run={run}", "crosscoder.n_snapshots=4"]),
+                    "direct": ("tiny", ["direct=true"]), "batchtopk": ("tiny", ["crosscoder.arch=batchtopk"])},
     "neuromfa": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}"]),
                  "run": ("xiao2025", ["run={run}", "context=16"])},
     "waves": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}"]),
@@ -46,9 +48,10 @@ MODES = {
 }
 # settings a change needs to be valid at all: set on both sides (COMPANIONS), or with the change
 # only, where the change switches the mode that reads them (WITH_CHANGE)
-COMPANIONS = {("crosscoders", "tiny", "pretrain_run"): ["crosscoder.n_snapshots=4"],
-              ("crosscoders", "tiny", "pretrain_preset"): ["crosscoder.n_snapshots=4"],
-              ("crosscoders", "tiny", "run"): ["crosscoder.n_snapshots=4"]}
+# ("*": in every mode of the study)
+COMPANIONS = {("crosscoders", "*", "pretrain_run"): ["crosscoder.n_snapshots=4"],
+              ("crosscoders", "*", "pretrain_preset"): ["crosscoder.n_snapshots=4"],
+              ("crosscoders", "*", "run"): ["crosscoder.n_snapshots=4"]}
 WITH_CHANGE = {**{("linear-origins", mode, "run"): ["pairs={pairs}"] for mode in ("tiny (sweep)", "no sweep",
                                                                                   "verdict table")},
                ("neuromfa", "tiny", "run"): ["context=16"],
@@ -136,7 +139,11 @@ def inputs(micro_run, tmp_path_factory):
         tasks.write_text(json.dumps({"context": "the cat", "choices": [" sat", " ran"], "answer": k - 1}) + "\n")
         for name, path in (("pairs", pairs), ("labels", labels), ("text", text), ("tasks", tasks)):
             files.setdefault(name, []).append(path)
-    return {"run": run, "other": other, **files}
+    corpus = root / "corpus"  # two documents: one holds out for validation
+    corpus.mkdir()
+    for k in (1, 2):
+        (corpus / f"doc{k}.txt").write_text("the cat sat on the mat and the dog ran to the cat\n" * (30 * k))
+    return {"run": run, "other": other, "corpus": corpus, **files}
 
 
 def _get(config, key: str):
@@ -146,7 +153,8 @@ def _get(config, key: str):
 
 
 def _fill(assignments, inputs) -> list[str]:
-    names = {"run": inputs["run"], "other": inputs["other"], **{k: inputs[k][0] for k in FILES}}
+    names = {"run": inputs["run"], "other": inputs["other"], "corpus": inputs["corpus"],
+             **{k: inputs[k][0] for k in FILES}}
     return [a.format(**names) for a in assignments]
 
 
@@ -158,7 +166,8 @@ def audit(study: str, inputs, mode: str = "tiny") -> list[str]:
     mode_config = override(module.PRESETS[preset], _fill(switch, inputs))
     problems = []
     for key, (name, value, kind) in leaf_types(mode_config).items():
-        base = override(mode_config, _fill(COMPANIONS.get((study, mode, key), []), inputs))
+        companions = COMPANIONS.get((study, mode, key), COMPANIONS.get((study, "*", key), []))
+        base = override(mode_config, _fill(companions, inputs))
         before = resolved(module, base)
         verdict = f"{key}: no valid other value tried"
         for candidate in candidates(name, _get(base, key), kind, inputs):
