@@ -11,7 +11,8 @@ One item a line, in any of these layouts (every row of a file is read on its own
 - AI2's original files (ARC, OpenBookQA, CommonsenseQA): {"question": {"stem": str, "choices":
   [{"label", "text"}, ...]}, "answerKey"};
 - plain: {"question": str, "choices": [str, ...], "answer": "B" or a 0-based index}, with an
-  optional "context" passage (MMLU's export, {"question", "choices", "answer": 1}, reads as plain).
+  optional "context" passage (MMLU's export, {"question", "choices", "answer": 1}, reads as plain;
+  so does the `evaluate` study's {"context", "choices", "answer": 0}, its context as the question).
 
 Whatever the labels in the file, the options are shown as A, B, C, ... in their order
 ([choice]: one answer alphabet for every task). A malformed row stops the read with one line
@@ -34,11 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
+from dynamics import jsonl
 from models.errors import OntogenyError, require
 
 LETTERS = "ABCDEFGHIJ"
@@ -102,6 +103,8 @@ def parse_row(row, where: str) -> tuple[MCItem, str]:
         answer = _answer_index(row.get("answer"), len(texts), where)
     elif isinstance(row.get("choices"), list):                         # plain
         texts, fmt, context = row["choices"], "plain", row.get("context", "")
+        if question is None:  # a completion item ({"context", "choices", "answer"}): its context is the question
+            question, context = context, ""
         answer = _answer_index(row.get("answer"), len(texts), where)
     else:
         raise OntogenyError(f"{where}: not a multiple-choice row (ARC, OpenBookQA, CommonsenseQA, RACE or "
@@ -117,20 +120,10 @@ def parse_row(row, where: str) -> tuple[MCItem, str]:
 
 def read_tasks(path: str | Path) -> tuple[list[MCItem], str]:
     """(items, format names joined by "+") of a JSONL file; blank lines are skipped."""
-    p = Path(path)
-    require(p.is_file(), f"tasks file {path} does not exist; give a JSONL file of multiple-choice items")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        raise OntogenyError(f"cannot read {path} as UTF-8 text; give a JSONL file of multiple-choice items") from None
+    require(Path(path).is_file(), f"tasks file {path} does not exist; give a JSONL file of multiple-choice items")
     items, formats = [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise OntogenyError(f"{path} line {n} is not valid JSON; write one JSON object a line") from None
+    for n, row in jsonl.rows(path, "multiple-choice items"):
+        require(row is not None, f"{path} line {n} is not valid JSON; write one JSON object a line")
         item, fmt = parse_row(row, f"{path} line {n}")
         items.append(item)
         formats.append(fmt)

@@ -150,5 +150,5 @@ def test_micro_study_end_to_end(tmp_path):
     json.dumps(s, allow_nan=False)
     assert s["mode"] == "series" and [st["label"] for st in s["stages"]] == list(cog.STAGES)
     assert s["n_checkpoints"] == summary["n_checkpoints"] and s["n_test_items"] == summary["n_test_questions"]
-    assert "knowledge world" in s["scored_on"] and s["chance"] == summary["chance"]
+    assert "knowledge world" in s["text_source"] and s["chance"] == summary["chance"]
     assert len(cog.findings(s)) == 3 and out.figure("capabilities").exists()

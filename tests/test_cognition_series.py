@@ -1,7 +1,7 @@
 """Cognition on imported checkpoint series: each measure against an independent reference (numpy
 and scikit-learn for the probes, a plain loop of full `models.apply` forwards for the letters and
 the decoded answers), stage discovery, the config contract in series mode, and an end-to-end run
-on a multi-stage series built from two imported fixture suites (GPT-NeoX, LLaMA)."""
+on a multi-stage series built from two imported fixture suites (OLMo-2, GPT-NeoX)."""
 import json
 import math
 from pathlib import Path
@@ -26,20 +26,22 @@ from probes import mc_answers, mc_probes
 from probes.layer_probes import pad_tokens
 
 HF = Path(__file__).parent / "fixtures" / "hf"
-CHARS = " \n.?:ABCDEQabcdefghijklmnopqrstuvwxyz"   # within both fixtures' vocabularies (100 and 80)
+CHARS = " \n.?:ABCDEQabcdefghijklmnopqrstuvwxyz"   # within every fixture's vocabulary (76 to 100)
 WORDS = ["red", "sky", "sea", "cat", "dog", "hen", "sun", "ice", "oak"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """neox: pretrain (0, 100, 200) and sft (100, 200) series in one run; llama: one series;
-    both read text with a character tokenizer; tasks: 24 plain items of 2-4 choices."""
+    """neox: pretrain (0, 100, 200) and sft (100, 200) series in one run; llama, olmo2 and
+    baichuan2 (a normalised head): one series each; all read text with a character tokenizer;
+    tasks: 24 plain items of 2-4 choices."""
     root = tmp_path_factory.mktemp("series")
     assert import_main(["--from", str(HF / "neox_rot25_parallel"), "--out", str(root / "neox")]) == 0
     assert import_main(["--from", str(HF / "neox_rot25_parallel"), "--out", str(root / "neox"), "--stage", "sft",
                         "--steps", "100,200"]) == 0
-    assert import_main(["--from", str(HF / "llama_gqa"), "--out", str(root / "llama")]) == 0
-    for name in ("neox", "llama"):
+    for name, case in (("llama", "llama_gqa"), ("olmo2", "olmo2_gqa"), ("baichuan2", "baichuan2_7b")):
+        assert import_main(["--from", str(HF / case), "--out", str(root / name)]) == 0
+    for name in ("neox", "llama", "olmo2", "baichuan2"):
         (root / name / "tokenizer.json").write_text(json.dumps({"chars": CHARS}))
     rng = np.random.default_rng(0)
     with open(root / "tasks.jsonl", "w") as f:
@@ -47,7 +49,8 @@ def runs(tmp_path_factory):
             k = 2 + i % 3
             f.write(json.dumps({"question": f"is {WORDS[i % 9]}?", "choices": list(rng.choice(WORDS, k, replace=False)),
                                 "answer": int(rng.integers(k))}) + "\n")
-    return {"neox": root / "neox", "llama": root / "llama", "tasks": root / "tasks.jsonl", "root": root}
+    return {**{name: root / name for name in ("neox", "llama", "olmo2", "baichuan2")}, "tasks": root / "tasks.jsonl",
+            "root": root}
 
 
 def params_of(run, step, series="pretrain"):
@@ -94,7 +97,7 @@ def _prompts(tok, texts):
     return ids, rows, lengths
 
 
-@pytest.mark.parametrize("name,step", [("neox", 200), ("llama", 20)])
+@pytest.mark.parametrize("name,step", [("llama", 20), ("baichuan2", 440)])
 def test_letters_and_greedy_answers_match_full_forwards(runs, name, step):
     params, config = params_of(runs[name], step)
     tok = CharTokenizer(CHARS)
@@ -234,7 +237,7 @@ def test_cli_refuses_with_exit_2_naming_the_key(runs, tmp_path):
 
 # ------------------------------------------------------------------------ end to end
 def test_a_multi_stage_series_end_to_end_against_plain_loops(runs, tmp_path):
-    config = override(cog.PRESETS["tiny"], [f"stages=base:{runs['llama']},sft:{runs['neox']}",
+    config = override(cog.PRESETS["tiny"], [f"stages=base:{runs['olmo2']},sft:{runs['neox']}",
                                             f"tasks={runs['tasks']}", "fewshot=0,1", "pass_ks=1,2", "n_samples=2",
                                             "probe_iters=8", "max_new_tokens=2", "batch_size=8",
                                             "sample_temperature=0.00001"])
@@ -242,7 +245,7 @@ def test_a_multi_stage_series_end_to_end_against_plain_loops(runs, tmp_path):
     summary = cog.run(config, folder)
     json.dumps(summary, allow_nan=False)                                     # finite or null throughout
     assert summary["mode"] == "series" and summary["n_checkpoints"] == 3 + 2
-    assert "tasks.jsonl" in summary["scored_on"] and summary["tasks"]["format"] == "plain"
+    assert "tasks.jsonl" in summary["text_source"] and summary["tasks"]["format"] == "plain"
     assert summary["n_test_items"] + summary["n_train_items"] + summary["n_items_dropped"] == 24
     assert summary["probes_converged"] == summary["probes_total"] == 5 * 3
     for s in ("base", "sft"):
@@ -255,7 +258,7 @@ def test_a_multi_stage_series_end_to_end_against_plain_loops(runs, tmp_path):
         assert summary["fewshot_shots_used"][s][1] == 0 and summary[f"fewshot_{s}"][1] == summary[f"expressive_{s}"]
     assert "expressive_sft_minus_base_ci" in summary and len(cog.findings(summary)) == 3
     rows = folder.read_metrics()
-    assert [(r["stage"], r["step"]) for r in rows] == [("base", 0), ("base", 10), ("base", 20), ("sft", 100),
+    assert [(r["stage"], r["step"]) for r in rows] == [("base", 0), ("base", 1000), ("base", 2000), ("sft", 100),
                                                        ("sft", 200)]
     for name in ("capabilities", "probe_layers_pca", "probe_layers_logistic", "passk_fewshot",
                  "cognitive_vs_expressive"):
@@ -264,7 +267,7 @@ def test_a_multi_stage_series_end_to_end_against_plain_loops(runs, tmp_path):
     items, _ = mt.read_tasks(runs["tasks"])
     train, test = mt.split(len(items), config.test_fraction, config.seed)
     tok = CharTokenizer(CHARS)
-    for stage, run, step, row in (("base", runs["llama"], 20, rows[2]), ("sft", runs["neox"], 200, rows[4])):
+    for stage, run, step, row in (("base", runs["olmo2"], 2000, rows[2]), ("sft", runs["neox"], 200, rows[4])):
         params, model = params_of(run, step, "sft" if stage == "sft" else "pretrain")
         forward = full_forward(params, model)
         letter, greedy = [], []

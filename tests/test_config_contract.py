@@ -20,9 +20,10 @@ STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic", "shakespeare"]
            "within_mode": ["to_mean"], "ablation": ["mean"], "variant": ["shortest_path"],
            "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes", "char"],
            "token_dtype": ["uint32"], "site": ["resid_post.1", "resid_post.0"], "multi_token": ["first", "mean"],
-           "leading_space": ["never", "always"], "feature": ["mean"], "stage": ["sft"]}
+           "leading_space": ["never", "always"], "feature": ["mean"], "stage": ["sft"], "stages": ["sft"]}
 REFERENCES = ("pretrain_run", "gpt_run", "path", "run")  # run folders (data.path: a folder of text files)
 FILES = ("pairs", "labels", "text", "tasks")  # input files, two of each kind (`inputs`)
+FILE_KEYS = {"test_tasks": "tasks"}  # other keys that take a file of one of those kinds
 # Every mode of every study: (preset, overrides that switch it on). In each mode every key either
 # changes the resolved run or is refused with one line. {run} / {other} are the two run folders,
 # {pairs} etc. the input files; the micro run has 8 checkpoints and a context of 32.
@@ -32,7 +33,9 @@ MODES = {
     "linear-origins": {"tiny (sweep)": ("tiny", []), "no sweep": ("tiny", ["sweep=false"]),
                        "verdict table": ("verdicts", []), "gpt_run": ("tiny", ["gpt_run={run}"]),
                        "run": ("tiny", ["run={other}", "pairs={pairs}"])},
-    "cognition": {"tiny": ("tiny", [])},
+    "cognition": {"tiny": ("tiny", []), "run": ("tiny", ["run={other}"]),  # run=...: the world's items
+                  "run with tasks": ("tiny", ["run={other}", "tasks={tasks}"]),
+                  "stages": ("tiny", ["stages=base:{run},sft:{other}", "tasks={tasks}"])},
     "crosscoders": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}", "crosscoder.n_snapshots=4"]),
                     "run": ("tiny", ["run={run}", "crosscoder.n_snapshots=4"]),
                     "direct": ("tiny", ["direct=true"]), "batchtopk": ("tiny", ["crosscoder.arch=batchtopk"])},
@@ -74,8 +77,8 @@ def candidates(name: str, value, kind, inputs) -> list:
 
     if name in REFERENCES:
         return [r for r in (str(inputs["run"]), str(inputs["other"]), "") if r != value]
-    if name in FILES:
-        return [str(f) for f in inputs[name] if str(f) != value]
+    if name in FILES or name in FILE_KEYS:
+        return [str(f) for f in inputs[FILE_KEYS.get(name, name)] if str(f) != value]
     if kind is bool:
         return [not value]
     if kind is int:

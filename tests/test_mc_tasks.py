@@ -48,8 +48,10 @@ def test_each_layout_reads_to_the_same_item(tmp_path, fmt):
 
 def test_mixed_file_blank_lines_and_integer_answers(tmp_path):
     mmlu = {"question": "Pick", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 3}
-    items, found = mt.read_tasks(write(tmp_path, [ROWS["arc"], "", "   ", mmlu, ROWS["race"]]))
-    assert [i.answer for i in items] == [1, 3, 1] and found == "arc+plain+race"
+    completion = {"context": "the cat", "choices": [" sat", " ran"], "answer": 1}       # the evaluate study's rows
+    items, found = mt.read_tasks(write(tmp_path, [ROWS["arc"], "", "   ", mmlu, ROWS["race"], completion]))
+    assert [i.answer for i in items] == [1, 3, 1, 1] and found == "arc+plain+race"
+    assert (items[-1].question, items[-1].choices, items[-1].context) == ("the cat", ("sat", "ran"), "")
 
 
 @pytest.mark.parametrize("row,fragment", [

@@ -62,7 +62,7 @@ def series(summary: dict) -> list[str]:
                   "cognition precedes expression" if above else "the model says less than the probe reads, though the "
                   "probe itself is not shown above chance", "no gap between cognition and expression is shown")
     lines = [
-        f"On {s['scored_on']}: at the end of {first} the PCA probe reads {dstats.ci_text(s, f'cognitive_{first}')} "
+        f"On {s['text_source']}: at the end of {first} the PCA probe reads {dstats.ci_text(s, f'cognitive_{first}')} "
         f"of {n} held-out items while the model answers {dstats.ci_text(s, f'expressive_{first}')} greedily (an option named "
         f"in {s[f'answer_rate_{first}']:.2f} of them; letter likelihood "
         f"{dstats.ci_text(s, f'expressive_letter_{first}')}; chance {s['chance']:.2f})"

@@ -1,7 +1,7 @@
 """The items of a series run and their token arrays under each stage's tokenizer.
 
 `load_task` reads the items (a tasks file with a given or seeded test split, or the knowledge
-world's items with its own split) and names them (`scored_on`, `record`). `encode_stage` writes
+world's items with its own split) and names them (`text_source`, `record`). `encode_stage` writes
 every text a stage's checkpoints read; `keep_common` keeps the items every stage can read
 ([choice]: an item whose option text or test prompt is longer than a stage's context, or holds a
 character a character-level tokenizer cannot write, is dropped from every stage, so all stages
@@ -29,7 +29,7 @@ class Task:
     train: np.ndarray      # indices into items
     test: np.ndarray
     record: dict           # what the items are (files, checksums, formats, split)
-    scored_on: str         # the same in one line
+    text_source: str       # the same in one line (every summary's `text_source`)
 
 
 def load_task(config) -> Task:
@@ -43,21 +43,19 @@ def load_task(config) -> Task:
     items, fmt = mt.read_tasks(config.tasks)
     items = [items[i] for i in mt.sample(len(items), config.max_items, config.seed, 1)]
     record = {"tasks": str(Path(config.tasks).resolve()), "sha256": mt.file_sha256(config.tasks), "format": fmt}
-    name = f"{Path(config.tasks).name} ({fmt}, sha256 {record['sha256'][:12]})"
+    name = f"{Path(config.tasks).resolve()} ({fmt}, sha256 {record['sha256'][:12]})"
     if config.test_tasks:
         test_items, test_fmt = mt.read_tasks(config.test_tasks)
         test_items = [test_items[i] for i in mt.sample(len(test_items), config.max_items, config.seed, 2)]
         record.update(test_tasks=str(Path(config.test_tasks).resolve()), test_sha256=mt.file_sha256(config.test_tasks),
                       test_format=test_fmt)
         train, test = np.arange(len(items)), np.arange(len(items), len(items) + len(test_items))
-        name += f" for training, {Path(config.test_tasks).name} ({test_fmt}) held out"
+        name += f" for training, {Path(config.test_tasks).resolve()} ({test_fmt}) held out"
         items = items + test_items
     else:
         train, test = mt.split(len(items), config.test_fraction, config.seed)
         name += f", a seeded split (seed {config.seed}) holding out {len(test)} items"
     record.update(n_train=int(len(train)), n_test=int(len(test)))
-    require(len(train) >= 2 and len(test) >= 1, f"{len(train)} train and {len(test)} test items; the probes need at "
-                                                f"least 2 train items (two folds) and 1 test item: give more items")
     return Task(items, np.asarray(train), np.asarray(test), record, name)
 
 
@@ -92,8 +90,8 @@ def keep_common(task: Task, encoded: list[dict]) -> tuple[np.ndarray, np.ndarray
     train, test = task.train[fits[task.train]], task.test[fits[task.test]]
     dropped = len(task.train) + len(task.test) - len(train) - len(test)
     require(len(train) >= 2 and len(test) >= 1,
-            f"only {len(train)} train and {len(test)} test items fit every stage's context and tokenizer ({dropped} "
-            f"dropped); give shorter items or a model with a longer context")
+            f"{len(train)} train and {len(test)} test items fit every stage's context and tokenizer ({dropped} "
+            f"dropped); the probes need 2 train items (two folds) and 1 test item: give more or shorter items")
     return train, test, dropped
 
 

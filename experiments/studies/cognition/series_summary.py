@@ -57,7 +57,7 @@ def summarize(config, stages, task, m: dict) -> dict:
     """Every headline number of a series run (see the module docstring for the intervals)."""
     cog_C, expr_C, letter_C = (m[k].mean(-1) for k in ("cognitive_q", "greedy_q", "letter_q"))
     summary = {
-        "mode": "series", "scored_on": task.scored_on, "tasks": task.record,
+        "mode": "series", "text_source": task.text_source, "tasks": task.record,
         "stages": [{"label": s.label, "run": s.run, "series": s.series, "n_checkpoints": len(s.steps),
                     "first_step": s.steps[0], "last_step": s.steps[-1]} for s in stages],
         "n_checkpoints": len(m["labels"]), "n_train_items": int(m["n_train"]), "n_test_items": int(m["n_test"]),

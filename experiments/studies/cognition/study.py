@@ -177,15 +177,14 @@ PRESETS = {
         grpo=posttrain.GRPOConfig(group_size=16, prompts_per_step=32, max_new_tokens=1, temperature=1.0,
                                   clip_eps=0.2, kl_beta=0.02),
         pretrain_chars=2_000_000),
-    # The OLMo-2 1B stage series (base -> SFT -> DPO -> RLVR) on ARC-Challenge, imported with
-    #   for s in pretrain: sft:-SFT dpo:-DPO rl:-RLVR1; do python -m experiments import \
-    #     --model allenai/OLMo-2-0425-1B${s#*:} --steps 0 --pattern main --stage ${s%%:*} --out runs/olmo2-1b; done
+    # The OLMo-2 1B stage series on ARC-Challenge: pretraining branches, then SFT, DPO and RLVR, imported with
+    #   python -m experiments import --model allenai/OLMo-2-0425-1B --steps olmo2-1b-stage1 --out runs/olmo2-1b
+    #   python -m experiments import --model allenai/OLMo-2-0425-1B-SFT --steps 0=main --stage sft --out runs/olmo2-1b
+    #   (the same for -DPO with --stage dpo and -RLVR1 with --stage rl)
     # and the items exported with the `datasets` package:
     #   d = load_dataset("allenai/ai2_arc", "ARC-Challenge"); d["train"].to_json("data/arc-challenge-train.jsonl")
     #   d["test"].to_json("data/arc-challenge-test.jsonl")
-    # [choice] temperature 0.8 for pass@k, inside the paper's 0.7-1.0; one checkpoint per stage, so the
-    # correlation over checkpoints has 4 points (import base revisions such as stage1-step...-tokens...B
-    # into the pretrain series for more).
+    # [choice] temperature 0.8 for pass@k, inside the paper's 0.7-1.0.
     "yan2024": Config(run="runs/olmo2-1b", tasks="data/arc-challenge-train.jsonl",
                       test_tasks="data/arc-challenge-test.jsonl", fewshot=(0, 1, 3, 5), pass_ks=(1, 2, 4, 8, 16),
                       n_samples=16, sample_temperature=0.8, probe_iters=15, max_new_tokens=2, batch_size=8),
@@ -291,8 +290,8 @@ def log_checkpoints(folder: RunFolder, labels, m: dict, pass_ks) -> None:
 def summarize(config: Config, world: kw.World, m: dict) -> dict:
     """The headline numbers: per stage end, the correlations, few-shot gains, pass@k, intervals."""
     vprobe, probes, top = m["vprobe"], m["probes"], max(config.pass_ks)
-    summary = {"scored_on": f"the knowledge world's {len(world.test)} held-out questions (world seed "
-                            f"{world.config.seed}, items seed {config.seed})",
+    summary = {"text_source": f"the knowledge world's {len(world.test)} held-out questions (world seed "
+                               f"{world.config.seed}, items seed {config.seed})",
                "chance": world.chance, "n_train_questions": len(world.train), "n_test_questions": len(world.test),
                "n_checkpoints": len(m["cognitive"]),
                # every (checkpoint, layer) probe's Newton fits, value and option-logistic alike
