@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dynamics import distributed
+from dynamics import faults
 from models.errors import OntogenyError
 from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
@@ -62,17 +63,45 @@ class Series:
         return sorted(int(s) for s in self._manager.all_steps())
 
     def save(self, step: int, params, state=None, meta: dict | None = None) -> None:
+        """Write checkpoint `step` (process 0). Orbax writes it to a temporary folder renamed into
+        place when complete; when that fails (a full disk), the partial folder is removed, the
+        checkpoints before it stay intact, and `faults.WriteFailed` names the step folder."""
         if not distributed.is_primary():
             return
         if step in self.steps():
             raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
                                 f"resume from it or use a new run folder")
         meta = {"step": int(step), "stage": self.stage, **(meta or {})}
+        if "checksum" not in meta and _plain(params):  # what `load_stack(..., verify=True)` checks
+            from dynamics.hf_import import checksum
+
+            meta["checksum"] = checksum(params)
         args = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if state is not None:
             args["state"] = ocp.args.StandardSave(state)
-        self._manager.save(int(step), args=ocp.args.Composite(**args))
-        self._manager.wait_until_finished()
+        self._remove_partial(step)  # left by a process killed while saving this step
+        # orbax's threads report a full disk through logs and hooks: one line instead
+        with faults.background_save():
+            try:
+                with faults.guarded(self.directory / str(step)):
+                    self._manager.save(int(step), args=ocp.args.Composite(**args))
+                    self._manager.wait_until_finished()
+            except BaseException:
+                self._remove_partial(step, settle_s=2.0)
+                raise
+
+    def _remove_partial(self, step: int, settle_s: float = 0.0) -> None:
+        """Remove orbax's temporary folders of `step` (never a complete checkpoint); after a failed
+        save, again until tensorstore's last pending writes have landed (up to `settle_s`)."""
+        import time
+
+        deadline = time.monotonic() + settle_s
+        while True:
+            for partial in self.directory.glob(f"{int(step)}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
 
     def _restore(self, step: int, **args):
         if step not in self.steps():
@@ -105,6 +134,13 @@ class Series:
                 shutil.rmtree(self.directory / str(s))
 
 
+def _plain(tree) -> bool:
+    """A nested dict of arrays (the params of every model family), which `checksum` reads."""
+    if isinstance(tree, dict):
+        return all(_plain(v) for v in tree.values())
+    return isinstance(tree, (np.ndarray, np.generic, jax.Array))
+
+
 def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
     """The requested steps of a series (all when None), each checked to exist."""
     available = series.steps()
@@ -118,11 +154,35 @@ def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-    """(steps [C], params with a leading axis C on every leaf) for one stage's series."""
+def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain",
+               verify: bool = False):
+    """(steps [C], params with a leading axis C on every leaf) for one stage's series.
+
+    `verify=True` recomputes each checkpoint's sha256 (`dynamics.hf_import.checksum`: every
+    leaf's path, dtype, shape and bytes) and compares it with the one recorded when the step was
+    saved or imported; a checkpoint whose content changed on disk since is refused in one line."""
     series = Series(run_dir, stage, create=False)
     chosen = chosen_steps(series, steps)
-    return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
+    trees = [series.restore_params(s) for s in chosen]
+    if verify:
+        for s, tree in zip(chosen, trees):
+            verify_checksum(series, s, tree)
+    return np.asarray(chosen), stack_trees(trees)
+
+
+def verify_checksum(series: "Series", step: int, params) -> None:
+    """Refuse checkpoint `step` when its params' sha256 differs from the one its meta records."""
+    from dynamics.hf_import import checksum
+
+    recorded = series.meta(step).get("checksum")
+    where = series.directory / str(step)
+    if recorded is None:
+        raise OntogenyError(f"{where} records no checksum to verify (it was saved before checksums were kept); "
+                            f"load it without verify=True")
+    actual = checksum(params)
+    if actual != recorded:
+        raise OntogenyError(f"{where} changed on disk since it was saved (sha256 {actual[:12]}, recorded "
+                            f"{recorded[:12]}); import or train that step again, or delete it")
 
 
 def open_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
