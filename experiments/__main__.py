@@ -16,7 +16,8 @@ from models.errors import OntogenyError
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a value quoted from the command line
+    print(f"error: {one_line}", file=sys.stderr)
     return 2
 
 
