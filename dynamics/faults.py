@@ -38,6 +38,7 @@ _MESSAGES = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": err
              "Read-only file system": errno.EROFS, "File too large": errno.EFBIG}
 _OS_CODE = re.compile(r"os_error_code='?(\d+)")          # tensorstore's errors (orbax) carry the errno
 _LOCAL_FILE = re.compile(r'local file "([^"]+)"')
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 # (where else, what then): the end of the line, after the reason and ADVICE
 RUN_FIX = ("give an --out on another disk", "run the same command again: it resumes from the last complete checkpoint")
 CACHE_FIX = ("set ONTOGENY_CACHE to a folder on another disk", "run the same command again")
@@ -48,10 +49,16 @@ class WriteFailed(OntogenyError):
     """A save failed for lack of space (or on an over-quota or read-only file system)."""
 
     def __init__(self, path, code: int = errno.ENOSPC, fix: tuple[str, str] = RUN_FIX):
-        elsewhere, then = fix
-        super().__init__(f"could not write {path}: {REASONS[code]}; {ADVICE[code]} (or {elsewhere}) and {then}")
+        super().__init__()
         self.path, self.errno = str(path), code
+        self.restate(fix)
         note_failure()
+
+    def restate(self, fix: tuple[str, str]) -> None:
+        """End the line with `fix` (where else to write, what to run then)."""
+        elsewhere, then = fix
+        self.args = (f"could not write {self.path}: {REASONS[self.errno]}; {ADVICE[self.errno]} (or {elsewhere}) "
+                     f"and {then}",)
 
 
 def _chain(exc: BaseException | None):
@@ -63,13 +70,16 @@ def _chain(exc: BaseException | None):
         exc = exc.__cause__ or exc.__context__
 
 
-def disk_errno(exc: BaseException | None) -> int | None:
+def disk_errno(exc: BaseException | None, path=None) -> int | None:
     """The errno of the first disk error (ENOSPC, EDQUOT, EFBIG, EROFS) in `exc`'s chain, else None;
-    tensorstore's wrapped errors (orbax raises ValueError) are read from their message."""
+    tensorstore's wrapped errors (orbax raises ValueError) are read from their message, and a short
+    write with no errno (numpy's "N requested and M written") counts when `path`'s disk is full."""
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in REASONS:
             return e.errno
         text = str(e)
+        if path is not None and isinstance(e, OSError) and _SHORT_WRITE.search(text) and _full(path):
+            return errno.ENOSPC
         match = _OS_CODE.search(text)
         if match and int(match.group(1)) in REASONS:
             return int(match.group(1))
@@ -77,6 +87,18 @@ def disk_errno(exc: BaseException | None) -> int | None:
             if phrase in text:
                 return code
     return None
+
+
+def _full(path) -> bool:
+    """Whether the file system holding `path` (or its nearest existing parent) has no space left."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < (1 << 16)
 
 
 def earliest_failure(exc: BaseException | None) -> WriteFailed | None:
@@ -91,7 +113,7 @@ def as_write_failed(exc: BaseException, path=None, fix: tuple[str, str] = RUN_FI
     earlier = earliest_failure(exc)
     if earlier is not None:
         return earlier
-    code = disk_errno(exc)
+    code = disk_errno(exc, path)
     if code is None:
         return None
     if path is None:
@@ -102,12 +124,15 @@ def as_write_failed(exc: BaseException, path=None, fix: tuple[str, str] = RUN_FI
 
 
 @contextlib.contextmanager
-def guarded(path, fix: tuple[str, str] = RUN_FIX):
-    """Turn a disk error inside the block into `WriteFailed(path)`; other errors pass unchanged."""
+def guarded(path, fix: tuple[str, str] = RUN_FIX, restate: bool = False):
+    """Turn a disk error inside the block into `WriteFailed(path)`; other errors pass unchanged.
+    `restate`: a `WriteFailed` raised inside (a checkpoint's) ends with this block's `fix` instead."""
     try:
         yield
     except BaseException as e:
         failed = as_write_failed(e, path, fix)
+        if failed is not None and restate:
+            failed.restate(fix)
         if failed is None or failed is e:
             raise
         raise failed from None

@@ -164,7 +164,7 @@ def import_suite(args) -> dict:
 
     run = Path(args.out)
     with locks.folder_lock(run, what="the import folder", fix=faults.IMPORT_FIX), \
-            faults.guarded(run, faults.IMPORT_FIX):
+            faults.guarded(run, faults.IMPORT_FIX, restate=True):
         return _import(args, run)
 
 
