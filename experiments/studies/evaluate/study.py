@@ -110,7 +110,7 @@ def read_tasks(path: Path) -> list[dict]:
         ok = (isinstance(item, dict) and isinstance(item.get("context"), str) and isinstance(choices, list)
               and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)
               and jsonl.plain_int(item.get("answer")) and 0 <= item["answer"] < len(choices))
-        jsonl.require_row(ok, path, n, TASK_ROW)
+        require(ok, f"{path}:{n} is not an item like {TASK_ROW}")
         items.append(item)
     require(items, f"{path} holds no items")
     return items
