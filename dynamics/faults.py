@@ -15,6 +15,21 @@ event loops), asyncio's "exception was never retrieved", tensorboardX's writer t
 puts narrow filters on those channels: a disk error from a background thread is recorded (and
 raised as `WriteFailed` by `raise_pending` at the next write of the run) instead of printed as a
 thread traceback; everything else passes through unchanged.
+
+Faults tried (tests/test_faults_*.py, on a real tmpfs of a few MB where the platform allows it,
+else a fault-injecting writer) and what happens:
+
+- the disk fills mid-run (`pretrain --preset micro` on 1.5 MB, as a real process): one line
+  naming the checkpoint or file, exit 2, complete checkpoints intact (verified), no orbax
+  temporaries; after freeing space the same command finishes bit for bit as an uninterrupted run;
+- the disk fills at a SIGTERM's resume point: one line, the previous resume point kept and
+  resumed from, bit for bit;
+- metrics.jsonl, summary.json, a figure, config.json / the writer lock, the token cache, an
+  imported step: one line naming that path; the file keeps its last whole content (no partial
+  row, figure or JSON, no half-built cache entry, no stray lock); the import resumes after the
+  last imported step;
+- a full disk met by a background thread (tensorboardX, orbax): no thread traceback, the next
+  write raises it as the same one line.
 """
 from __future__ import annotations
 
