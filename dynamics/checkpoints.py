@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 
 from dynamics import distributed
 from dynamics import faults
+from dynamics import integrity
 from models.errors import OntogenyError
 from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
@@ -72,10 +73,7 @@ class Series:
             raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
                                 f"resume from it or use a new run folder")
         meta = {"step": int(step), "stage": self.stage, **(meta or {})}
-        if "checksum" not in meta and _plain(params):  # what `load_stack(..., verify=True)` checks
-            from dynamics.hf_import import checksum
-
-            meta["checksum"] = checksum(params)
+        meta = integrity.with_checksum(meta, params)  # what `load_stack(..., verify=True)` checks
         args = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if state is not None:
             args["state"] = ocp.args.StandardSave(state)
@@ -134,13 +132,6 @@ class Series:
                 shutil.rmtree(self.directory / str(s))
 
 
-def _plain(tree) -> bool:
-    """A nested dict of arrays (the params of every model family), which `checksum` reads."""
-    if isinstance(tree, dict):
-        return all(_plain(v) for v in tree.values())
-    return isinstance(tree, (np.ndarray, np.generic, jax.Array))
-
-
 def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
     """The requested steps of a series (all when None), each checked to exist."""
     available = series.steps()
@@ -166,23 +157,8 @@ def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, s
     trees = [series.restore_params(s) for s in chosen]
     if verify:
         for s, tree in zip(chosen, trees):
-            verify_checksum(series, s, tree)
+            integrity.verify(series, s, tree)
     return np.asarray(chosen), stack_trees(trees)
-
-
-def verify_checksum(series: "Series", step: int, params) -> None:
-    """Refuse checkpoint `step` when its params' sha256 differs from the one its meta records."""
-    from dynamics.hf_import import checksum
-
-    recorded = series.meta(step).get("checksum")
-    where = series.directory / str(step)
-    if recorded is None:
-        raise OntogenyError(f"{where} records no checksum to verify (it was saved before checksums were kept); "
-                            f"load it without verify=True")
-    actual = checksum(params)
-    if actual != recorded:
-        raise OntogenyError(f"{where} changed on disk since it was saved (sha256 {actual[:12]}, recorded "
-                            f"{recorded[:12]}); import or train that step again, or delete it")
 
 
 def open_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):

@@ -240,9 +240,7 @@ class FileLock:
         if entry["count"] > 0:
             return
         del _HELD[key]
-        record = self.holder()
-        if record is not None and record.get("token") == entry["token"]:  # never remove another's lock
-            self.path.unlink(missing_ok=True)
+        _remove_if_ours(self.path, entry["token"])
         if not _HELD:
             _restore_signals()
 
@@ -265,12 +263,17 @@ def folder_lock(folder, what: str = "the run folder", **kwargs) -> FileLock:
     return FileLock(Path(folder) / LOCK_NAME, f"{what} {folder}", **kwargs)
 
 
+def _remove_if_ours(path: Path, token: str) -> None:
+    """Remove the lock at `path` if this very process took it (never another's, nor a forked child's)."""
+    record = _parse(_read(path))
+    if record is not None and record.get("token") == token and record.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
+
+
 def release_all() -> None:
     """Release every lock this process holds (at exit, and at the end of a CLI command)."""
     for key, entry in list(_HELD.items()):
-        record = _parse(_read(Path(key)))
-        if record is not None and record.get("token") == entry["token"]:
-            Path(key).unlink(missing_ok=True)
+        _remove_if_ours(Path(key), entry["token"])
         _HELD.pop(key, None)
     _restore_signals()
 
