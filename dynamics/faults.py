@@ -182,7 +182,9 @@ class _DropDiskErrors(logging.Filter):
         return disk_errno(exc) is None and disk_errno(Exception(record.getMessage())) is None
 
 
-def _thread_hook(previous):
+def thread_hook(previous):
+    """A `threading.excepthook` that records a thread's disk error for `raise_pending` and passes
+    every other exception to `previous`."""
     def hook(args):
         failed = as_write_failed(args.exc_value) if args.exc_value is not None else None
         if failed is None:
@@ -221,7 +223,7 @@ def install() -> None:
     _INSTALLED["done"] = True
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(_DropDiskErrors())
-    threading.excepthook = _thread_hook(threading.excepthook)
+    threading.excepthook = thread_hook(threading.excepthook)
     sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
 
 

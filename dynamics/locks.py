@@ -61,7 +61,7 @@ def _parse(raw: bytes | None) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
+def proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks since boot) of a process, from Linux's /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -79,7 +79,7 @@ def _boot_id() -> str | None:
 
 def identity() -> dict:
     """This process as a lock record."""
-    stat = _proc_stat(os.getpid())
+    stat = proc_stat(os.getpid())
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:160] if sys.argv else "python",
@@ -106,7 +106,7 @@ def holder_alive(record: dict) -> bool | None:
         pass
     except (OverflowError, ValueError, OSError):
         return False
-    stat = _proc_stat(record["pid"])
+    stat = proc_stat(record["pid"])
     if stat is not None:
         state, ticks = stat
         if state in ("Z", "X"):  # killed, not yet reaped

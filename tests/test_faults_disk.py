@@ -71,6 +71,7 @@ def test_a_full_disk_mid_run_is_one_line_then_the_resume_is_bit_identical(micro_
         saved, _ = load_stack(run, verify=True)  # what was saved is complete and intact
         assert 1 <= len(saved) < 8
         no_partial_files(run)
+        assert not (run / "checkpoints" / "_resume").exists()  # no empty resume-point folder either
         small.grow(64 << 20)
         if small.mode == "tmpfs":
             done = run_cli(*argv, env_extra={"TQDM_DISABLE": "1"})
@@ -210,7 +211,7 @@ def test_an_import_on_a_full_disk_keeps_the_steps_before_and_resumes(disk, monke
 
 def test_a_disk_error_in_a_background_thread_is_one_line_not_a_thread_traceback(monkeypatch):
     printed = []
-    monkeypatch.setattr(threading, "excepthook", faults._thread_hook(lambda args: printed.append(args.exc_value)))
+    monkeypatch.setattr(threading, "excepthook", faults.thread_hook(lambda args: printed.append(args.exc_value)))
 
     def raises(error):
         def target():

@@ -82,7 +82,7 @@ def test_a_killed_writers_lock_is_taken_over(tmp_path, capsys):
 
 def test_a_reused_pid_or_a_reboot_makes_a_lock_stale(tmp_path):
     path = tmp_path / locks.LOCK_NAME
-    ticks = locks._proc_stat(os.getppid())[1]
+    ticks = locks.proc_stat(os.getppid())[1]
     parent = locks.identity() | {"pid": os.getppid(), "start_ticks": ticks}  # a live process
     for record in (parent | {"start_ticks": ticks + 1}, parent | {"boot_id": "another-boot"}):
         path.write_text(json.dumps(record))
