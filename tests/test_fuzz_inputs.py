@@ -1,11 +1,13 @@
 """Property-based tests (hypothesis) of everything a user types or writes: `--set` overrides of
-every study, the CLI's arguments, and every JSONL file a study reads. Any input either runs or is
-refused with `OntogenyError` (one line, exit 2); never another exception (a traceback), and never
-a run folder claimed for input that is refused later.
+every study, the CLI's arguments, and every JSONL file a study reads (probe labels, evaluate's
+multiple-choice items, linear-origins' word pairs). Any input either runs or is refused with
+`OntogenyError` (one line, exit 2); never another exception (a traceback), and never a run
+folder claimed for input that is refused later.
 
 To fuzz a new JSONL reader, add one line to `JSONL_READERS`: a name, the function reading a
-path, and (optionally) `check(result, run_dir)`, the work the study does with what the reader
-returned once the run folder is claimed, which must then never refuse.
+path, `after(path, run_dir)` (the study's resolve, then the work it does with the file once the
+run folder is claimed, which must not refuse what resolve accepted; or None) and a strategy of
+well-typed rows.
 """
 from __future__ import annotations
 
@@ -137,6 +139,27 @@ def _evaluate_after(path: Path, run_dir: Path) -> None:
     study.choice_batch(study.read_tasks(path), run_tokenizer.load_tokenizer(run_dir), seq_len)
 
 
+def _word_pairs(path: Path):
+    from probes import word_pairs
+
+    return word_pairs.read_pairs(path)
+
+
+def _word_pairs_after(path: Path, run_dir: Path) -> None:
+    """What `linear-origins --set run=RUN --set pairs=FILE` does: its resolve (the pairs read and
+    tokenized), then, once the folder is claimed, the arrays every checkpoint reads."""
+    import dataclasses
+
+    from experiments.studies.linear_origins import on_run, study
+
+    config = dataclasses.replace(study.Config(), run=str(run_dir), pairs=str(path))
+    try:
+        prep = on_run.prepare(config)
+    except OntogenyError:
+        return
+    on_run.pair_data(prep["pairs"], prep["n_vocab"], config)
+
+
 _json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
                                st.text(max_size=20)),
                      lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -146,6 +169,10 @@ _short = st.integers(0, 39).flatmap(lambda i: st.text(min_size=1, max_size=30) i
 _label_row = st.fixed_dictionaries({"text": _short, "label": st.one_of(st.integers(-1, 3), st.sampled_from("ab"))})
 _task_row = st.integers(2, 4).flatmap(lambda k: st.fixed_dictionaries({
     "context": _short, "choices": st.lists(_short, min_size=k, max_size=k), "answer": st.integers(0, k - 1)}))
+_letters = st.integers(0, 39).flatmap(lambda i: st.text(min_size=1, max_size=6) if i == 0
+                                     else st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=2))
+_pairs_row = st.fixed_dictionaries({"concept": st.text(min_size=1, max_size=8),
+                                    "pairs": st.lists(st.lists(_letters, min_size=2, max_size=2), min_size=1, max_size=6)})
 
 # name -> (reader(path), after(path, run_dir) or None, a strategy of well-typed rows): one line per
 # JSONL input a user writes. `after` is the study's resolve and then the work it does with the
@@ -153,6 +180,7 @@ _task_row = st.integers(2, 4).flatmap(lambda k: st.fixed_dictionaries({
 JSONL_READERS = {
     "probe labels": (_probe_labels, _probe_after, _label_row),
     "evaluate tasks": (_evaluate_tasks, _evaluate_after, _task_row),
+    "word pairs": (_word_pairs, _word_pairs_after, _pairs_row),
 }
 
 _garbage = st.sampled_from(["[" * 5000 + "]" * 5000, "1" * 5000, '{"text": "a", "label": ' + "9" * 5000 + "}",

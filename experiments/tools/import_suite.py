@@ -2,8 +2,14 @@
 
     python -m experiments import --from DIR --out RUN [--pattern 'step{step}'] [--dtype bfloat16]
     python -m experiments import --model EleutherAI/pythia-160m --steps ge2025 --out RUN
+    python -m experiments import --model allenai/OLMo-2-0425-1B --steps olmo2-1b-stage1 --out RUN
+    python -m experiments import --model allenai/OLMo-2-0425-1B-SFT --steps 0=main --stage sft --out RUN
 
-DIR holds one checkpoint folder per step (`step1000/`, `checkpoint-400/`, or any `--pattern`).
+DIR holds one checkpoint folder per step (`step1000/`, `checkpoint-400/`, OLMo-2's
+`stage1-step1000-tokens5B/`, Baichuan2's `train_00220B/`, or any `--pattern`), or, with a named
+revision set or `STEP=REVISION` items, one folder per revision name. `--stage` tags the series
+(pretrain, midtrain, sft, dpo, rl, ...; default: the revision set's stage, else pretrain): each
+stage is its own series in the run, and `dynamics.checkpoints.stages(RUN)` lists them in order.
 RUN gets what `load_stack`, `load_model_config` and `models.apply` read for a run trained here:
 `checkpoints/<stage>/<step>/` (orbax), `model.json` (family + hyperparameters), the suite's
 `tokenizer.json`, plus `hf_config.json` (the original config) and `import.json` (per step:
@@ -19,11 +25,14 @@ resumes. `load_stack(RUN, verify=True)` re-checks every step against its recorde
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
-DESCRIPTION = "import a Hugging Face checkpoint suite (GPT-NeoX/Pythia, LLaMA, GPT-2) as a run folder"
+DESCRIPTION = ("import a Hugging Face checkpoint suite (GPT-NeoX/Pythia, LLaMA/Llama-3, OLMo-2, Baichuan, GPT-2) "
+               "as a run folder")
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _parser():
@@ -34,11 +43,15 @@ def _parser():
     src.add_argument("--from", dest="source", help="folder with one Hugging Face checkpoint folder per step")
     src.add_argument("--model", help="hub repository, e.g. EleutherAI/pythia-160m (needs huggingface_hub)")
     p.add_argument("--out", required=True, help="run folder to write (resumes when it exists)")
-    p.add_argument("--steps", default=None, help="pythia-log | pythia-all | ge2025 | xiao2025 | 0,1000,... "
-                                                 "(default: every step folder with --from, pythia-log with --model)")
-    p.add_argument("--pattern", default=None, help="step folder / hub revision name with {step} "
-                                                   "(default: step{step} or checkpoint-{step})")
-    p.add_argument("--stage", default="pretrain", help="stage tag of this series (pretrain, sft, dpo, rl, ...)")
+    p.add_argument("--steps", default=None, help="pythia-log | pythia-all | ge2025 | xiao2025 | olmo2-1b-stage1 | "
+                                                 "olmo2-7b-stage1 | olmo2-7b-stage2 | baichuan2-7b | 0,1000,... | "
+                                                 "STEP=REVISION,... (default: every step folder with --from, "
+                                                 "pythia-log with --model)")
+    p.add_argument("--pattern", default=None, help="step folder / hub revision name with {step} and optionally * "
+                                                   "(default folders: step{step}, checkpoint-{step}, "
+                                                   "stage1-step{step}-tokens*, train_{step}B; hub: step{step})")
+    p.add_argument("--stage", default=None, help="stage tag of this series (pretrain, midtrain, sft, dpo, rl, ...; "
+                                                 "default: the revision set's stage, else pretrain)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="storage dtype")
     p.add_argument("--cache-dir", default=None, help="hub cache (default: huggingface_hub's)")
     p.add_argument("--offline", action="store_true", help="read revisions from the hub cache only")
@@ -48,12 +61,20 @@ def _parser():
 
 
 def sources(args):
-    """[(step, folder or a callable fetching it)] in step order."""
+    """([(step, folder or a callable fetching it)] in step order, the named set's stage or None)."""
     from dynamics import hf_hub, hf_import
     from models.errors import OntogenyError
 
     if args.source:
-        found = hf_import.find_steps(Path(args.source), args.pattern)
+        root = Path(args.source)
+        if args.steps and (args.steps.strip() in hf_hub.REVISION_SETS or "=" in args.steps):
+            pairs, stage = hf_hub.revisions(args.steps, args.pattern)
+            missing = [name for _, name in pairs if not (root / name).is_dir()]
+            if missing:
+                raise OntogenyError(f"{root} has no folders for revisions {missing[:3]} ({len(missing)} of "
+                                    f"{len(pairs)} missing); download them into folders named by revision")
+            return [(s, root / name) for s, name in pairs], stage
+        found = hf_import.find_steps(root, args.pattern)
         if args.steps:
             wanted = set(hf_hub.expand_steps(args.steps))
             missing = sorted(wanted - {s for s, _ in found})
@@ -61,12 +82,11 @@ def sources(args):
                 raise OntogenyError(f"{args.source} has no folders for steps {missing[:5]}; "
                                     f"available: {[s for s, _ in found][:8]}...")
             found = [(s, f) for s, f in found if s in wanted]
-        return found
+        return found, None
     cache = Path(args.cache_dir) if args.cache_dir else hf_hub.default_cache_dir()
-    pattern = args.pattern or "step{step}"
-    steps = hf_hub.expand_steps(args.steps or "pythia-log")
-    return [(s, lambda s=s: hf_hub.fetch_revision(args.model, pattern.format(step=s), cache, args.offline))
-            for s in steps]
+    pairs, stage = hf_hub.revisions(args.steps or "pythia-log", args.pattern, args.model)
+    return [(s, lambda name=name: hf_hub.fetch_revision(args.model, name, cache, args.offline))
+            for s, name in pairs], stage
 
 
 def _manifest(run: Path, args) -> dict:
@@ -161,14 +181,19 @@ def read_step(folder: Path, dtype: str):
 
 def import_suite(args) -> dict:
     from dynamics import faults, locks
+    from models.errors import require
 
     run = Path(args.out)
+    planned, preset_stage = sources(args)  # bad --steps / --pattern are refused before the run folder is made
+    args.stage = args.stage or preset_stage or "pretrain"
+    require(STAGE_NAME.fullmatch(args.stage) is not None,
+            f"--stage {args.stage!r} is not a plain name; use letters, digits, '.', '_' or '-' (e.g. sft)")
     with locks.folder_lock(run, what="the import folder", fix=faults.IMPORT_FIX), \
             faults.guarded(run, faults.IMPORT_FIX, restate=True):
-        return _import(args, run)
+        return _import(args, run, planned)
 
 
-def _import(args, run: Path) -> dict:
+def _import(args, run: Path, planned) -> dict:
     from dynamics.checkpoints import Series
     from dynamics.hf_import import checksum
     from dynamics.runlog import write_json
@@ -179,7 +204,7 @@ def _import(args, run: Path) -> dict:
     series = Series(run, args.stage)
     done = set(series.steps())
     t_all, n_new = time.perf_counter(), 0
-    for step, where in sources(args):
+    for step, where in planned:
         if step in done and str(step) in stage:
             continue
         t0 = time.perf_counter()

@@ -14,7 +14,6 @@ Without `text`, a run trained here is scored on its own corpus's validation text
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import data as data_lib
-from models.errors import OntogenyError, require
+from dynamics import jsonl
+from models.errors import require
 from dynamics.runlog import RunFolder
 from experiments.studies import run_inputs as suite
 
@@ -79,12 +79,7 @@ def resolve(config: Config) -> dict:
 
 
 def _read_text(config: Config, run_dir: Path) -> str:
-    if not config.text:
-        return suite.own_corpus(run_dir).val_text
-    try:
-        return Path(config.text).read_text()
-    except (OSError, UnicodeDecodeError):
-        raise OntogenyError(f"cannot read text file {config.text}; give a UTF-8 file with --set text=PATH") from None
+    return suite.read_text(config.text) if config.text else suite.own_corpus(run_dir).val_text
 
 
 def text_windows(ids: np.ndarray, seq_len: int, n_windows: int):
@@ -102,10 +97,8 @@ TASK_ROW = '{"context": string, "choices": [non-empty string, ...] (two or more)
 
 def read_tasks(path: Path) -> list[dict]:
     """Multiple-choice items of a JSONL file, every problem one line."""
-    from dynamics import jsonl
-
     items = []
-    for n, item in jsonl.read_rows(path, TASK_ROW, "tasks"):
+    for n, item in jsonl.rows(path, "multiple-choice items (--set tasks=PATH)"):
         choices = item.get("choices") if isinstance(item, dict) else None
         ok = (isinstance(item, dict) and isinstance(item.get("context"), str) and isinstance(choices, list)
               and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)
@@ -232,6 +225,7 @@ def run(config: Config, folder: RunFolder) -> dict:
     _figure(rows, folder.figure("evaluate"), chance)
     best = min(rows, key=lambda r: r["loss"])
     summary = {"run": str(run_dir), "stage": config.stage, "n_checkpoints": len(rows), "seq_len": seq_len,
+               "text_source": suite.text_source(run_dir, config.text),
                "tokens_per_checkpoint": n_tok, "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
                "accuracy_last": rows[-1]["accuracy"], "best_step": best["step"], "best_loss": best["loss"],
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -242,7 +236,8 @@ def run(config: Config, folder: RunFolder) -> dict:
 
 
 def findings(summary: dict) -> list[str]:
-    out = [f"{summary['n_checkpoints']} checkpoints on {summary['tokens_per_checkpoint']} tokens: loss "
+    text = f" of {summary['text_source']}" if "text_source" in summary else ""
+    out = [f"{summary['n_checkpoints']} checkpoints on {summary['tokens_per_checkpoint']} tokens{text}: loss "
            f"{summary['loss_first']:.3f} -> {summary['loss_last']:.3f} nats/token (best at step {summary['best_step']}), "
            f"final next-token accuracy {summary['accuracy_last']:.3f}."]
     if "mc_accuracy_last" in summary:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics import run_tokenizer
+from dynamics import jsonl, run_tokenizer
 from dynamics import stats
 from dynamics.checkpoints import load_model_config, map_stack, open_stack, set_memory_budget
 from dynamics.runlog import RunFolder
@@ -81,20 +81,15 @@ class Config:
 PRESETS = {"tiny": Config()}
 
 
-LABEL_ROW = '{"text": non-empty string, "label": string or int}'
-
-
 def read_labels(path: str) -> tuple[list[str], list, list]:
     """(texts, labels, sorted classes) of a JSONL labels file, every problem one line."""
-    from dynamics import jsonl
-
     p = Path(path)
     require(p.is_file(), f"labels={path!r} is not a file; give a JSONL file of {{\"text\": ..., \"label\": ...}} rows")
     texts, labels = [], []
-    for i, row in jsonl.read_rows(p, LABEL_ROW, "labels"):
+    for i, row in jsonl.rows(p, '{"text", "label"} rows'):
         ok = isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"] != "" and \
-            (isinstance(row.get("label"), str) or jsonl.plain_int(row.get("label")))
-        jsonl.require_row(ok, path, i, LABEL_ROW)
+            isinstance(row.get("label"), (str, int)) and not isinstance(row.get("label"), bool)
+        require(ok, f"{path} line {i} is not a row {{\"text\": non-empty string, \"label\": string or int}}; fix it")
         texts.append(row["text"])
         labels.append(row["label"])
     classes = sorted(set(labels), key=lambda v: (isinstance(v, str), v))
@@ -119,6 +114,8 @@ def resolve(config: Config) -> dict:
         task = {"labels": str(Path(config.labels).resolve()), "sha256": digest, "rows": len(texts),
                 "classes": [str(c) for c in classes]}
     else:
+        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
+                                                               f"file or a folder of .txt files")
         task = {"builtin": "word_end", "text": config.text or "the run's corpus"}
     folded = {"run", "pretrain_preset", "labels"} | set(config.unused())
     study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
@@ -128,7 +125,7 @@ def resolve(config: Config) -> dict:
 def _heldout_ids(config: Config, run_dir: Path, tokenizer) -> np.ndarray:
     """Token ids of the built-in task's text: `text`, else the held-out split of the run's own
     corpus (a run trained here), else Shakespeare's held-out works."""
-    if not config.text and (run_dir / "config.json").exists():
+    if not config.text and suite.trained_here(run_dir):
         return tokenizer.encode(suite.own_corpus(run_dir).val_text)
     return suite.text_corpus(str(run_dir), config.text).val_ids
 
@@ -203,6 +200,8 @@ def run(config: Config, folder: RunFolder) -> dict:
             folder.log({"step": int(step), "acc_test": acc_test[c, :, 0], "acc_val": acc_val[c, :, 0],
                         "control_test": acc_test[c, :, 1], "converged": int(res["converged"][c].sum())})
     summary = summarize(config, res, data, classes)
+    summary["text_source"] = str(Path(config.labels).resolve()) if config.labels else \
+        f"word-end task on {suite.text_source(run_dir, config.text)}"
     figures.plot_all(folder, res["steps"], acc_test, summary, res["right_test"].shape[-1], config.ci_level)
     summary.update({"wall_s": time.perf_counter() - t0, "max_resident_checkpoints": int(res["max_resident"])})
     return summary
@@ -241,7 +240,8 @@ def findings(summary: dict) -> list[str]:
     emerged = summary["emergence_step"]
     return [
         f"At step {last} a linear probe on {layer} (layer chosen on validation) reads the label with held-out "
-        f"accuracy {stats.ci_text(summary, 'acc_last', 3)} (Wilson, {n} test examples), against "
+        f"accuracy {stats.ci_text(summary, 'acc_last', 3)} (Wilson, {n} test examples"
+        + (f" from {summary['text_source']}" if "text_source" in summary else "") + "), against "
         f"{stats.ci_text(summary, 'control_last', 3)} for shuffled labels and a majority rate of "
         f"{summary['majority_rate']:.3f}.",
         f"Against the first checkpoint ({stats.ci_text(summary, 'acc_first', 3)}) the change is "
