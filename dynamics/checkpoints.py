@@ -80,7 +80,7 @@ class Series:
         args = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if state is not None:
             args["state"] = ocp.args.StandardSave(state)
-        self._remove_partial(step)  # left by a process killed while saving this step
+        faults.remove_partials(self.directory, step)  # left by a process killed while saving this step
         # orbax's threads report a full disk through logs and hooks: one line instead
         with faults.background_save():
             try:
@@ -88,21 +88,8 @@ class Series:
                     self._manager.save(int(step), args=ocp.args.Composite(**args))
                     self._manager.wait_until_finished()
             except BaseException:
-                self._remove_partial(step, settle_s=2.0)
+                faults.remove_partials(self.directory, step, settle_s=2.0)
                 raise
-
-    def _remove_partial(self, step: int, settle_s: float = 0.0) -> None:
-        """Remove orbax's temporary folders of `step` (never a complete checkpoint); after a failed
-        save, again until tensorstore's last pending writes have landed (up to `settle_s`)."""
-        import time
-
-        deadline = time.monotonic() + settle_s
-        while True:
-            for partial in self.directory.glob(f"{int(step)}.orbax-checkpoint-tmp*"):
-                shutil.rmtree(partial, ignore_errors=True)
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.1)
 
     def _restore(self, step: int, **args):
         if step not in self.steps():

@@ -168,6 +168,22 @@ def atomic_path(path, fix: tuple[str, str] = RUN_FIX):
             tmp.unlink()
 
 
+def remove_partials(directory: Path, step: int, settle_s: float = 0.0) -> None:
+    """Remove orbax's temporary folders of checkpoint `step` in `directory` (never a complete
+    checkpoint); after a failed save, again until tensorstore's last pending writes have landed
+    (for `settle_s` seconds)."""
+    import shutil
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        for partial in Path(directory).glob(f"{int(step)}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
+
+
 # ----------------------------------------------------------------------------- background threads
 _PENDING: list[WriteFailed] = []
 _INSTALLED = {"done": False}
