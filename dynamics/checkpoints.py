@@ -30,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dynamics import distributed
+from dynamics import faults
+from dynamics import integrity
 from models.errors import OntogenyError
 from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
@@ -64,18 +66,30 @@ class Series:
         return sorted(int(s) for s in self._manager.all_steps())
 
     def save(self, step: int, params, state=None, meta: dict | None = None) -> None:
+        """Write checkpoint `step` (process 0). Orbax writes it to a temporary folder renamed into
+        place when complete; when that fails (a full disk), the partial folder is removed, the
+        checkpoints before it stay intact, and `faults.WriteFailed` names the step folder."""
         if not distributed.is_primary():
             return
         if step in self.steps():
             raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
                                 f"resume from it or use a new run folder")
         meta = {"step": int(step), "stage": self.stage, **(meta or {})}
+        meta = integrity.with_checksum(meta, params)  # what `load_stack(..., verify=True)` checks
         _record_stage(self.run_dir, self.stage)
         args = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if state is not None:
             args["state"] = ocp.args.StandardSave(state)
-        self._manager.save(int(step), args=ocp.args.Composite(**args))
-        self._manager.wait_until_finished()
+        faults.remove_partials(self.directory, step)  # left by a process killed while saving this step
+        # orbax's threads report a full disk through logs and hooks: one line instead
+        with faults.background_save():
+            try:
+                with faults.guarded(self.directory / str(step)):
+                    self._manager.save(int(step), args=ocp.args.Composite(**args))
+                    self._manager.wait_until_finished()
+            except BaseException:
+                faults.remove_partials(self.directory, step, settle_s=2.0)
+                raise
 
     def _restore(self, step: int, **args):
         if step not in self.steps():
@@ -121,11 +135,20 @@ def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-    """(steps [C], params with a leading axis C on every leaf) for one stage's series."""
+def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain",
+               verify: bool = False):
+    """(steps [C], params with a leading axis C on every leaf) for one stage's series.
+
+    `verify=True` recomputes each checkpoint's sha256 (`dynamics.hf_import.checksum`: every
+    leaf's path, dtype, shape and bytes) and compares it with the one recorded when the step was
+    saved or imported; a checkpoint whose content changed on disk since is refused in one line."""
     series = Series(run_dir, stage, create=False)
     chosen = chosen_steps(series, steps)
-    return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
+    trees = [series.restore_params(s) for s in chosen]
+    if verify:
+        for s, tree in zip(chosen, trees):
+            integrity.verify(series, s, tree)
+    return np.asarray(chosen), stack_trees(trees)
 
 
 def open_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):

@@ -139,7 +139,24 @@ def cached_snapshot(cache_dir: Path, repo_id: str, revision: str) -> Path | None
     ref = repo / "refs" / revision
     commit = ref.read_text().strip() if ref.is_file() else revision
     snapshot = repo / "snapshots" / commit
-    return snapshot if (snapshot / "config.json").exists() else None
+    return snapshot if complete_snapshot(snapshot) else None
+
+
+def complete_snapshot(snapshot: Path) -> bool:
+    """Whether a snapshot holds config.json and every weight file (a download interrupted midway
+    leaves some out; such a snapshot counts as not cached, so it is downloaded again)."""
+    import json
+
+    if not (snapshot / "config.json").is_file():
+        return False
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (snapshot / index_name).is_file():
+            try:
+                shards = set(json.loads((snapshot / index_name).read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return False
+            return all((snapshot / shard).is_file() for shard in shards)
+    return (snapshot / "model.safetensors").is_file() or (snapshot / "pytorch_model.bin").is_file()
 
 
 # the checkpoint's remote code (*.py) is fetched to be read (Baichuan's versions differ in it), never run

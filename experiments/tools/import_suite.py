@@ -15,6 +15,12 @@ RUN gets what `load_stack`, `load_model_config` and `models.apply` read for a ru
 `tokenizer.json`, plus `hf_config.json` (the original config) and `import.json` (per step:
 source, sha256 checksum, seconds). Re-running the same command resumes: imported steps are
 skipped. Identical weights at two steps and NaN/inf weights are refused unless allowed.
+
+Faults: one import writes RUN at a time (RUN/writer.lock, `dynamics.locks`; a second exits 2
+naming the first). A step folder that disappears or changes while it is read (a download or a
+copy still going on) is refused in one line, as is an interrupted hub download; a full disk
+names the path. In every case the steps imported before stay intact and the same command
+resumes. `load_stack(RUN, verify=True)` re-checks every step against its recorded sha256.
 """
 from __future__ import annotations
 
@@ -84,11 +90,17 @@ def sources(args):
 
 
 def _manifest(run: Path, args) -> dict:
+    from models.errors import OntogenyError
+
     path = run / "import.json"
     if path.exists():
-        manifest = json.loads(path.read_text())
+        try:
+            manifest = json.loads(path.read_text())
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+                raise ValueError(path)
+        except (OSError, ValueError, RecursionError):
+            raise OntogenyError(f"{path} is unreadable or not an import manifest; import into a new --out") from None
         if manifest.get("dtype") != args.dtype:
-            from models.errors import OntogenyError
             raise OntogenyError(f"{run} was imported as {manifest.get('dtype')}, not {args.dtype}; use the same "
                                 f"--dtype to resume or a new --out")
         return manifest
@@ -97,6 +109,7 @@ def _manifest(run: Path, args) -> dict:
 
 def _claim_model(run: Path, config, hf_cfg: dict, folder: Path) -> None:
     """Write model.json (and the tokenizer) on the first step; later steps must match it."""
+    from dynamics import faults
     from models.errors import OntogenyError
     from dynamics.run_tokenizer import load_tokenizer
     from dynamics.runlog import write_json
@@ -113,7 +126,8 @@ def _claim_model(run: Path, config, hf_cfg: dict, folder: Path) -> None:
     write_json(run / "hf_config.json", hf_cfg)
     for candidate in (folder / "tokenizer.json", folder.parent / "tokenizer.json"):
         if candidate.exists():
-            shutil.copy(candidate, run / "tokenizer.json")
+            with faults.atomic_path(run / "tokenizer.json", faults.IMPORT_FIX) as tmp:
+                shutil.copy(candidate, tmp)
             load_tokenizer(run)  # refuse an unreadable tokenizer now, not at evaluation
             return
     print(f"note: {folder} has no tokenizer.json; studies that read text will need one in {run}")
@@ -134,11 +148,39 @@ def _check(step: int, params, checksum: str, seen: dict, args) -> None:
                             f"suite serves one model twice; pass --allow-duplicates to import it anyway")
 
 
-def import_suite(args) -> dict:
-    from dynamics.checkpoints import Series
-    from dynamics.hf_import import checksum, load_checkpoint, read_config
-    from dynamics.runlog import write_json
+def _signature(folder: Path) -> dict:
+    """(size, mtime, inode) of every file of a step folder (links followed: the hub cache's blobs)."""
+    from models.errors import OntogenyError
 
+    try:
+        return {p.name: (st.st_size, st.st_mtime_ns, st.st_ino) for p in sorted(folder.iterdir())
+                for st in [p.stat()] if p.is_file()}
+    except OSError:
+        raise OntogenyError(f"{folder} disappeared while it was being imported; restore it (or drop that step "
+                            f"from --steps) and run the same command again: the steps before it are kept") from None
+
+
+def read_step(folder: Path, dtype: str):
+    """(config, params, Hugging Face config) of one step folder, refused in one line when the folder
+    disappears or changes while it is read (a copy or a download still writing it)."""
+    from dynamics.hf_import import load_checkpoint, read_config
+    from models.errors import OntogenyError
+
+    before = _signature(folder)
+    try:
+        config, params = load_checkpoint(folder, dtype)
+        hf_cfg = read_config(folder)
+    except (OntogenyError, OSError):
+        _signature(folder)  # a folder gone meanwhile is named as such, not as a damaged checkpoint
+        raise
+    if _signature(folder) != before:
+        raise OntogenyError(f"{folder} changed while it was being imported (a copy or download still writing it?); "
+                            f"wait until it is complete and run the same command again: the steps before it are kept")
+    return config, params, hf_cfg
+
+
+def import_suite(args) -> dict:
+    from dynamics import faults, locks
     from models.errors import require
 
     run = Path(args.out)
@@ -146,7 +188,16 @@ def import_suite(args) -> dict:
     args.stage = args.stage or preset_stage or "pretrain"
     require(STAGE_NAME.fullmatch(args.stage) is not None,
             f"--stage {args.stage!r} is not a plain name; use letters, digits, '.', '_' or '-' (e.g. sft)")
-    run.mkdir(parents=True, exist_ok=True)
+    with locks.folder_lock(run, what="the import folder", fix=faults.IMPORT_FIX), \
+            faults.guarded(run, faults.IMPORT_FIX, restate=True):
+        return _import(args, run, planned)
+
+
+def _import(args, run: Path, planned) -> dict:
+    from dynamics.checkpoints import Series
+    from dynamics.hf_import import checksum
+    from dynamics.runlog import write_json
+
     manifest = _manifest(run, args)
     stage = manifest["stages"].setdefault(args.stage, {})
     seen = {s: rec["checksum"] for s, rec in stage.items()}  # within a stage: sft's first step may equal pretrain's last
@@ -158,8 +209,8 @@ def import_suite(args) -> dict:
             continue
         t0 = time.perf_counter()
         folder = Path(where() if callable(where) else where)
-        config, params = load_checkpoint(folder, args.dtype)
-        _claim_model(run, config, read_config(folder), folder)
+        config, params, hf_cfg = read_step(folder, args.dtype)
+        _claim_model(run, config, hf_cfg, folder)
         digest = checksum(params)
         _check(step, params, digest, seen, args)
         if step not in done:  # a crash between save and manifest leaves the checkpoint: keep it

@@ -66,8 +66,11 @@ def resolve(config: Config) -> dict:
     for key in ("text", "tasks"):
         path = getattr(config, key)
         require(not path or Path(path).is_file(), f"{key}={path} is not a file; give an existing path")
-    if config.tasks:
-        read_tasks(Path(config.tasks))
+    if config.tasks:  # read and tokenized now: a file the run cannot score is refused before any folder
+        from dynamics import run_tokenizer
+
+        seq_len = min(config.seq_len or model.context, config.max_seq_len, model.context)  # as `run` cuts them
+        choice_batch(read_tasks(Path(config.tasks)), run_tokenizer.load_tokenizer(config.run), seq_len)
     if not config.text:
         require((Path(config.run) / "config.json").exists(), f"{config.run} is not a run trained here, so it has "
                 f"no corpus of its own; give a text file with --set text=PATH")
@@ -89,16 +92,18 @@ def text_windows(ids: np.ndarray, seq_len: int, n_windows: int):
     return windows[:, :-1], windows[:, 1:]
 
 
+TASK_ROW = '{"context": string, "choices": [non-empty string, ...] (two or more), "answer": index of a choice}'
+
+
 def read_tasks(path: Path) -> list[dict]:
+    """Multiple-choice items of a JSONL file, every problem one line."""
     items = []
     for n, item in jsonl.rows(path, "multiple-choice items (--set tasks=PATH)"):
-        try:
-            ok = (isinstance(item["context"], str) and len(item["choices"]) >= 2
-                  and 0 <= int(item["answer"]) < len(item["choices"]))
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        require(ok, f"{path}:{n} is not an item like {{\"context\": str, \"choices\": [str, str, ...], "
-                    f"\"answer\": index}}")
+        choices = item.get("choices") if isinstance(item, dict) else None
+        ok = (isinstance(item, dict) and isinstance(item.get("context"), str) and isinstance(choices, list)
+              and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)
+              and jsonl.plain_int(item.get("answer")) and 0 <= item["answer"] < len(choices))
+        require(ok, f"{path}:{n} is not an item like {TASK_ROW}")
         items.append(item)
     require(items, f"{path} holds no items")
     return items
@@ -114,6 +119,8 @@ def choice_batch(items, tokenizer, context: int):
             require(ans, f"a choice of item {i} encodes to no tokens; give non-empty choices")
             seq = (ctx + ans)[-(context + 1):]
             n_ans = min(len(ans), len(seq) - 1)
+            require(n_ans >= 1, f"item {i} has an empty context and a one-token choice, which leaves no token to "
+                                f"score; give the item a context")
             rows.append((seq, n_ans))
             owner.append(i)
     P = max(len(seq) - 1 for seq, _ in rows)

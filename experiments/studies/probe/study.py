@@ -30,7 +30,7 @@ from dynamics.runlog import RunFolder
 from experiments.studies.pretrain import study as pretrain
 from experiments.studies import run_inputs as suite
 from . import figures
-from models.errors import require
+from models.errors import OntogenyError, require
 from probes import layer_probes as lp
 from probes.waves.on_run import token_strings
 
@@ -107,6 +107,9 @@ def resolve(config: Config) -> dict:
                                                f"{model['context']}; lower window")
     if config.labels:
         texts, labels, classes = read_labels(config.labels)
+        if config.run:  # tokenized and split now: a file the run cannot probe is refused before any folder
+            tokens, lengths, y, _, _ = labelled_examples(config, run_tokenizer.load_tokenizer(config.run))
+            probe_data(config, tokens, lengths, y)
         digest = hashlib.sha256(Path(config.labels).read_bytes()).hexdigest()
         task = {"labels": str(Path(config.labels).resolve()), "sha256": digest, "rows": len(texts),
                 "classes": [str(c) for c in classes]}
@@ -132,14 +135,7 @@ def examples(config: Config, run_dir: Path, tokenizer, model, folder: RunFolder)
     from the labels file or the built-in task (written to OUT/labels.jsonl to be read and reused;
     its balanced pairs are split groups)."""
     if config.labels:
-        texts, labels, classes = read_labels(config.labels)
-        ids = [tokenizer.encode(t) for t in texts]
-        empty = [i + 1 for i, x in enumerate(ids) if len(x) == 0]
-        require(not empty, f"{config.labels}: row {empty[:1]} encodes to no token with the run's tokenizer; "
-                           f"drop it or give text the tokenizer can read")
-        index = {c: k for k, c in enumerate(classes)}
-        tokens, lengths = lp.pad_tokens(ids, config.window)
-        return tokens, lengths, np.array([index[v] for v in labels], np.int32), [str(c) for c in classes], None
+        return labelled_examples(config, tokenizer)
     windows, y = lp.word_end_task(_heldout_ids(config, run_dir, tokenizer), token_strings(tokenizer, model.vocab_size),
                                   config.n_examples, config.window, config.seed)
     require(len(y) >= 16, f"the text yields only {len(y)} balanced word-end examples; give a longer text "
@@ -149,6 +145,23 @@ def examples(config: Config, run_dir: Path, tokenizer, model, folder: RunFolder)
             f.write(json.dumps({"text": tokenizer.decode(w), "label": int(label)}) + "\n")
     return (windows, np.full(len(y), config.window, np.int32), y.astype(np.int32), ["word goes on", "word ends"],
             np.arange(len(y)) // 2)
+
+
+def labelled_examples(config: Config, tokenizer):
+    """`examples` of a labels file: (tokens [N, S], lengths [N], y [N], class names, None)."""
+    texts, labels, classes = read_labels(config.labels)
+    ids = []
+    for row, text in enumerate(texts, 1):
+        try:
+            ids.append(tokenizer.encode(text))
+        except OntogenyError as e:
+            raise OntogenyError(f"{config.labels}: row {row} cannot be read with the run's tokenizer ({e})") from None
+    empty = [i + 1 for i, x in enumerate(ids) if len(x) == 0]
+    require(not empty, f"{config.labels}: row {empty[:1]} encodes to no token with the run's tokenizer; "
+                       f"drop it or give text the tokenizer can read")
+    index = {c: k for k, c in enumerate(classes)}
+    tokens, lengths = lp.pad_tokens(ids, config.window)
+    return tokens, lengths, np.array([index[v] for v in labels], np.int32), [str(c) for c in classes], None
 
 
 def probe_data(config: Config, tokens, lengths, y, groups=None) -> dict:
