@@ -139,6 +139,12 @@ def _evaluate_after(path: Path, run_dir: Path) -> None:
     study.choice_batch(study.read_tasks(path), run_tokenizer.load_tokenizer(run_dir), seq_len)
 
 
+def _cognition_tasks(path: Path):
+    from dynamics import mc_tasks
+
+    return mc_tasks.read_tasks(path)
+
+
 def _word_pairs(path: Path):
     from probes import word_pairs
 
@@ -169,6 +175,12 @@ _short = st.integers(0, 39).flatmap(lambda i: st.text(min_size=1, max_size=30) i
 _label_row = st.fixed_dictionaries({"text": _short, "label": st.one_of(st.integers(-1, 3), st.sampled_from("ab"))})
 _task_row = st.integers(2, 4).flatmap(lambda k: st.fixed_dictionaries({
     "context": _short, "choices": st.lists(_short, min_size=k, max_size=k), "answer": st.integers(0, k - 1)}))
+_mc_row = st.integers(2, 5).flatmap(lambda k: st.one_of(
+    st.fixed_dictionaries({"question": _short, "choices": st.lists(_short, min_size=k, max_size=k),
+                           "answer": st.one_of(st.integers(0, k - 1), st.sampled_from("ABCDE"[:k]))}),
+    st.fixed_dictionaries({"question": _short, "answerKey": st.sampled_from("ABCDE"[:k]),
+                           "choices": st.fixed_dictionaries({"text": st.lists(_short, min_size=k, max_size=k),
+                                                             "label": st.just(list("ABCDE"[:k]))})})))
 _letters = st.integers(0, 39).flatmap(lambda i: st.text(min_size=1, max_size=6) if i == 0
                                      else st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=2))
 _pairs_row = st.fixed_dictionaries({"concept": st.text(min_size=1, max_size=8),
@@ -181,6 +193,8 @@ JSONL_READERS = {
     "probe labels": (_probe_labels, _probe_after, _label_row),
     "evaluate tasks": (_evaluate_tasks, _evaluate_after, _task_row),
     "word pairs": (_word_pairs, _word_pairs_after, _pairs_row),
+    # which items a run can read (its tokenizer and context) is settled when cognition starts
+    "cognition tasks": (_cognition_tasks, None, _mc_row),
 }
 
 _garbage = st.sampled_from(["[" * 5000 + "]" * 5000, "1" * 5000, '{"text": "a", "label": ' + "9" * 5000 + "}",

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from dynamics import checkpoints
 from dynamics import mc_tasks as mt
-from dynamics import run_tokenizer
 from dynamics.runlog import RunFolder
 from . import figures
 from . import series_inputs as si
@@ -40,7 +39,9 @@ STUDY_KEYS = ("fewshot", "pass_ks", "n_samples", "sample_temperature", "probe_C"
 
 def resolve(config) -> dict:
     """The stages (each run checked: folder, model, tokenizer, a non-empty series), the items
-    (files read and hashed, or the world) and the study keys that apply."""
+    (files read, every row checked, and hashed; or the world) and the study keys that apply.
+    [choice] Which items each stage can read (its tokenizer, its context) is settled when the
+    study starts (`series_inputs.prepare`): items a stage cannot read are dropped and counted."""
     stages = stage_list.parse(config.run, config.stages)
     task = si.load_task(config)
     unused = config.unused()
@@ -98,10 +99,9 @@ def at_stage_end(config, stage, task, train, test, tokenizer, model, data, conte
 def measure(config, stages, task) -> dict:
     """Every stage measured on the items every stage can read; per-checkpoint arrays concatenated
     over stages in order (`labels` [(stage, step)])."""
-    tokenizers = [run_tokenizer.load_tokenizer(s.run) for s in stages]
-    models = [checkpoints.load_model_config(s.run) for s in stages]
-    encoded = [si.encode_stage(task, tok, m.context, config.max_new_tokens) for tok, m in zip(tokenizers, models)]
-    train, test, dropped = si.keep_common(task, encoded)
+    prepared = si.prepare(config, stages, task)
+    tokenizers, models, encoded = prepared["tokenizers"], prepared["models"], prepared["encoded"]
+    train, test, dropped = prepared["train"], prepared["test"], prepared["dropped"]
     per_stage = [measure_stage(config, s, task, e, train, test, tok, m)
                  for s, e, tok, m in tqdm(list(zip(stages, encoded, tokenizers, models)), desc="cognition stages",
                                           unit="stage", leave=False)]

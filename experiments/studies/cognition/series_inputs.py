@@ -1,8 +1,9 @@
 """The items of a series run and their token arrays under each stage's tokenizer.
 
 `load_task` reads the items (a tasks file with a given or seeded test split, or the knowledge
-world's items with its own split) and names them (`text_source`, `record`). `encode_stage` writes
-every text a stage's checkpoints read; `keep_common` keeps the items every stage can read
+world's items with its own split) and names them (`text_source`, `record`). `prepare` writes
+every text a stage's checkpoints read (`encode_stage`) and keeps the items every stage can read
+(`keep_common`
 ([choice]: an item whose option text or test prompt is longer than a stage's context, or holds a
 character a character-level tokenizer cannot write, is dropped from every stage, so all stages
 are scored on the same items, and the summary counts the dropped ones); `stage_data` builds the
@@ -93,6 +94,20 @@ def keep_common(task: Task, encoded: list[dict]) -> tuple[np.ndarray, np.ndarray
             f"{len(train)} train and {len(test)} test items fit every stage's context and tokenizer ({dropped} "
             f"dropped); the probes need 2 train items (two folds) and 1 test item: give more or shorter items")
     return train, test, dropped
+
+
+def prepare(config, stages, task: Task) -> dict:
+    """Each stage's tokenizer, model config and encoded texts, and the items they all read:
+    {"tokenizers", "models", "encoded", "train", "test", "dropped"}; refused in one line when a
+    stage cannot write the answer letters or too few items fit."""
+    from dynamics import checkpoints, run_tokenizer
+
+    tokenizers = [run_tokenizer.load_tokenizer(Path(s.run)) for s in stages]
+    models = [checkpoints.load_model_config(s.run) for s in stages]
+    encoded = [encode_stage(task, tok, m.context, config.max_new_tokens) for tok, m in zip(tokenizers, models)]
+    train, test, dropped = keep_common(task, encoded)
+    return {"tokenizers": tokenizers, "models": models, "encoded": encoded, "train": train, "test": test,
+            "dropped": dropped}
 
 
 def stage_data(task: Task, enc: dict, train, test, seed: int) -> dict:
