@@ -20,7 +20,8 @@ STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic", "shakespeare"]
            "within_mode": ["to_mean"], "ablation": ["mean"], "variant": ["shortest_path"],
            "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes", "char"],
            "token_dtype": ["uint32"], "site": ["resid_post.1", "resid_post.0"], "multi_token": ["first", "mean"],
-           "leading_space": ["never", "always"], "feature": ["mean"], "stage": ["sft"], "stages": ["sft"]}
+           "leading_space": ["never", "always"], "feature": ["mean"], "stage": ["sft"], "stages": ["sft"],
+           "series": ["planted"], "emergence_rule": ["steepest"], "emergence_strength": ["contribution"]}
 REFERENCES = ("pretrain_run", "gpt_run", "path", "run")  # run folders (data.path: a folder of text files)
 FILES = ("pairs", "labels", "text", "tasks")  # input files, two of each kind (`inputs`)
 FILE_KEYS = {"test_tasks": "tasks"}  # other keys that take a file of one of those kinds
@@ -38,7 +39,8 @@ MODES = {
                   "stages": ("tiny", ["stages=base:{run},sft:{other}", "tasks={tasks}"])},
     "crosscoders": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}", "crosscoder.n_snapshots=4"]),
                     "run": ("tiny", ["run={run}", "crosscoder.n_snapshots=4"]),
-                    "direct": ("tiny", ["direct=true"]), "batchtopk": ("tiny", ["crosscoder.arch=batchtopk"])},
+                    "direct": ("tiny", ["direct=true"]), "batchtopk": ("tiny", ["crosscoder.arch=batchtopk"]),
+                    "planted": ("tiny", ["series=planted"])},
     "neuromfa": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}"]),
                  "run": ("xiao2025", ["run={run}", "context=16"])},
     "waves": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}"]),

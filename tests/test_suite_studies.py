@@ -139,9 +139,9 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported, sweep):
                                                  capture=("resid",))[1]["resid"][1]).reshape(-1, 32)[:40]
                          for t in range(3)], axis=1)                                # [N, C, D]
         if i == 0:
-            np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_S[None, :, None], axis=-1).mean(0),
+            np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_C[None, :, None], axis=-1).mean(0),
                                        np.sqrt(32), rtol=1e-5)
-        np.testing.assert_allclose(stream(i), loop * stream.scale_S[None, :, None], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stream(i), loop * stream.scale_C[None, :, None], rtol=1e-4, atol=1e-5)
     # one pass over the snapshots per `sweep` batches: blocks {0}, {2}, {4} or {0,1,2}, {3,4}
     assert stream.passes == (3 if sweep == 1 else 2) and disk.max_resident <= 3
     assert xs.direct_sweep(config, 3, 32, budget_bytes=8 * 40 * 3 * 32 * 4 * 2) == 2
@@ -174,6 +174,8 @@ def test_crosscoders_cli_on_an_imported_run(imported, tmp_path):
                 "--set", "n_ablate=2", "--set", "n_random=1", "--set", f"text={text}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["max_resident_snapshots"] <= 3 and summary["layer"] == 0
+    from experiments.studies.crosscoders import study as xc   # the text it was scored on is named
+    assert summary["text"] == str(text) and f"scored on {text} text" in xc.findings(summary)[0]
     assert cli(["crosscoders", "--out", str(tmp_path / "bad"), "--set", f"run={imported['llama_gqa']}",
                 "--set", "site=resid_pre.0"]) == 2
 

@@ -150,7 +150,7 @@ def bench_crosscoder(quick: bool = False) -> dict:
     n_steps, K = (3 if quick else 10), 4
     rng = np.random.default_rng(0)
     data = jnp.asarray(rng.normal(size=(B, S, D)).astype(np.float32))
-    arch = crosscoders.Config().arch
+    arch = crosscoders.Config().crosscoder.arch
     ccfg = cc.CrosscoderConfig(n_snapshots=S, d_model=D, n_features=F, arch=arch, steps=1000, batch_size=B)
     hp1 = cc.one_hp({"k": 16, "l1": 0.3})
     init1, step1 = cc.make_init(ccfg), cc.make_train_step(ccfg)
