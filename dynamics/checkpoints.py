@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dynamics import distributed
+from dynamics import distributed, stacks
 from models.errors import OntogenyError
 from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
@@ -160,13 +160,20 @@ def load_model_config(run_dir: str | os.PathLike):
 
 
 # ----------------------------------------------------------------------------- vmap over C
-_BUDGET = {"max_bytes": None, "fraction": 0.25}
+_BUDGET = {"max_bytes": None, "fraction": 0.25, "device_max_bytes": None, "device_fraction": 0.5}
 
 
-def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25) -> None:
-    """The default host-memory budget of `map_stack`'s chunks: `max_bytes`, or `fraction` of the
-    free memory when it is None (default a quarter). Studies set it from their config."""
-    _BUDGET.update(max_bytes=None if not max_bytes else int(max_bytes), fraction=float(fraction))
+def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25, *, device_max_bytes: int | None = None,
+                      device_fraction: float = 0.5) -> None:
+    """The default budgets of `map_stack`'s chunks. Host: `max_bytes`, or `fraction` of the free
+    host memory when it is None (default a quarter). Accelerator (GPU, TPU; ignored on a CPU,
+    where the host is the device): `device_max_bytes`, or `device_fraction` of the device's free
+    memory (`stacks.device_free_bytes`; [choice] default a half, since XLA's accelerator
+    backends report their temporaries exactly and the allocator's pool is the device's own).
+    Studies set the host budget from their config."""
+    _BUDGET.update(max_bytes=None if not max_bytes else int(max_bytes), fraction=float(fraction),
+                   device_max_bytes=None if not device_max_bytes else int(device_max_bytes),
+                   device_fraction=float(device_fraction))
 
 
 def memory_budget_bytes(max_bytes: int | None = None, memory_fraction: float | None = None) -> int:
@@ -177,6 +184,42 @@ def memory_budget_bytes(max_bytes: int | None = None, memory_fraction: float | N
         return int(max_bytes)
     fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
     return int(fraction * available_memory_bytes())
+
+
+def device_budget_bytes() -> int | None:
+    """The accelerator-memory budget in force (per device): `set_memory_budget`'s
+    `device_max_bytes`, else its `device_fraction` of the fullest device's free memory; None on
+    a CPU (the host budget covers everything there)."""
+    free = stacks.device_free_bytes()  # read through the module, so a test can fake a device
+    if free is None:
+        return None
+    fixed = _BUDGET["device_max_bytes"]
+    return int(fixed) if fixed is not None else int(_BUDGET["device_fraction"] * free)
+
+
+def reserve_memory(nbytes: int) -> int:
+    """Set `nbytes` aside for work that lives where the computations run (e.g. dictionaries in
+    training) and fix what is left, at least a quarter ([choice], so work larger than the budget
+    still runs), as `map_stack`'s budget until the next `set_memory_budget`: on a CPU out of the
+    host budget, on an accelerator out of the device budget (the host budget then stays whole:
+    the work is not on the host). Returns the budget it was taken from, in bytes."""
+    device = device_budget_bytes()
+    if device is None:
+        budget = memory_budget_bytes()
+        set_memory_budget(max(budget - nbytes, budget // 4), _BUDGET["fraction"])
+        return budget
+    set_memory_budget(_BUDGET["max_bytes"], _BUDGET["fraction"], device_max_bytes=max(device - nbytes, device // 4),
+                      device_fraction=_BUDGET["device_fraction"])
+    return device
+
+
+def outputs_budget_bytes(n_checkpoints: int) -> int:
+    """What `map_stack`'s outputs over `n_checkpoints` checkpoints may take: the host budget, and
+    on an accelerator no more than `n_checkpoints` x the device budget, since one checkpoint's
+    outputs must fit the device while a chunk of one is computed."""
+    device = device_budget_bytes()
+    host = memory_budget_bytes()
+    return host if device is None else min(host, device * n_checkpoints)
 
 
 def _streamed_bytes(stacked) -> int:
@@ -193,15 +236,19 @@ def _is_big(stacked, scratch_above: int = BIG_STACK_BYTES) -> bool:
 
 
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
-                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = BIG_STACK_BYTES) -> int:
+                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = BIG_STACK_BYTES,
+                    n_devices: int = 1) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
     outputs or, for a stack of `scratch_above` bytes or more (in memory or streamed from disk),
     at least XLA's temporary bytes for one checkpoint (`stacks.scratch_bytes`, e.g. a forward's
     logits, or NeuroMFA's box counting, whose temporaries dwarf its inputs).
 
-    The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
+    The host budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
     `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
-    and the next one, prefetched.
+    and the next one, prefetched. On a CPU everything is host memory. On an accelerator the
+    device holds a chunk's inputs, outputs and scratch, spread over `n_devices`, within
+    `device_budget_bytes` each, while the host holds the inputs (twice when streamed) and the
+    outputs brought back; the chunk fits both.
     """
     C = stack_length(stacked)
     one = one_template(stacked)
@@ -209,9 +256,14 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     # one extra compile, so only for a stack of some size (BIG_STACK_BYTES and up)
     scratch = scratch_bytes(fn, one, args) if _is_big(stacked, scratch_above) else None
     scratch = max((1.0 + work_factor) * tree_bytes(out), 2.0 * tree_bytes(out) + (scratch or 0))
-    per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
     budget = memory_budget_bytes(max_bytes, memory_fraction)
-    return int(max(1, min(C, budget // max(per_ckpt, 1))))
+    device_budget = device_budget_bytes()
+    if device_budget is None:
+        per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
+        return int(max(1, min(C, budget // max(per_ckpt, 1))))
+    host = tree_bytes(one) + _streamed_bytes(stacked) + 2 * tree_bytes(out)
+    device = tree_bytes(one) + scratch
+    return int(max(1, min(C, budget // max(host, 1), n_devices * device_budget // max(device, 1))))
 
 
 _MEASURED: dict = {}
@@ -227,7 +279,9 @@ def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: in
     checkpoint give the per-checkpoint cost, and the chunk shrinks to fit the budget (never
     grows). [choice] The measure includes the first compilation, which errs on the small side.
     One measure (bytes a checkpoint) per (fn, shapes) serves later calls under any budget; where
-    the peak cannot be reset, nothing is measured and (chunk, 0) comes back."""
+    the peak cannot be reset, nothing is measured and (chunk, 0) comes back. On an accelerator
+    the measure is the host's side (restoring, stacking, the outputs brought back) against the
+    host budget; the device's side keeps `auto_chunk_size`'s count, which XLA reports exactly there."""
     key, first = shapes_key(fn, one_template(stacked), args), 0
     if key not in _MEASURED:
         base = reset_peak_rss()
@@ -271,7 +325,7 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
     C = stack_length(stacked)
     multi = jax.process_count() > 1
     devices = jax.devices() if multi else jax.local_devices()
-    chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes)
+    chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes, n_devices=len(devices))
     if multi:  # free memory differs between hosts; every process must run the same chunks
         chunk = int(distributed.gather(chunk).min())
     chunk = min(chunk, C)
