@@ -62,7 +62,7 @@ class TrainConfig:
 
 
 def optimizer_settings(config: TrainConfig) -> dict:
-    """The fields `make_optimizer` (and its schedule) read: a study's resolved run lists these."""
+    """The fields `scheduled_adamw` (and its schedule) read: a study's resolved run lists these."""
     return {k: getattr(config, k) for k in ("steps", "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2",
                                             "grad_clip")}
 
@@ -86,7 +86,9 @@ def lr_schedule(config: TrainConfig):
                                               end_value=config.min_lr)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def scheduled_adamw(config: TrainConfig) -> optax.GradientTransformation:
+    """AdamW on the warmup-cosine schedule of `lr_schedule`, decay on `decay_mask`'s weights,
+    after clipping the global gradient norm to `grad_clip` (when > 0)."""
     adamw = optax.adamw(lr_schedule(config), b1=config.beta1, b2=config.beta2,
                         weight_decay=config.weight_decay, mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw) if config.grad_clip > 0 else adamw
