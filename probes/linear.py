@@ -103,17 +103,22 @@ def gauge_basis(n_classes: int) -> np.ndarray:
     return q[:, 1:]
 
 
-def _newton_system(theta, z, X1, Y, V, pen_D1):
+def _newton_system(theta, z, X1, Y, V, pen_D1, stride: int = 1):
     """Gradient [D1, K'] and Hessian [D1 K', D1 K'] of the objective in the free parameters
-    (z = X1 theta V^T, the logits at theta)."""
+    (z = X1 theta V^T, the logits at theta); with `stride` > 1 the Hessian is sketched from
+    every stride-th row, scaled to all N."""
     D1, Kf = theta.shape
     _, P, Q, R = _softmax_parts(z, Y)
     grad = X1.T @ (R @ V) + pen_D1[:, None] * theta
+    if stride > 1:
+        X1, (_, P, Q, _) = X1[::stride], _softmax_parts(z[::stride], Y[::stride])
     # per-row curvature V^T (diag(p) - p p^T) V, its diagonal taken as p q (no 1 - p cancellation)
     eye = jnp.eye(P.shape[-1], dtype=P.dtype)
     M_NKK = jnp.where(eye > 0, (P * Q)[:, :, None], -P[:, :, None] * P[:, None, :])
     A_NKK = jnp.einsum("ka,nkl,lb->nab", V, M_NKK, V)
     H = jnp.einsum("nab,ni,nj->iajb", A_NKK, X1, X1).reshape(D1 * Kf, D1 * Kf)
+    if stride > 1:
+        H = H * (len(z) / X1.shape[0])
     return grad, H + jnp.diag(jnp.repeat(pen_D1, Kf))
 
 
@@ -140,7 +145,7 @@ def _damped_solve(factor, g):
 
 @full_precision
 def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float = 1e-7,
-                 damping: float = 1e-6, reuse: int = 2) -> LogisticFit:
+                 damping: float = 1e-6, reuse: int = 2, shared_first: bool = False, sketch: int = 1) -> LogisticFit:
     """L2 logistic regression (binary or multinomial) by damped, safeguarded Newton steps.
 
     Objective: scikit-learn's, sum of log-losses + (1/2C)||W||^2 with the intercept unpenalised,
@@ -157,6 +162,15 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
       takes the best finite objective among step sizes 1, 1/2, ..., 1/64 and no step
       (non-finite candidates count as +inf, so a NaN can never be chosen). `n_iter` counts
       Hessians.
+    - `shared_first`: the first iteration runs before the loop, where its Hessian (at theta = 0
+      every row has the same curvature) depends on the features alone, so fits vmapped over
+      shared features (the classes of one-vs-rest, a grid of labels or of `C`) compute it and its
+      factor once. Fits with their own features give bit-identical results either way; shared
+      ones agree to float32 rounding (a batched and an unbatched solve round differently), so
+      [choice] it is off by default and existing results stay bit for bit what they were.
+    - `sketch` > 1 (Newton sketch; implies `shared_first`): that first Hessian is estimated from
+      every sketch-th row (scaled to N) and does not count in `n_iter` nor stop the fit; the
+      later Hessians are exact, so the optimum and the stopping test are unchanged.
     - Stops when half the Newton decrement g^T H^-1 g is below tol * max(objective, 1), or after
       n_iter steps; `converged` says which. On separable data with C = inf the optimum is at
       infinity: the objective is driven towards 0 until the decrement is below tol.
@@ -168,7 +182,8 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
         problem = _binary_problem(Xc, y, pen_D1)
     else:
         problem = _multinomial_problem(Xc, y, n_classes, V, pen_D1)
-    theta, done, iters = _newton(problem, pen_D1, (D1, V.shape[1]), n_iter, tol, damping, reuse)
+    theta, done, iters = _newton(problem, pen_D1, (D1, V.shape[1]), n_iter, tol, damping, reuse,
+                                 shared_first or sketch > 1, sketch)
     # back to the caller's features: w = w~ / scale, b = b~ - mean . w
     W_s = theta @ V.T
     coef = W_s[:-1] / scale[:, None]
@@ -192,7 +207,8 @@ def _standardized(X, C):
     return Xc, mean, scale, pen_D1
 
 
-def _newton(problem, pen_D1, shape, n_iter: int, tol: float, damping: float, reuse: int):
+def _newton(problem, pen_D1, shape, n_iter: int, tol: float, damping: float, reuse: int, first_apart: bool,
+            sketch: int):
     """(theta [D+1, K'], converged, Hessians used): `fit_logistic`'s damped, safeguarded Newton
     loop on a (logits_of, loss_of, system, gradient) problem from theta = 0."""
     logits_of, loss_of, system, gradient = problem
@@ -206,9 +222,8 @@ def _newton(problem, pen_D1, shape, n_iter: int, tol: float, damping: float, reu
         s = sizes[jnp.argmin(values)]
         return theta - s * step, z - s * dz, jnp.min(values)
 
-    def body(carry):
+    def iterate(carry, grad, H):
         theta, z, f, _, i = carry
-        grad, H = system(theta, z)
         factor = _damped_factor(H, damping)
         for _ in range(1 + reuse):  # Shamanskii: each factorised Hessian serves 1 + reuse steps
             step = _damped_solve(factor, grad.reshape(-1)).reshape(shape)
@@ -220,8 +235,17 @@ def _newton(problem, pen_D1, shape, n_iter: int, tol: float, damping: float, reu
 
     theta0 = jnp.zeros(shape, jnp.float32)
     z0 = logits_of(theta0)
-    init = (theta0, z0, loss_of(z0), jnp.asarray(False), jnp.asarray(0))
-    theta, _, _, done, iters = jax.lax.while_loop(lambda c: (c[4] < n_iter) & ~c[3], body, init)
+    carry = (theta0, z0, loss_of(z0), jnp.asarray(False), jnp.asarray(0))
+    if n_iter >= 1 and first_apart:
+        # the first iteration outside the loop: at theta = 0 every row has the same curvature, so
+        # its Hessian depends on the features alone and vmap computes it (and its factor) once for
+        # fits that share them (the classes of one-vs-rest, a grid of labels); optionally sketched
+        grad, H = system(theta0, z0, sketch)
+        carry = iterate(carry, grad, H)
+        if sketch > 1:  # a sketched Hessian counts as none; its decrement is no stopping test
+            carry = (*carry[:3], jnp.asarray(False), jnp.asarray(0))
+    body = lambda c: iterate(c, *system(c[0], c[1]))
+    theta, _, _, done, iters = jax.lax.while_loop(lambda c: (c[4] < n_iter) & ~c[3], body, carry)
     return theta, done, iters
 
 
@@ -241,10 +265,13 @@ def _binary_problem(Xc, y, pen_D1):
         r = -sign * jax.nn.sigmoid(-sign * z)
         return jnp.concatenate([Xc.T @ r, jnp.sum(r)[None]])[:, None] + pen_D1[:, None] * theta
 
-    def system(theta, z):
-        c = jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
-        u = Xc.T @ c
-        H = jnp.block([[(Xc * c[:, None]).T @ Xc, u[:, None]], [u[None, :], jnp.sum(c)[None, None]]])
+    def system(theta, z, stride: int = 1):
+        X, zs = (Xc, z) if stride == 1 else (Xc[::stride], z[::stride])
+        c = jax.nn.sigmoid(zs) * jax.nn.sigmoid(-zs)
+        u = X.T @ c
+        H = jnp.block([[(X * c[:, None]).T @ X, u[:, None]], [u[None, :], jnp.sum(c)[None, None]]])
+        if stride > 1:
+            H = H * (len(z) / X.shape[0])
         return gradient(theta, z), H + jnp.diag(pen_D1)
 
     return logits_of, loss_of, system, gradient
@@ -256,18 +283,20 @@ def _multinomial_problem(Xc, y, n_classes, V, pen_D1):
     Y = jax.nn.one_hot(y, n_classes, dtype=jnp.float32)
     logits_of = lambda th: X1 @ (th @ V.T)
     loss_of = lambda z: _softmax_parts(z, Y)[0]
-    system = lambda theta, z: _newton_system(theta, z, X1, Y, V, pen_D1)
+    system = lambda theta, z, stride=1: _newton_system(theta, z, X1, Y, V, pen_D1, stride)
     gradient = lambda theta, z: X1.T @ (_softmax_parts(z, Y)[3] @ V) + pen_D1[:, None] * theta
     return logits_of, loss_of, system, gradient
 
 
-def fit_one_vs_rest(X, y, n_classes: int, C=1.0, n_iter: int = 50, tol: float = 1e-7) -> LogisticFit:
+def fit_one_vs_rest(X, y, n_classes: int, C=1.0, n_iter: int = 50, tol: float = 1e-7,
+                    shared_first: bool = False) -> LogisticFit:
     """One binary L2 logistic regression per class (class c against the rest), vmapped:
     log-odds weights [D+1, n_classes]. Each fit has a (D+1)^2 Hessian, where a multinomial
     Newton step would need ((D+1) n_classes)^2, so many classes stay cheap. Same objective per
     class as scikit-learn's `OneVsRestClassifier(LogisticRegression(C=C))`. `converged` is true
-    only when every class's fit converged; `grad_norm` is the largest of theirs."""
-    fit = lambda c: fit_logistic(X, (y == c).astype(jnp.int32), 2, C, n_iter, tol)
+    only when every class's fit converged; `grad_norm` is the largest of theirs.
+    `shared_first` computes the classes' first Hessian once (`fit_logistic`)."""
+    fit = lambda c: fit_logistic(X, (y == c).astype(jnp.int32), 2, C, n_iter, tol, shared_first=shared_first)
     fits = jax.vmap(fit)(jnp.arange(n_classes))                        # W: [n_classes, D+1, 2]
     return LogisticFit((fits.W[..., 1] - fits.W[..., 0]).T, jnp.all(fits.converged),
                        jnp.max(fits.grad_norm), jnp.max(fits.n_iter))

@@ -27,17 +27,13 @@ def device(size: str, work: Path) -> dict:
     import jax.numpy as jnp
 
     from dynamics import stacks
-    from experiments.bench.timing import timeit
+    from experiments.bench.timing import matmul_peak_gflops
 
     devices = jax.local_devices()
     n = 256 if size == "micro" else (8192 if stacks.on_accelerator() else 2048)
-    peaks = {}
-    for name, dtype, precision in (("fp32", jnp.float32, None), ("fp32_highest", jnp.float32, "highest"),
-                                   ("bf16", jnp.bfloat16, None)):
-        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-        dot = jax.jit(lambda x, y, p=precision: jnp.dot(x, y, precision=p))
-        peaks[f"matmul_peak_{name}_gflops"] = 2 * n ** 3 / timeit(lambda: dot(a, b), repeats=5) / 1e9
+    peaks = {f"matmul_peak_{name}_gflops": matmul_peak_gflops(n, dtype, precision)
+             for name, dtype, precision in (("fp32", jnp.float32, None), ("fp32_highest", jnp.float32, "highest"),
+                                            ("bf16", jnp.bfloat16, None))}
     stats = stacks.device_memory_stats()
     return {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "n_devices": len(devices),
             "jax_version": jax.__version__, "matmul_n": n, **peaks,
