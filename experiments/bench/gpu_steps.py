@@ -133,15 +133,28 @@ def suite(size: str, work: Path) -> dict:
     return {"checkpoints": len(steps), "make_s": made, "import_s": time.perf_counter() - t0, "rc": rc}
 
 
-def _study(argv: list[str], keys: tuple[str, ...]) -> dict:
-    """One study through the CLI in this process: its exit code, wall time and summary figures."""
-    import experiments.__main__ as cli
+def _study(module, preset: str, out: Path, sets: dict, keys: tuple[str, ...]) -> dict:
+    """One study run as the CLI runs it (preset, `--set` overrides, resolve, claim, run,
+    summary), in this process: its wall time and summary figures; rc 2 with the one-line error
+    where the CLI would exit 2."""
+    from dynamics.runlog import RunFolder, require_finite_summary
+    from experiments.cli.config import claim_folder, override
+    from models.errors import OntogenyError
 
     t0 = time.perf_counter()
-    rc = cli.cli(argv)
-    out = Path(argv[argv.index("--out") + 1])
-    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    return {"rc": rc, "wall_s": time.perf_counter() - t0, **{k: summary.get(k) for k in keys}}
+    try:
+        config = override(module.PRESETS[preset], [f"{k}={v}" for k, v in sets.items()])
+        module.resolve(config)
+        claim_folder(out, module.__name__.split(".")[-2], preset, config)
+        folder = RunFolder(out)
+        summary = module.run(config, folder)
+        require_finite_summary(summary, str(out))
+        folder.write_summary(summary)
+    except OntogenyError as e:
+        print(f"error: {e}", flush=True)
+        return {"rc": 2, "wall_s": time.perf_counter() - t0}
+    summary = json.loads((out / "summary.json").read_text())
+    return {"rc": 0, "wall_s": time.perf_counter() - t0, **{k: summary.get(k) for k in keys}}
 
 
 def crosscoders(size: str, work: Path) -> dict:
@@ -154,21 +167,22 @@ def crosscoders(size: str, work: Path) -> dict:
             "crosscoder.steps": 200 if full else 4, "crosscoder.dead_tokens": 20000, "context": 128 if full else 32,
             "eval_windows": 16 if full else 4, "n_induction": 16 if full else 4, "n_ablate": 16 if full else 2,
             "n_random": 2 if full else 1}
-    argv = ["crosscoders", "--preset", "ge2025", "--out", str(work / "crosscoders")]
-    for k, v in sets.items():
-        argv += ["--set", f"{k}={v}"]
-    return _study(argv, ("explained_variance_min", "l0_mean", "train_tokens_per_s", "forward_s_per_token",
+    from experiments.studies.crosscoders import study
+
+    return _study(study, "ge2025", work / "crosscoders", sets, ("explained_variance_min", "l0_mean", "train_tokens_per_s", "forward_s_per_token",
                          "memory_budget_gib", "crosscoder_training_gib"))
 
 
 def neuromfa(size: str, work: Path) -> dict:
     """Xiao et al.'s preset on the suite (micro: 2 samples of 16 / 32 neurons, short windows)."""
-    argv = ["neuromfa", "--preset", "xiao2025", "--out", str(work / "neuromfa"), "--set", f"run={work / 'run'}"]
+    from experiments.studies.neuromfa import study
+
+    sets = {"run": work / "run"}
     if size == "micro":
-        for kv in ("n_resid=16", "n_mlp=32", "n_samples=2", "context=16", "eval_windows=4", "control_draws=2",
-                   "mfa.min_degree=4"):
-            argv += ["--set", kv]
-    return _study(argv, ("alpha0_first", "alpha0_last", "emergence_last", "emergence_minus_control_last"))
+        sets.update(n_resid=16, n_mlp=32, n_samples=2, context=16, eval_windows=4, control_draws=2,
+                    **{"mfa.min_degree": 4})
+    return _study(study, "xiao2025", work / "neuromfa", sets,
+                  ("alpha0_first", "alpha0_last", "emergence_last", "emergence_minus_control_last"))
 
 
 def probes(size: str, work: Path) -> dict:
