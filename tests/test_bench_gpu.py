@@ -23,7 +23,7 @@ def test_the_micro_check_runs_every_step_and_writes_one_json(out_json):
     steps = r["gpu_steps"]
     failed = {k: (v["error"], v["log_tail"]) for k, v in steps.items() if not v["ok"]}
     assert not failed, failed
-    assert set(steps) == {"device", "train", "suite", "crosscoders", "neuromfa", "probes"}
+    assert set(steps) == {"device", "train", "suite", "suite_crosscoders", "suite_neuromfa", "probes"}
     assert json.loads(out_json.read_text())["gpu_steps_ok"] == sorted(steps)
     d, t = steps["device"], steps["train"]
     assert d["platform"] == "cpu" and d["matmul_peak_fp32_gflops"] > 0 and d["matmul_peak_bf16_gflops"] > 0
@@ -33,12 +33,12 @@ def test_the_micro_check_runs_every_step_and_writes_one_json(out_json):
     assert math.isfinite(t["val_loss_whole_split"]) and t["tokens_per_s"] > 0
     assert 0 < r["gpu_train_mfu_vs_fp32"] < 1.5
     assert steps["suite"]["checkpoints"] == 4 and steps["suite"]["rc"] == 0
-    cc = steps["crosscoders"]
+    cc = steps["suite_crosscoders"]
     assert cc["rc"] == 0 and -1 < cc["explained_variance_min"] <= 1 and cc["train_tokens_per_s"] > 0
-    assert steps["neuromfa"]["rc"] == 0 and math.isfinite(steps["neuromfa"]["alpha0_last"])
+    assert steps["suite_neuromfa"]["rc"] == 0 and math.isfinite(steps["suite_neuromfa"]["alpha0_last"])
     p = steps["probes"]
     assert p["probes_converged"] == p["probes_total"] and p["probes_objective_ours_le_sklearn"]
-    for name in ("crosscoders", "neuromfa", "probes"):
+    for name in ("suite_crosscoders", "suite_neuromfa", "probes"):
         assert steps[name]["peak_rss_gib"] > 0 and steps[name]["device_peak_gib"] is None  # a CPU has no device stats
 
 
@@ -61,8 +61,8 @@ def test_a_failing_or_hanging_step_is_recorded_and_the_others_run(out_json, monk
     assert steps["device"]["ok"] and steps["train"]["ok"]
     assert not steps["suite"]["ok"] and steps["suite"]["error"] == "exit status 3"
     assert "disk full" in steps["suite"]["log_tail"][-1]
-    for name in ("crosscoders", "neuromfa"):
+    for name in ("suite_crosscoders", "suite_neuromfa"):
         assert steps[name]["error"] == "skipped: the suite step failed"
     assert steps["probes"]["error"] == "timed out after 2 s"
     written = json.loads(out_json.read_text())
-    assert written["gpu_steps_failed"] == ["crosscoders", "neuromfa", "probes", "suite"]
+    assert written["gpu_steps_failed"] == ["probes", "suite", "suite_crosscoders", "suite_neuromfa"]

@@ -11,7 +11,7 @@ rewritten after every step, so a check cut short still leaves what it measured.
    1.4697 (or a time cap): seconds and steps to it, tokens/s, MFU against the step-1 peaks.
 3. suite (beside 1 and 2, on the host's CPU: JAX_PLATFORMS=cpu): a random 32-step suite of
    Pythia-70M's shape made and imported in bf16.
-4. crosscoders: Ge et al.'s preset on it, cut to fit; 5. neuromfa: Xiao et al.'s preset on it;
+4. suite_crosscoders: Ge et al.'s preset on it, cut to fit; 5. suite_neuromfa: Xiao et al.'s on it;
    wall time, peak device memory and peak host RSS of each.
 6. probes: `bench probes` (fits against scikit-learn, and their share of the matmul peak).
 
@@ -41,10 +41,10 @@ from experiments.bench.gpu_steps import TRAIN_CAP_S
 # [choice] full: the caps add up to the 8 minutes (the suite is built beside device and train);
 # micro: generous, for a loaded CI machine (about 30 s of two quiet cores' time in all)
 TOTAL_S = {"full": 470.0, "micro": 900.0}
-CAPS_S = {"full": {"device": 60, "train": TRAIN_CAP_S["full"] + 60, "suite": 420, "crosscoders": 120,
-                   "neuromfa": 100, "probes": 90},
-          "micro": dict.fromkeys(("device", "train", "suite", "crosscoders", "neuromfa", "probes"), 400)}
-NEEDS_SUITE = ("crosscoders", "neuromfa")
+CAPS_S = {"full": {"device": 60, "train": TRAIN_CAP_S["full"] + 60, "suite": 420,
+                   "suite_crosscoders": 120, "suite_neuromfa": 100, "probes": 90},
+          "micro": dict.fromkeys(("device", "train", "suite", "suite_crosscoders", "suite_neuromfa", "probes"), 400)}
+NEEDS_SUITE = ("suite_crosscoders", "suite_neuromfa")
 _CODE = "from experiments.bench import gpu_steps; gpu_steps.child()"
 _ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `experiments` package
 
@@ -92,7 +92,7 @@ def headline(steps: dict) -> dict:
     for key in ("reached", "seconds_to_target", "steps_to_target", "last_val_loss", "val_loss_whole_split",
                 "tokens_per_s", "wall_s"):
         out[f"gpu_train_{key}"] = t.get(key)
-    for name in ("suite", "crosscoders", "neuromfa", "probes"):
+    for name in ("suite", "suite_crosscoders", "suite_neuromfa", "probes"):
         s = steps.get(name, {})
         out[f"gpu_{name}_s"], out[f"gpu_{name}_device_peak_gib"] = s.get("step_s"), s.get("device_peak_gib")
         out[f"gpu_{name}_peak_rss_gib"] = s.get("peak_rss_gib")
@@ -145,7 +145,7 @@ def bench(quick: bool = False) -> dict:
     suite = start("suite", size, work, {"JAX_PLATFORMS": "cpu"})  # host work, beside the device's
     try:
         steps(["device", "train"], {"suite": suite})
-        steps(["crosscoders", "neuromfa", "probes"], {})
+        steps(["suite_crosscoders", "suite_neuromfa", "probes"], {})
     finally:
         if suite["proc"].poll() is None:  # interrupted while the suite was still being built
             suite["proc"].kill()

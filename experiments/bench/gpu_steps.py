@@ -157,7 +157,7 @@ def _study(module, preset: str, out: Path, sets: dict, keys: tuple[str, ...]) ->
     return {"rc": 0, "wall_s": time.perf_counter() - t0, **{k: summary.get(k) for k in keys}}
 
 
-def crosscoders(size: str, work: Path) -> dict:
+def suite_crosscoders(size: str, work: Path) -> dict:
     """Ge et al.'s preset on the suite (JumpReLU, all snapshots, activations straight from the
     vmapped forward), cut to fit a few minutes: [choice] 16384 features as the preset, batch 1024
     instead of 4096 (the preset's latents would need ~70 GB), 200 steps, smaller analyses."""
@@ -169,11 +169,12 @@ def crosscoders(size: str, work: Path) -> dict:
             "n_random": 2 if full else 1}
     from experiments.studies.crosscoders import study
 
-    return _study(study, "ge2025", work / "crosscoders", sets, ("explained_variance_min", "l0_mean", "train_tokens_per_s", "forward_s_per_token",
-                         "memory_budget_gib", "crosscoder_training_gib"))
+    return _study(study, "ge2025", work / "suite_crosscoders", sets,
+                  ("explained_variance_min", "l0_mean", "train_tokens_per_s", "forward_s_per_token",
+                   "memory_budget_gib", "crosscoder_training_gib"))
 
 
-def neuromfa(size: str, work: Path) -> dict:
+def suite_neuromfa(size: str, work: Path) -> dict:
     """Xiao et al.'s preset on the suite (micro: 2 samples of 16 / 32 neurons, short windows)."""
     from experiments.studies.neuromfa import study
 
@@ -181,7 +182,7 @@ def neuromfa(size: str, work: Path) -> dict:
     if size == "micro":
         sets.update(n_resid=16, n_mlp=32, n_samples=2, context=16, eval_windows=4, control_draws=2,
                     **{"mfa.min_degree": 4})
-    return _study(study, "xiao2025", work / "neuromfa", sets,
+    return _study(study, "xiao2025", work / "suite_neuromfa", sets,
                   ("alpha0_first", "alpha0_last", "emergence_last", "emergence_minus_control_last"))
 
 
@@ -192,8 +193,8 @@ def probes(size: str, work: Path) -> dict:
     return studies.bench_probes(quick=size == "micro")
 
 
-STEPS = {"device": device, "train": train, "suite": suite, "crosscoders": crosscoders, "neuromfa": neuromfa,
-         "probes": probes}
+STEPS = {"device": device, "train": train, "suite": suite, "suite_crosscoders": suite_crosscoders,
+         "suite_neuromfa": suite_neuromfa, "probes": probes}
 
 
 def child() -> None:
