@@ -6,7 +6,9 @@ A run folder keeps one series per training stage:
 
 `params` is the model pytree, `state` the rest of the training state (optimizer, RNG), `meta`
 a small JSON record (step, stage, loss). Stages ("pretrain", "sft", "rl", ...) each count
-their own steps; `load_stages` concatenates several into one series.
+their own steps; `stages(run)` says which checkpoints belong to which stage, in training order
+(recorded in `RUN/checkpoints/stages.json` when a stage saves its first checkpoint), and
+`load_stages` concatenates several into one series.
 
 `load_stack` returns every leaf with a leading checkpoint axis C; `map_stack` runs a function
 written for one checkpoint over that axis with `jax.vmap`, in memory-bounded chunks, sharding
@@ -28,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dynamics import distributed, stacks
+from dynamics import faults
+from dynamics import integrity
 from models.errors import OntogenyError
 from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
@@ -62,17 +66,30 @@ class Series:
         return sorted(int(s) for s in self._manager.all_steps())
 
     def save(self, step: int, params, state=None, meta: dict | None = None) -> None:
+        """Write checkpoint `step` (process 0). Orbax writes it to a temporary folder renamed into
+        place when complete; when that fails (a full disk), the partial folder is removed, the
+        checkpoints before it stay intact, and `faults.WriteFailed` names the step folder."""
         if not distributed.is_primary():
             return
         if step in self.steps():
             raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
                                 f"resume from it or use a new run folder")
         meta = {"step": int(step), "stage": self.stage, **(meta or {})}
+        meta = integrity.with_checksum(meta, params)  # what `load_stack(..., verify=True)` checks
+        _record_stage(self.run_dir, self.stage)
         args = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if state is not None:
             args["state"] = ocp.args.StandardSave(state)
-        self._manager.save(int(step), args=ocp.args.Composite(**args))
-        self._manager.wait_until_finished()
+        faults.remove_partials(self.directory, step)  # left by a process killed while saving this step
+        # orbax's threads report a full disk through logs and hooks: one line instead
+        with faults.background_save():
+            try:
+                with faults.guarded(self.directory / str(step)):
+                    self._manager.save(int(step), args=ocp.args.Composite(**args))
+                    self._manager.wait_until_finished()
+            except BaseException:
+                faults.remove_partials(self.directory, step, settle_s=2.0)
+                raise
 
     def _restore(self, step: int, **args):
         if step not in self.steps():
@@ -118,11 +135,20 @@ def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-    """(steps [C], params with a leading axis C on every leaf) for one stage's series."""
+def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain",
+               verify: bool = False):
+    """(steps [C], params with a leading axis C on every leaf) for one stage's series.
+
+    `verify=True` recomputes each checkpoint's sha256 (`dynamics.hf_import.checksum`: every
+    leaf's path, dtype, shape and bytes) and compares it with the one recorded when the step was
+    saved or imported; a checkpoint whose content changed on disk since is refused in one line."""
     series = Series(run_dir, stage, create=False)
     chosen = chosen_steps(series, steps)
-    return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
+    trees = [series.restore_params(s) for s in chosen]
+    if verify:
+        for s, tree in zip(chosen, trees):
+            integrity.verify(series, s, tree)
+    return np.asarray(chosen), stack_trees(trees)
 
 
 def open_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
@@ -143,6 +169,55 @@ def load_stages(run_dir: str | os.PathLike, stages: Sequence[str]):
     if not trees:
         raise OntogenyError(f"{run_dir} holds no checkpoints for stages {list(stages)}; train them first")
     return labels, stack_trees(trees)
+
+
+STAGE_FILE = "stages.json"  # RUN/checkpoints/stages.json: {"order": [stage, ...]}, first save first
+CANONICAL_STAGES = ("pretrain", "midtrain", "sft", "dpo", "rl")  # [choice] the order of unrecorded stages
+
+
+def _stage_order(run_dir: Path) -> list[str]:
+    try:
+        return list(json.loads((Path(run_dir) / "checkpoints" / STAGE_FILE).read_text())["order"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _record_stage(run_dir: Path, stage: str) -> None:
+    """Append `stage` to the run's stage order the first time it saves (internal series such as
+    `_resume/...` are not stages)."""
+    order = _stage_order(run_dir)
+    if stage.startswith("_") or stage in order:
+        return
+    from dynamics.runlog import write_json
+
+    (Path(run_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / "checkpoints" / STAGE_FILE, {"order": order + [stage]})
+
+
+def stages(run_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """Which checkpoints belong to which stage: {stage: [steps, ascending]}, stages in training order.
+
+    A stage is one series `RUN/checkpoints/<stage>/` (trained here, or tagged on import with
+    `experiments import --stage sft`); each stage counts its own steps, so a step number alone does
+    not name a checkpoint: (stage, step) does, as in `load_stages`. The order is the order in
+    which the stages saved their first checkpoint (`checkpoints/stages.json`); stages it does not
+    list (runs written before it existed) follow in the order pretrain, midtrain, sft, dpo, rl,
+    then by name. Stages without a complete checkpoint are left out. A folder with no stage at all
+    raises `OntogenyError`.
+    """
+    root = Path(run_dir) / "checkpoints"
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")) if root.is_dir() else []
+    recorded = [s for s in _stage_order(run_dir) if s in found]
+    rest = sorted(set(found) - set(recorded),
+                  key=lambda s: (CANONICAL_STAGES.index(s) if s in CANONICAL_STAGES else len(CANONICAL_STAGES), s))
+    out = {}
+    for stage in recorded + rest:
+        steps = Series(run_dir, stage, create=False).steps()
+        if steps:
+            out[stage] = steps
+    if not out:
+        raise OntogenyError(f"{run_dir} holds no checkpoint series (looked in {root}); train or import a run first")
+    return out
 
 
 def load_model_config(run_dir: str | os.PathLike):

@@ -76,7 +76,7 @@ def loop_settings(config: TrainConfig, evaluated: bool) -> dict:
 
 
 def decay_mask(params):
-    """Weight decay on matmul weights only: no decay on norms, biases or embeddings (the issue's rule;
+    """Weight decay on matmul weights only: no decay on norms, biases or embeddings ([choice];
     nanoGPT also decays embeddings). With tied embeddings the shared matrix is not decayed."""
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict({k: k[-1] in DECAYED for k in flat})

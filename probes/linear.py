@@ -76,9 +76,9 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
       K' = 1 (binary) or K - 1 (multinomial) columns (`gauge_basis`).
     - Each iteration: Cholesky of the Jacobi-scaled, relatively damped Hessian, which then serves
       1 + `reuse` steps (Shamanskii's method: with reuse=1, cubic local convergence for one
-      Hessian, the dominant cost at N >> D). [choice] reuse=2: on `bench probes` (machine B,
-      2026-11-30) 1.14x faster than reuse=1 (at most 3 Hessians instead of 4), with the
-      objective still within float32 rounding of scikit-learn's; reuse=3 was slower. Each step
+      Hessian, the dominant cost at N >> D). [choice] reuse=2, the fastest on `bench probes`
+      with the objective still within float32 rounding of scikit-learn's (figures in
+      docs/benchmarks/2026-11-30-xeon.md). Each step
       takes the best finite objective among step sizes 1, 1/2, ..., 1/64 and no step
       (non-finite candidates count as +inf, so a NaN can never be chosen). `n_iter` counts
       Hessians.

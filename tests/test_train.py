@@ -150,7 +150,7 @@ def _loss_and_grads():
 
 
 def test_flattened_matmuls_train_like_batched_ones(monkeypatch):
-    """gpt.dense (one [B*T, D] matmul, issue 19's speed-up) gives the loss and every gradient of the
+    """gpt.dense (one [B*T, D] matmul, the faster layout on a CPU) gives the loss and every gradient of the
     previous batched `x_BTD @ w`, so training is unchanged to float tolerance."""
     loss, grads = _loss_and_grads()
     monkeypatch.setattr(gpt, "dense", lambda x, w: x @ w)

@@ -160,7 +160,7 @@ def train_on_host_devices(name: str, n_devices: int, steps: int, batch_size: int
 
 
 def train_vs_torch(shapes: dict, peak_gflops: float, quick: bool = False) -> dict:
-    """Training tokens/s at the issue's comparison batches, beside nanoGPT in PyTorch eager when
+    """Training tokens/s at the comparison batches (`torch_reference.SHAPES`), beside nanoGPT in PyTorch eager when
     torch is importable (interleaved windows), and on 2 host devices (data parallel): interleaved
     too when this process has them (ONTOGENY_HOST_DEVICES=2 python -m experiments bench), else in a
     subprocess."""

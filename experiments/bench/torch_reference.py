@@ -111,7 +111,7 @@ def make_step(n_layer: int, n_head: int, d_model: int, context: int, vocab: int,
 
 # ----- side by side with Ontogeny's train step (the `bench core` / `bench torch` training figures) -----
 
-# [choice] The issue's comparison shapes: nanoGPT's CPU recipe (batch 12) and shakespeare-char at batch 8.
+# [choice] The comparison shapes: nanoGPT's CPU recipe (batch 12) and shakespeare-char at batch 8.
 SHAPES = {"tiny": 12, "shakespeare-char": 8}
 
 
@@ -148,8 +148,9 @@ def interleaved(fns: dict, steps: int, windows: int = 3, warm: int = 1) -> dict:
     machine's noise hits every contender; a warm-up call first. Returns {name: [s per window]}.
 
     [choice] Each window starts with `warm` untimed calls: resuming after the other contender's
-    window costs a one-off (on machine B, 2026-11-30, the first shakespeare-char XLA step after
-    1 s idle took ~150 ms longer than the next), which a training loop that never pauses does not pay."""
+    window costs a one-off (the first shakespeare-char XLA step after 1 s idle took ~150 ms longer
+    than the next: docs/benchmarks/2026-11-30-xeon.md), which a training loop that never pauses
+    does not pay."""
     for fn in fns.values():
         fn()
     out = {name: [] for name in fns}
@@ -223,7 +224,7 @@ def torch_contenders(cfg, batch: int):
     [choice] The steps run in a child process (`serve`), one pipe round trip each (~0.1 ms against
     a 25 ms step), so neither runtime shares a process with the other: in one process, the
     shakespeare-char XLA step took 1065-1248 ms beside torch against 765-811 ms without it
-    (machine B, 2026-11-30, with `experiments.cli.allocator`'s huge pages), which no user meets.
+    (docs/benchmarks/2026-11-30-xeon.md), which no user meets.
     The child inherits this process's environment, huge pages included."""
     import json
     import subprocess

@@ -209,12 +209,12 @@ def main(argv: list[str]) -> int:
         t0, compiled = time.perf_counter(), meter.snapshot()
         try:
             module.resolve(config)  # the shared pretrain run exists by now (it is trained first)
-            claim_folder(folder_path, name, "tiny", config)
-            folder = RunFolder(folder_path)
-            if folder.read_summary() is None:
-                summary = module.run(config, folder)
-                require_finite_summary(summary, str(folder_path))
-                folder.write_summary(summary)
+            with claim_folder(folder_path, name, "tiny", config):  # one writer per study folder
+                folder = RunFolder(folder_path)
+                if folder.read_summary() is None:
+                    summary = module.run(config, folder)
+                    require_finite_summary(summary, str(folder_path))
+                    folder.write_summary(summary)
         except OntogenyError as e:
             failed[name] = str(e)
         except Exception:  # one study's crash is reported; the others still run

@@ -283,8 +283,8 @@ def ensure_pretrain(path: str | os.PathLike | RunFolder, config: PretrainConfig 
     """Train (or resume, or reuse if finished) a pretrain run at `path`; return its path."""
     root = Path(path.root if isinstance(path, RunFolder) else path)
     config = config or PRESETS[preset]
-    claim_folder(root, "pretrain", preset, config)
-    folder = RunFolder(root)
-    if folder.read_summary() is None:
-        folder.write_summary(run(config, folder))
+    with claim_folder(root, "pretrain", preset, config):  # one writer: another process on it exits 2
+        folder = RunFolder(root)
+        if folder.read_summary() is None:
+            folder.write_summary(run(config, folder))
     return root
