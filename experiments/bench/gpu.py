@@ -15,9 +15,9 @@ rewritten after every step, so a check cut short still leaves what it measured.
    wall time, peak device memory and peak host RSS of each.
 6. probes: `bench probes` (fits against scikit-learn, and their share of the matmul peak).
 
-`--quick` runs every step at micro sizes on whatever jax has (the CPU in the tests, under a
-minute) so the check cannot rot. Where it goes: ONTOGENY_BENCH_GPU_JSON (default
-bench-gpu.json); ONTOGENY_BENCH_GPU_DIR keeps the work folder (logs, suite, runs), else a
+`--micro` (or `--quick`) runs every step at micro sizes on whatever jax has (the CPU in the
+tests, under a minute) so the check cannot rot. Where it goes: `--out FILE`, else
+ONTOGENY_BENCH_GPU_JSON, else bench-gpu.json; ONTOGENY_BENCH_GPU_DIR keeps the work folder (logs, suite, runs), else a
 temporary one is deleted. What a GPU changes was thought through: the CLI's malloc restart
 touches host memory only; host-device flags are left alone when JAX_PLATFORMS names an
 accelerator; no float64 and no host callbacks are used; XLA's default preallocation (75% of
@@ -153,4 +153,5 @@ def bench(quick: bool = False) -> dict:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"bench gpu: {len(record['gpu_steps_ok'])}/{len(record['steps'])} steps ok; wrote {path}", flush=True)
-    return {**headline(record["steps"]), "gpu_steps": record["steps"]}
+    return {**headline(record["steps"]), "gpu_size": size, "gpu_started": record["started"],
+            "gpu_environment": env, "gpu_steps": record["steps"]}

@@ -19,7 +19,7 @@ from probes.crosscoders import model as cc
 from probes import linear
 from experiments.bench.timing import matmul_peak_gflops
 
-SKETCH = 8  # [choice] rows 1 in SKETCH estimate the first Hessian in the sketched variant
+SKETCH = 8  # [choice] rows 1 in SKETCH estimate the first Hessian (the Newton-sketch variant)
 
 
 def logistic_objective_np(W, X, y, inv_l2: float) -> float:
