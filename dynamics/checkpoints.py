@@ -15,7 +15,8 @@ written for one checkpoint over that axis with `jax.vmap`, in memory-bounded chu
 each chunk over the devices when there are several (in a multi-process job, over the devices of
 every process). `open_stack` leaves the series on disk instead (`StackOnDisk`): `map_stack`
 then loads one chunk at a time, prefetching the next in a thread, so a suite of any length runs
-in bounded host memory. Stacking, sizes and the chunked reading itself live in `dynamics.stacks`.
+in bounded host memory. Stacking, sizes and the chunked reading itself live in `dynamics.stacks`,
+the memory budgets (host, and device on a GPU or TPU) in `dynamics.budget`.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ from dynamics import distributed
 from dynamics import faults
 from dynamics import integrity
 from models.errors import OntogenyError
-from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
+from dynamics.budget import (device_budget_bytes, memory_budget_bytes, outputs_budget_bytes,  # noqa: F401
+                             reserve_memory, set_memory_budget)
+from dynamics.stacks import (StackOnDisk, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
 
 _ITEMS = ("params", "state", "meta")
@@ -235,25 +238,6 @@ def load_model_config(run_dir: str | os.PathLike):
 
 
 # ----------------------------------------------------------------------------- vmap over C
-_BUDGET = {"max_bytes": None, "fraction": 0.25}
-
-
-def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25) -> None:
-    """The default host-memory budget of `map_stack`'s chunks: `max_bytes`, or `fraction` of the
-    free memory when it is None (default a quarter). Studies set it from their config."""
-    _BUDGET.update(max_bytes=None if not max_bytes else int(max_bytes), fraction=float(fraction))
-
-
-def memory_budget_bytes(max_bytes: int | None = None, memory_fraction: float | None = None) -> int:
-    """The host-memory budget in force: `max_bytes`, else `set_memory_budget`'s bytes, else a
-    fraction (`memory_fraction` or the set one) of the free memory."""
-    max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]
-    if max_bytes is not None:
-        return int(max_bytes)
-    fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
-    return int(fraction * available_memory_bytes())
-
-
 def _streamed_bytes(stacked) -> int:
     """One checkpoint's bytes of the stack's StackOnDisk leaves."""
     return tree_bytes([x.template() for x in disk_leaves(stacked)])
@@ -268,15 +252,19 @@ def _is_big(stacked, scratch_above: int = BIG_STACK_BYTES) -> bool:
 
 
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
-                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = BIG_STACK_BYTES) -> int:
+                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = BIG_STACK_BYTES,
+                    n_devices: int = 1) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
     outputs or, for a stack of `scratch_above` bytes or more (in memory or streamed from disk),
     at least XLA's temporary bytes for one checkpoint (`stacks.scratch_bytes`, e.g. a forward's
     logits, or NeuroMFA's box counting, whose temporaries dwarf its inputs).
 
-    The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
+    The host budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
     `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
-    and the next one, prefetched.
+    and the next one, prefetched. On a CPU everything is host memory. On an accelerator the
+    device holds a chunk's inputs, outputs and scratch, spread over `n_devices`, within
+    `device_budget_bytes` each, while the host holds the inputs (twice when streamed) and the
+    outputs brought back; the chunk fits both.
     """
     C = stack_length(stacked)
     one = one_template(stacked)
@@ -284,9 +272,14 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     # one extra compile, so only for a stack of some size (BIG_STACK_BYTES and up)
     scratch = scratch_bytes(fn, one, args) if _is_big(stacked, scratch_above) else None
     scratch = max((1.0 + work_factor) * tree_bytes(out), 2.0 * tree_bytes(out) + (scratch or 0))
-    per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
     budget = memory_budget_bytes(max_bytes, memory_fraction)
-    return int(max(1, min(C, budget // max(per_ckpt, 1))))
+    device_budget = device_budget_bytes()
+    if device_budget is None:
+        per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
+        return int(max(1, min(C, budget // max(per_ckpt, 1))))
+    host = tree_bytes(one) + _streamed_bytes(stacked) + 2 * tree_bytes(out)
+    device = tree_bytes(one) + scratch
+    return int(max(1, min(C, budget // max(host, 1), n_devices * device_budget // max(device, 1))))
 
 
 _MEASURED: dict = {}
@@ -302,7 +295,9 @@ def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: in
     checkpoint give the per-checkpoint cost, and the chunk shrinks to fit the budget (never
     grows). [choice] The measure includes the first compilation, which errs on the small side.
     One measure (bytes a checkpoint) per (fn, shapes) serves later calls under any budget; where
-    the peak cannot be reset, nothing is measured and (chunk, 0) comes back."""
+    the peak cannot be reset, nothing is measured and (chunk, 0) comes back. On an accelerator
+    the measure is the host's side (restoring, stacking, the outputs brought back) against the
+    host budget; the device's side keeps `auto_chunk_size`'s count, which XLA reports exactly there."""
     key, first = shapes_key(fn, one_template(stacked), args), 0
     if key not in _MEASURED:
         base = reset_peak_rss()
@@ -346,7 +341,7 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
     C = stack_length(stacked)
     multi = jax.process_count() > 1
     devices = jax.devices() if multi else jax.local_devices()
-    chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes)
+    chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes, n_devices=len(devices))
     if multi:  # free memory differs between hosts; every process must run the same chunks
         chunk = int(distributed.gather(chunk).min())
     chunk = min(chunk, C)

@@ -18,6 +18,7 @@ intermediates analyses need (names in `CAPTURES`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Iterable
 
@@ -108,10 +109,74 @@ def dense(x, w):
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*lead, w.shape[-1])
 
 
+# [choice] Off by default: the recomputing backward passes below round differently from
+# autodiff's (gradients agree to ~1e-6 relative, tests/test_fused_backward.py), so turning it on
+# moves trained runs at rounding level; `bench torch` times the training step both ways.
+RECOMPUTE_BACKWARD = False  # layer norm and GELU through their one-pass custom_vjp backward
+
+
 def layer_norm(x, p, eps: float = 1e-5):
+    if RECOMPUTE_BACKWARD:
+        return layer_norm_recomputed(x, p["scale"], p["bias"], eps)
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_recomputed(x, scale, bias, eps: float = 1e-5):
+    """`layer_norm` (x [..., D], scale and bias [D]) whose backward keeps only x and scale and
+    recomputes the mean and 1/std in the one pass that makes the gradients:
+    dx = rstd (g' - mean(g') - xhat mean(g' xhat)) with g' = g scale; dscale = sum g xhat; dbias = sum g."""
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    return layer_norm_recomputed(x, scale, bias, eps), (x, scale)
+
+
+def _layer_norm_bwd(eps, saved, g):
+    x, scale = saved
+    mean = x.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    gs = g * scale
+    dx = rstd * (gs - gs.mean(-1, keepdims=True) - xhat * (gs * xhat).mean(-1, keepdims=True))
+    lead = tuple(range(x.ndim - 1))
+    return dx, (g * xhat).sum(lead), g.sum(lead)
+
+
+layer_norm_recomputed.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+def gelu(x):
+    """GELU, tanh approximation (`jax.nn.gelu(approximate=True)`), through `gelu_recomputed`
+    when `RECOMPUTE_BACKWARD` is on."""
+    return gelu_recomputed(x) if RECOMPUTE_BACKWARD else jax.nn.gelu(x, approximate=True)
+
+
+@jax.custom_vjp
+def gelu_recomputed(x):
+    """jax.nn.gelu(x, approximate=True) whose backward keeps x and recomputes in one pass
+    d/dx = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2, t = tanh(c (x + a x^3)), a = 0.044715."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x):
+    return gelu_recomputed(x), x
+
+
+def _gelu_bwd(x, g):
+    c = jnp.asarray(_GELU_C, x.dtype)
+    t = jnp.tanh(c * (x + 0.044715 * x ** 3))
+    return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)),)
+
+
+gelu_recomputed.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def _dropout(x, rate, key):
@@ -150,7 +215,7 @@ def block(p, x_BSD, config: GPTConfig, key=None):
     attn = merge_heads(causal_attention(q, k, v, mask_SS))
     attn_out = _dropout(dense(attn, p["attn"]["w_out"]) + p["attn"]["b_out"], config.dropout, k_resid1)
     x_BSD = x_BSD + attn_out
-    hidden = jax.nn.gelu(dense(layer_norm(x_BSD, p["ln2"]), p["mlp"]["w_in"]) + p["mlp"]["b_in"], approximate=True)
+    hidden = gelu(dense(layer_norm(x_BSD, p["ln2"]), p["mlp"]["w_in"]) + p["mlp"]["b_in"])
     x_BSD = x_BSD + _dropout(dense(hidden, p["mlp"]["w_out"]) + p["mlp"]["b_out"], config.dropout, k_resid2)
     return x_BSD, attn_out, hidden, (k, v)
 

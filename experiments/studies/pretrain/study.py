@@ -109,7 +109,7 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
     rows = distributed.local_batch(tc.batch_size) if jax.process_count() > 1 else None  # read only our rows
 
     mesh = train_lib.training_mesh(tc)  # every device of every process; each keeps its own rows
-    optimizer = train_lib.make_optimizer(tc)
+    optimizer = train_lib.scheduled_adamw(tc)
     params = gpt.init_params(model_config, jax.random.PRNGKey(tc.seed))
     state = train_lib.init_state(params, optimizer, tc.seed)
     loss_fn = train_lib.lm_loss(model_config)
