@@ -112,6 +112,12 @@ def logits_from_resid(params, resid_BSD, layer: int, config, *, compute_dtype=jn
     return module_of(config).logits_from_resid(_upcast(params, compute_dtype), resid_BSD, layer, config)
 
 
+def final_norm(params, x_BSD, config, *, compute_dtype=jnp.float32):
+    """The family's final normalisation of a residual stream [..., D] (what the unembedding
+    reads); `final_norm(x) @ unembedding_matrix.T` are the logits (the logit lens of a layer)."""
+    return module_of(config).final_norm(_upcast(params, compute_dtype), x_BSD, config)
+
+
 def unembedding_matrix(params, config) -> jax.Array:
     """[V, D]: row y is the output embedding of token y, as the logits use it, any family."""
     return module_of(config).unembedding_matrix(params, config)

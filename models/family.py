@@ -58,9 +58,11 @@ CAPTURES = {
     "resid": "[L, B, S, D] residual stream after every block",
     "attn_out": "[L, B, S, D] attention sublayer output, as it is added to the residual stream",
     "mlp_hidden": "[L, B, S, F] MLP hidden units: the input of the MLP's output projection",
+    "attn_probs": "[L, B, H, S, S] attention probabilities of every head (query position, key position)",
     "final_hidden": "[B, S, D] final hidden state after the last norm",
 }
 
+PER_LAYER = ("resid", "attn_out", "mlp_hidden", "attn_probs")  # the captures with a leading layer axis L
 
 @runtime_checkable
 class Family(Protocol):
@@ -72,6 +74,8 @@ class Family(Protocol):
     def apply(self, params, tokens_BS, config, *, capture: Iterable[str] = (), dropout_key=None): ...
 
     def logits_from_resid(self, params, resid_BSD, layer: int, config): ...
+
+    def final_norm(self, params, x_BSD, config): ...
 
     def unembedding_matrix(self, params, config): ...
 

@@ -28,7 +28,7 @@ from einops import rearrange
 
 from models import layers
 from models.errors import require
-from models.family import CAPTURES
+from models.family import CAPTURES, PER_LAYER
 
 NAME = "gpt"  # configs of this family carry no `family` field (model.json of a run trained here)
 
@@ -186,12 +186,15 @@ def _dropout(x, rate, key):
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def causal_attention(q_BHSE, k_BHSE, v_BHSE, mask_SS):
+def causal_attention(q_BHSE, k_BHSE, v_BHSE, mask_SS, *, return_probs: bool = False):
     """Softmax attention with an explicit boolean mask [query positions, key positions] (True =
-    may attend); the keys may be a longer cache than the queries."""
+    may attend); the keys may be a longer cache than the queries. With `return_probs`, also the
+    attention probabilities [B, H, S, T] (query, key)."""
     scores = jnp.einsum("bhse,bhte->bhst", q_BHSE, k_BHSE) / math.sqrt(q_BHSE.shape[-1])
     scores = jnp.where(mask_SS, scores, jnp.finfo(scores.dtype).min)
-    return jnp.einsum("bhst,bhte->bhse", jax.nn.softmax(scores, axis=-1), v_BHSE)
+    probs_BHST = jax.nn.softmax(scores, axis=-1)
+    out_BHSE = jnp.einsum("bhst,bhte->bhse", probs_BHST, v_BHSE)
+    return (out_BHSE, probs_BHST) if return_probs else out_BHSE
 
 
 def split_heads(x_BSD, n_head):
@@ -205,19 +208,21 @@ def merge_heads(x_BHSE):
 
 
 def block(p, x_BSD, config: GPTConfig, key=None):
-    """One pre-LN block. Returns (new residual, attention output, MLP hidden, (k, v))."""
+    """One pre-LN block. Returns (new residual, attention output, MLP hidden, (k, v), attention
+    probabilities [B, H, S, S])."""
     k_attn, k_resid1, k_resid2 = (None,) * 3 if key is None else jax.random.split(key, 3)
     S = x_BSD.shape[1]
     h = layer_norm(x_BSD, p["ln1"])
     qkv = dense(h, p["attn"]["w_qkv"]) + p["attn"]["b_qkv"]
     q, k, v = (split_heads(t, config.n_head) for t in jnp.split(qkv, 3, axis=-1))
     mask_SS = jnp.tril(jnp.ones((S, S), bool))
-    attn = merge_heads(causal_attention(q, k, v, mask_SS))
+    attn, probs = causal_attention(q, k, v, mask_SS, return_probs=True)
+    attn = merge_heads(attn)
     attn_out = _dropout(dense(attn, p["attn"]["w_out"]) + p["attn"]["b_out"], config.dropout, k_resid1)
     x_BSD = x_BSD + attn_out
     hidden = gelu(dense(layer_norm(x_BSD, p["ln2"]), p["mlp"]["w_in"]) + p["mlp"]["b_in"])
     x_BSD = x_BSD + _dropout(dense(hidden, p["mlp"]["w_out"]) + p["mlp"]["b_out"], config.dropout, k_resid2)
-    return x_BSD, attn_out, hidden, (k, v)
+    return x_BSD, attn_out, hidden, (k, v), probs
 
 
 def embed(params, tokens_BS, config: GPTConfig, *, start: int | jax.Array = 0, key=None):
@@ -230,6 +235,11 @@ def unembed(params, h_BSD):
     """Logits from a final-normalised hidden state."""
     w = params["lm_head"] if "lm_head" in params else params["wte"].T
     return dense(h_BSD, w)
+
+
+def final_norm(params, x_BSD, config: GPTConfig | None = None):
+    """The final LayerNorm, what the unembedding reads."""
+    return layer_norm(x_BSD, params["ln_f"])
 
 
 def unembedding_matrix(params, config: GPTConfig | None = None) -> jax.Array:
@@ -255,8 +265,8 @@ def run_blocks(blocks, x_BSD, config: GPTConfig, *, key=None, collect: Iterable[
 
     def step(x, inputs):
         p, k = inputs
-        x, attn_out, hidden, _ = block(p, x, config, k)
-        outs = {"resid": x, "attn_out": attn_out, "mlp_hidden": hidden}
+        x, attn_out, hidden, _, probs = block(p, x, config, k)
+        outs = {"resid": x, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
         return x, {name: outs[name] for name in collect}
 
     return jax.lax.scan(step, x_BSD, (blocks, keys), unroll=unroll)
@@ -274,10 +284,10 @@ def apply(params, tokens_BS, config: GPTConfig, *, capture: Iterable[str] = (), 
     k_embed, k_blocks = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     x = embed(params, tokens_BS, config, key=k_embed)
     acts = {"embed": x} if "embed" in capture else {}
-    per_layer = tuple(c for c in capture if c in ("resid", "attn_out", "mlp_hidden"))
+    per_layer = tuple(c for c in capture if c in PER_LAYER)
     x, layer_acts = run_blocks(params["blocks"], x, config, key=k_blocks, collect=per_layer)
     acts.update(layer_acts)
-    h = layer_norm(x, params["ln_f"])
+    h = final_norm(params, x)
     if "final_hidden" in capture:
         acts["final_hidden"] = h
     return unembed(params, h), acts

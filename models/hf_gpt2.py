@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 from models import family, layers
 from models.errors import require
-from models.family import CAPTURES
 
 NAME, TITLE, HF_MODEL_TYPES = "gpt2", "GPT-2", ("gpt2",)
 
@@ -64,11 +63,12 @@ def block(p, x_BSD, config: HFGPT2Config, layer_index):
     scale = 1.0 / math.sqrt(config.d_head) if config.scale_attn_weights else 1.0
     if config.scale_attn_by_inverse_layer_idx:
         scale = scale / (layer_index + 1.0)
-    attn_out = layers.merge(layers.attention(q, k, v, scale)) @ p["attn"]["w_out"] + p["attn"]["b_out"]
+    attn, probs = layers.attention(q, k, v, scale, return_probs=True)
+    attn_out = layers.merge(attn) @ p["attn"]["w_out"] + p["attn"]["b_out"]
     x_BSD = x_BSD + attn_out
     hidden = act(layers.layer_norm(x_BSD, p["ln2"], eps) @ p["mlp"]["w_in"] + p["mlp"]["b_in"])
     x_BSD = x_BSD + hidden @ p["mlp"]["w_out"] + p["mlp"]["b_out"]
-    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden}
+    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
 
 
 def run_blocks(blocks, x_BSD, config: HFGPT2Config, *, first_layer: int = 0,

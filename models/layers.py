@@ -90,10 +90,11 @@ def merge(x_BHSE):
     return rearrange(x_BHSE, "b h s e -> b s (h e)")
 
 
-def attention(q_BHSE, k_BGSE, v_BGSE, scale):
+def attention(q_BHSE, k_BGSE, v_BGSE, scale, *, return_probs: bool = False):
     """Causal softmax attention; G key/value heads each serve H/G consecutive query heads (GQA).
 
     `scale` multiplies the scores (a scalar or traced value, e.g. GPT-2's inverse layer index).
+    With `return_probs`, also the attention probabilities [B, H, S, S] (query, key).
     """
     H, G, S = q_BHSE.shape[1], k_BGSE.shape[1], q_BHSE.shape[2]
     k_BHSE = jnp.repeat(k_BGSE, H // G, axis=1)
@@ -101,11 +102,13 @@ def attention(q_BHSE, k_BGSE, v_BGSE, scale):
     scores = jnp.einsum("bhse,bhte->bhst", q_BHSE, k_BHSE) * scale
     mask_SS = jnp.tril(jnp.ones((S, S), bool))
     scores = jnp.where(mask_SS, scores, jnp.finfo(scores.dtype).min)
-    return jnp.einsum("bhst,bhte->bhse", jax.nn.softmax(scores, axis=-1), v_BHSE)
+    probs_BHSS = jax.nn.softmax(scores, axis=-1)
+    out_BHSE = jnp.einsum("bhst,bhte->bhse", probs_BHSS, v_BHSE)
+    return (out_BHSE, probs_BHSS) if return_probs else out_BHSE
 
 
 def scan_blocks(block_fn, blocks, x_BSD, extra=None, *, collect=(), unroll: bool = True):
-    """Run `block_fn(p, x, extra_l) -> (x, {"resid", "attn_out", "mlp_hidden"})` over the layer
+    """Run `block_fn(p, x, extra_l) -> (x, {name: array for name in family.PER_LAYER})` over the layer
     axis with `lax.scan`; returns (x, per-layer outputs for the names in `collect`)."""
     collect = tuple(collect)
 
@@ -122,7 +125,7 @@ def decode(params, x_BSD, config, capture, run_blocks, final_norm, unembedding_m
     requested captures ("embed" is x_BSD as given, after any position embedding)."""
     capture = tuple(capture)
     acts = {"embed": x_BSD} if "embed" in capture else {}
-    per_layer = tuple(c for c in capture if c in ("resid", "attn_out", "mlp_hidden"))
+    per_layer = tuple(c for c in capture if c in family.PER_LAYER)
     x_BSD, layer_acts = run_blocks(params["blocks"], x_BSD, config, collect=per_layer)
     acts.update(layer_acts)
     h_BSD = final_norm(params, x_BSD, config)

@@ -88,14 +88,16 @@ def linear(x, p, name):
 
 def attention(a, h_BSD, config: LlamaConfig, cos_SE, sin_SE, q_norm=None, k_norm=None):
     """Grouped-query attention from the normed input; `q_norm` / `k_norm` (OLMo-2) act on the
-    whole q / k projection before it is split into heads."""
+    whole q / k projection before it is split into heads. Returns (output [B, S, D], attention
+    probabilities [B, H, S, S])."""
     q, k = linear(h_BSD, a, "q"), linear(h_BSD, a, "k")
     if q_norm is not None:
         q, k = q_norm(q), k_norm(k)
     q = layers.apply_rotary(layers.heads(q, config.n_head), cos_SE, sin_SE)
     k = layers.apply_rotary(layers.heads(k, config.n_kv_head), cos_SE, sin_SE)
     v = layers.heads(linear(h_BSD, a, "v"), config.n_kv_head)
-    return linear(layers.merge(layers.attention(q, k, v, 1.0 / math.sqrt(config.d_head))), a, "out")
+    out, probs = layers.attention(q, k, v, 1.0 / math.sqrt(config.d_head), return_probs=True)
+    return linear(layers.merge(out), a, "out"), probs
 
 
 def swiglu(m, h_BSD, config: LlamaConfig):
@@ -105,11 +107,11 @@ def swiglu(m, h_BSD, config: LlamaConfig):
 
 
 def block(p, x_BSD, config: LlamaConfig, cos_SE, sin_SE):
-    attn_out = attention(p["attn"], layers.rms_norm(x_BSD, p["ln1"], config.rms_eps), config, cos_SE, sin_SE)
+    attn_out, probs = attention(p["attn"], layers.rms_norm(x_BSD, p["ln1"], config.rms_eps), config, cos_SE, sin_SE)
     x_BSD = x_BSD + attn_out
     mlp_out, hidden = swiglu(p["mlp"], layers.rms_norm(x_BSD, p["ln2"], config.rms_eps), config)
     x_BSD = x_BSD + mlp_out
-    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden}
+    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
 
 
 def run_blocks(blocks, x_BSD, config: LlamaConfig, *, collect: Iterable[str] = (), unroll: bool = True):

@@ -68,12 +68,12 @@ def block(p, x_BSD, config: NeoXConfig, cos_SP, sin_SP):
     qkv = layers.layer_norm(x_BSD, p["ln1"], eps) @ p["attn"]["w_qkv"] + p["attn"]["b_qkv"]
     q, k, v = (layers.heads(t, config.n_head) for t in jnp.split(qkv, 3, axis=-1))
     q, k = layers.apply_rotary(q, cos_SP, sin_SP), layers.apply_rotary(k, cos_SP, sin_SP)
-    attn = layers.merge(layers.attention(q, k, v, 1.0 / math.sqrt(config.d_head)))
-    attn_out = attn @ p["attn"]["w_out"] + p["attn"]["b_out"]
+    attn, probs = layers.attention(q, k, v, 1.0 / math.sqrt(config.d_head), return_probs=True)
+    attn_out = layers.merge(attn) @ p["attn"]["w_out"] + p["attn"]["b_out"]
     mlp_in = x_BSD if config.parallel_residual else x_BSD + attn_out
     hidden = act(layers.layer_norm(mlp_in, p["ln2"], eps) @ p["mlp"]["w_in"] + p["mlp"]["b_in"])
     x_BSD = x_BSD + attn_out + hidden @ p["mlp"]["w_out"] + p["mlp"]["b_out"]
-    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden}
+    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
 
 
 def run_blocks(blocks, x_BSD, config: NeoXConfig, *, collect: Iterable[str] = (), unroll: bool = True):

@@ -49,11 +49,12 @@ def block(p, x_BSD, config: Olmo2Config, cos_SE, sin_SE):
     eps, a = config.rms_eps, p["attn"]
     q_norm = lambda q: layers.rms_norm(q, a["q_norm"], eps)
     k_norm = lambda k: layers.rms_norm(k, a["k_norm"], eps)
-    attn_out = layers.rms_norm(llama.attention(a, x_BSD, config, cos_SE, sin_SE, q_norm, k_norm), p["attn_norm"], eps)
+    attn, probs = llama.attention(a, x_BSD, config, cos_SE, sin_SE, q_norm, k_norm)
+    attn_out = layers.rms_norm(attn, p["attn_norm"], eps)
     x_BSD = x_BSD + attn_out
     mlp_out, hidden = llama.swiglu(p["mlp"], x_BSD, config)
     x_BSD = x_BSD + layers.rms_norm(mlp_out, p["mlp_norm"], eps)
-    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden}
+    return x_BSD, {"resid": x_BSD, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
 
 
 def run_blocks(blocks, x_BSD, config: Olmo2Config, *, collect: Iterable[str] = (), unroll: bool = True):

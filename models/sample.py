@@ -34,7 +34,7 @@ def prefill(params, tokens_BS, config: gpt.GPTConfig):
     x = gpt.embed(params, tokens_BS, config)
 
     def layer(x, p):
-        x, _, _, (k, v) = gpt.block(p, x, config)
+        x, _, _, (k, v), _ = gpt.block(p, x, config)
         pad = ((0, 0), (0, 0), (0, config.context - S), (0, 0))
         return x, (jnp.pad(k, pad), jnp.pad(v, pad))
 

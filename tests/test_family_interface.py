@@ -46,11 +46,12 @@ class Config:
 def block(p, x, config):
     h = layers.rms_norm(x, p["ln1"], 1e-6)
     q, k, v = (layers.heads(t, config.n_head) for t in jax.numpy.split(h @ p["w_qkv"], 3, axis=-1))
-    attn_out = layers.merge(layers.attention(q, k, v, 1 / math.sqrt(config.d_model // config.n_head))) @ p["w_out"]
+    attn, probs = layers.attention(q, k, v, 1 / math.sqrt(config.d_model // config.n_head), return_probs=True)
+    attn_out = layers.merge(attn) @ p["w_out"]
     x = x + attn_out
     hidden = jax.nn.relu(layers.rms_norm(x, p["ln2"], 1e-6) @ p["w_in"])
     x = x + hidden @ p["w_down"]
-    return x, {"resid": x, "attn_out": attn_out, "mlp_hidden": hidden}
+    return x, {"resid": x, "attn_out": attn_out, "mlp_hidden": hidden, "attn_probs": probs}
 
 
 def run_blocks(blocks, x, config, *, collect=()):
