@@ -47,7 +47,9 @@ MODES = {
               # on run=..., passages and samples must fit the context (the micro run's is 32)
               "run": ("tiny", ["run={run}", "prompts=the,cat", "passage_length=24", "max_lag=16", "max_period=12",
                                "sample_length=16"])},
-    "evaluate": {"run": ("tiny", ["run={other}"])},  # {other} also holds an sft stage
+    "evaluate": {"run": ("tiny", ["run={other}"])},
+    "development": {"tiny": ("tiny", []), "pretrain_run": ("tiny", ["pretrain_run={run}"]),
+                    "run": ("tiny", ["run={run}"])},  # {other} also holds an sft stage
     "probe": {"tiny": ("tiny", []), "run": ("tiny", ["run={run}"]),
               "run with labels": ("tiny", ["run={run}", "labels={labels}"])},
 }
@@ -56,7 +58,9 @@ MODES = {
 # ("*": in every mode of the study)
 COMPANIONS = {("crosscoders", "*", "pretrain_run"): ["crosscoder.n_snapshots=4"],
               ("crosscoders", "*", "pretrain_preset"): ["crosscoder.n_snapshots=4"],
-              ("crosscoders", "*", "run"): ["crosscoder.n_snapshots=4"]}
+              ("crosscoders", "*", "run"): ["crosscoder.n_snapshots=4"],
+              # the candidates of window (0 = the context) are 1 and 2 positions: CKA's must fit in them
+              ("development", "*", "window"): ["cka_examples=64"]}
 WITH_CHANGE = {**{("linear-origins", mode, "run"): ["pairs={pairs}"] for mode in ("tiny (sweep)", "no sweep",
                                                                                   "verdict table")},
                ("neuromfa", "tiny", "run"): ["context=16"],

@@ -104,9 +104,16 @@ def _at(tree, path):
 
 def test_series_helpers_on_hand_made_curves():
     steps = [0, 1, 2, 4, 8, 16]
-    assert series.fastest_change(steps, np.diff([0, 0, 0, 5, 5.5, 6])) == [2, 4]
-    assert series.fastest_change(steps, np.diff([0, 1, 2, 3, 10, 11]), axis="step") == [4, 8]
-    assert series.fastest_change([3], []) is None
+    assert series.fastest_change(steps, series.value_change([0, 0, 0, 5, 5.5, 6])) == [2, 4]
+    assert series.fastest_change(steps, series.value_change([0, 1, 2, 3, 10, 11]), axis="step") == [4, 8]
+    assert series.fastest_change([3], series.value_change([1.0])) is None
+    # checkpoints 500 and 512 are too close to count as a pair of their own: noise between them
+    pythia = [0, 100, 200, 300, 400, 500, 512, 600]
+    assert (6, 7) not in series.spaced_pairs(pythia, "step") and (5, 7) in series.spaced_pairs(pythia, "step")
+    noisy = [0, 1, 2, 3, 4, 5, 5.3, 6]
+    assert series.fastest_change(pythia, series.value_change(noisy), axis="step") != [500, 512]
+    assert series.spaced_pairs([0, 1, 1000], "log_step", 0.05) == [(0, 1), (1, 2)]
+    assert series.spaced_pairs([0, 1, 1000], "log_step", 0.2) == [(0, 2)]
     mean = np.array([1.0, 2.0, 3.0, 2.9, 1.0, 1.1])
     tight = np.stack([mean - 0.1, mean + 0.1], 1)
     wide = np.stack([mean - 5, mean + 5], 1)

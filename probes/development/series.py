@@ -10,6 +10,8 @@ checkpoint axis (vmapped, in memory-bounded chunks, streamed from disk when the 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,16 +111,46 @@ def change_axis(steps, axis: str) -> np.ndarray:
     return np.log1p(s) if axis == "log_step" else s
 
 
-def fastest_change(steps, change_C1, axis: str = "log_step") -> list[int] | None:
-    """[step_a, step_b]: the consecutive pair of checkpoints across which a curve changes
-    fastest, |change| / distance on `axis`; `change_C1` [C-1] the change across each pair.
-    None with fewer than two checkpoints."""
-    if len(steps) < 2:
+def spaced_pairs(steps, axis: str = "log_step", min_gap: float = 0.05) -> list[tuple[int, int]]:
+    """Consecutive pairs (i, j) of checkpoints thinned so that each pair lies at least `min_gap`
+    of the series' span apart on `axis` (the last checkpoint always kept). [choice] Without
+    thinning, two checkpoints a few steps apart (Pythia's 500 and 512) turn noise into the
+    fastest rate of the series."""
+    x = change_axis(steps, axis)
+    if len(x) < 2:
+        return []
+    gap = min_gap * (x[-1] - x[0])
+    kept = [0]
+    for c in range(1, len(x)):
+        if x[c] - x[kept[-1]] >= gap:
+            kept.append(c)
+    last = len(x) - 1
+    if kept[-1] != last:          # too close to the last one kept: the final checkpoint replaces it
+        if len(kept) > 1:
+            kept[-1] = last
+        else:
+            kept.append(last)
+    return list(zip(kept[:-1], kept[1:]))
+
+
+def fastest_change(steps, change: Callable[[int, int], float], axis: str = "log_step",
+                   min_gap: float = 0.05) -> list[int] | None:
+    """[step_a, step_b]: the pair of `spaced_pairs` across which a curve changes fastest,
+    |change(i, j)| / distance on `axis` (`change(i, j)` compares checkpoints i and j: a
+    difference of values, or 1 - a similarity). None with fewer than two checkpoints."""
+    pairs = spaced_pairs(steps, axis, min_gap)
+    if not pairs:
         return None
     x = change_axis(steps, axis)
-    rate = np.abs(np.asarray(change_C1, np.float64)) / np.maximum(np.diff(x), 1e-12)
-    c = int(np.argmax(rate))
-    return [int(steps[c]), int(steps[c + 1])]
+    rates = [abs(float(change(i, j))) / max(x[j] - x[i], 1e-12) for i, j in pairs]
+    i, j = pairs[int(np.argmax(rates))]
+    return [int(steps[i]), int(steps[j])]
+
+
+def value_change(values) -> Callable[[int, int], float]:
+    """`change(i, j)` of a curve: values[j] - values[i]."""
+    v = np.asarray(values, np.float64)
+    return lambda i, j: v[j] - v[i]
 
 
 def supported_turns(steps, mean_C, ci_C2) -> dict:

@@ -26,8 +26,8 @@ def shapes(config, context: int) -> dict:
     LLC window."""
     window = config.window or context
     period = config.period or context // 2
-    early = config.icl_early or max(1, window // 10)
     late = config.icl_late or window - 1
+    early = config.icl_early or min(window // 10, late - 1)
     fix = "lower it (or give run=... with a longer context)"
     require(window <= context, f"window={window} exceeds the model's context of {context}; {fix}")
     require(2 * period <= context, f"period={period} needs sequences of {2 * period} > context {context}; {fix}")

@@ -54,13 +54,13 @@ class Config:
     cka_debiased: bool = True        # debiased CKA (unbiased HSIC, Song et al. 2012) rather than linear CKA (Kornblith et al.)
     period: int = 0                  # period P of the repeated random tokens (sequences of 2P); 0 = half the context
     n_sequences: int = 32            # repeated random sequences scored for the head scores
-    icl_early: int = 0               # ICL score: the early position (0 = a tenth of the window)
+    icl_early: int = 0               # ICL score: the early position (0 = a tenth of the window, below icl_late)
     icl_late: int = 0                # ICL score: the late position (0 = the last of the window)
     llc_checkpoints: int = 6         # checkpoints whose LLC is estimated, spread over the series (0 = all analysed)
     llc_window: int = 32             # tokens predicted per training window of the LLC's loss
     llc_examples: int = 1024         # training windows the LLC's loss L_n averages (its minibatches are drawn from them)
     llc: SGLDConfig = SGLDConfig(draws=100, batch_size=8)  # the SGLD estimator's settings
-    change_axis: str = "log_step"    # rate of change measured per log(1 + step) ("log_step") or per "step"
+    rate_per_log_step: bool = True   # "changes fastest" per unit of log(1 + step); false: per step
     n_boot: int = 1000               # bootstrap resamples of the intervals over windows and sequences
     ci_level: float = 0.95           # level of every interval
     seed: int = 0                    # windows, positions, random sequences and the SGLD chains
@@ -81,7 +81,6 @@ class Config:
         require(self.llc_window >= 1 and self.llc_examples >= self.llc.batch_size,
                 f"llc_window must be >= 1 and llc_examples={self.llc_examples} at least one minibatch "
                 f"(llc.batch_size={self.llc.batch_size})")
-        require(self.change_axis in ("step", "log_step"), f"change_axis={self.change_axis!r} must be step or log_step")
         require(self.n_boot >= 100, f"n_boot={self.n_boot} must be >= 100")
         require(0.5 < self.ci_level < 1, f"ci_level={self.ci_level} must lie in (0.5, 1)")
         require(self.chunk_size >= 0 and self.memory_budget_gb >= 0, "chunk_size and memory_budget_gb must be >= 0")

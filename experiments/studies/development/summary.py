@@ -4,9 +4,9 @@ arrays (`measures`): every headline `x` with `x_ci`, per checkpoint where it is 
 Intervals: the LLC's is Student t over its chains (the estimator's spread); the lens losses',
 the ICL score's and the head scores' are percentile bootstraps over windows or sequences (the
 max over heads taken inside each resample); CKA's a jackknife over windows. [choice] "Changes
-fastest" is the consecutive pair of checkpoints with the largest change per unit of
-`change_axis`; for the logit lens, of its mean over layers; for CKA, 1 - the adjacent CKA
-averaged over layers.
+fastest" is the pair of consecutive checkpoints, thinned to at least 5% of the series' span
+apart (`series.spaced_pairs`), with the largest change per unit of log(1 + step) (or of step); for the
+logit lens, of its mean over layers; for CKA, 1 - their CKA averaged over layers.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from dynamics import stats
 from dynamics.runlog import RunFolder
 from probes.development import heads
-from probes.development.series import cka_series, fastest_change, max_head_ci, supported_turns
+from probes.development.series import cka_series, fastest_change, max_head_ci, supported_turns, value_change
 
 
 def _curve_ci(values_CN, config) -> list:
@@ -71,17 +71,19 @@ def summarize(config, series: dict, llc: dict, data: dict) -> tuple[dict, dict]:
     shape = data["shape"]
     cka = cka_series(series["gram"], data["groups"], config.cka_debiased, config.ci_level)
     out = {"steps": steps, "n_layers": int(series["lens_nll"].shape[1]), "shapes": shape,
+           "change_axis": "log_step" if config.rate_per_log_step else "step",
            "cka_kind": "debiased" if config.cka_debiased else "linear",
            "cka_adjacent": cka["adjacent"], "cka_adjacent_ci": cka["adjacent_ci"],
            **lens_summary(config, series, shape), **head_summary(config, series, shape["period"]),
            **llc_summary(config, llc), **weight_summary(series)}
-    axis = config.change_axis
+    axis = out["change_axis"]
+    maps = np.asarray(cka["maps"], np.float64)
     out["fastest_change"] = {
-        "llc": fastest_change(out["llc_steps"], np.diff(out["llc"]), axis),
-        "cka_adjacent": fastest_change(steps, 1.0 - cka["adjacent"].mean(1), axis),
-        "induction_score_max": fastest_change(steps, np.diff(out["induction_score_max"]), axis),
-        "prev_token_score_max": fastest_change(steps, np.diff(out["prev_token_score_max"]), axis),
-        "logit_lens_loss": fastest_change(steps, np.diff(out["logit_lens_loss"].mean(1)), axis)}
+        "llc": fastest_change(out["llc_steps"], value_change(out["llc"]), axis),
+        "cka_adjacent": fastest_change(steps, lambda i, j: 1.0 - maps[:, i, j].mean(), axis),
+        "induction_score_max": fastest_change(steps, value_change(out["induction_score_max"]), axis),
+        "prev_token_score_max": fastest_change(steps, value_change(out["prev_token_score_max"]), axis),
+        "logit_lens_loss": fastest_change(steps, value_change(out["logit_lens_loss"].mean(1)), axis)}
     return out, cka
 
 
@@ -128,7 +130,8 @@ def findings(summary: dict) -> list[str]:
         f"{fmt(s['loss'][-1], s['loss_ci'][-1])} after the last block (the model's own loss; "
         f"{fmt(s['loss'][0], s['loss_ci'][0])} at step {steps[0]}); the ICL score is "
         f"{fmt(s['icl_score'][-1], s['icl_score_ci'][-1], signed=True)} nats (late minus early position).",
-        f"Consecutive checkpoints are least alike ({s['cka_kind']} CKA averaged over layers) between steps "
-        f"{fast['cka_adjacent'][0]} and {fast['cka_adjacent'][1]}; the last pair's CKA is "
+        f"Representations change fastest ({s['cka_kind']} CKA averaged over layers, per unit of "
+        f"{s.get('change_axis', 'log_step')}) between steps {fast['cka_adjacent'][0]} and {fast['cka_adjacent'][1]}; "
+        f"the last two checkpoints' CKA is "
         f"{np.mean(s['cka_adjacent'][-1]):.3f} averaged over layers.",
     ]
