@@ -19,7 +19,7 @@ def train_throughput(model_config, batch_size: int, steps: int = 5) -> dict:
     from models import gpt
 
     tc = train_lib.TrainConfig(steps=1000, batch_size=batch_size)
-    optimizer = train_lib.make_optimizer(tc)
+    optimizer = train_lib.scheduled_adamw(tc)
     state = train_lib.init_state(gpt.init_params(model_config, jax.random.PRNGKey(0)), optimizer, 0)
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), optimizer, dropout=model_config.dropout > 0)
     rng = np.random.default_rng(0)

@@ -49,6 +49,8 @@ ENTRIES = MappingProxyType({
                          bench=(("crosscoder", "experiments.bench.studies:bench_crosscoder"),)),
     "neuromfa": Entry("experiments.studies.neuromfa.study", in_quickstart=True),
     "waves": Entry("experiments.studies.waves.study", in_quickstart=True, reuses_pretrain=True),
+    "development": Entry("experiments.studies.development.study", in_quickstart=True, reuses_pretrain=True,
+                         bench=(("development", "experiments.studies.development.bench:bench"),)),
     "evaluate": Entry("experiments.studies.evaluate.study"),
     "probe": Entry("experiments.studies.probe.study"),
 })
@@ -62,6 +64,7 @@ BENCH = MappingProxyType({
     "sampling": "experiments.bench.recipes:sampling",
     "sweep": "experiments.bench.sweep:bench",
     "suite": "experiments.bench.suite:bench",
+    "gpu": "experiments.bench.gpu:bench",
 })
 
 

@@ -42,7 +42,8 @@ import numpy as np
 
 from dynamics import data as data_lib
 from dynamics import stats
-from dynamics.checkpoints import Series, load_model_config, load_stack, memory_budget_bytes, open_stack, set_memory_budget
+from dynamics.checkpoints import (Series, load_model_config, load_stack, open_stack, outputs_budget_bytes,
+                                  reserve_memory, set_memory_budget)
 from dynamics.runlog import RunFolder
 from . import measures
 from . import planted_mode
@@ -259,10 +260,11 @@ def run(config: Config, folder: RunFolder) -> dict:
     C, D = len(steps), model_config.d_model
     ccfg, hps = config.crosscoder_config(D, C), config.hps()
     # the budget covers the crosscoders too: the snapshots stream in what they leave ([choice]
-    # at least a quarter of the budget, so a dictionary larger than the budget still runs)
+    # at least a quarter of the budget, so a dictionary larger than the budget still runs); on
+    # an accelerator the dictionaries take their share of the device's memory, not the host's
     set_memory_budget(int(config.memory_budget_gb * 2**30))
-    budget, training = memory_budget_bytes(), cc.training_bytes(ccfg, len(hps))
-    set_memory_budget(max(budget - training, budget // 4))
+    training = cc.training_bytes(ccfg, len(hps))
+    budget = reserve_memory(training)
     try:
         steps, stacked = open_stack(run_dir, steps) if config.run else load_stack(run_dir, steps)
         S = (config.context or min(model_config.context, 128)) if config.run else model_config.context
@@ -270,7 +272,7 @@ def run(config: Config, folder: RunFolder) -> dict:
         site = cm.site_fn(model_config, layer)
         if config.direct:
             t0 = time.perf_counter()
-            sweep = streams.direct_sweep(config, C, D, memory_budget_bytes())
+            sweep = streams.direct_sweep(config, C, D, outputs_budget_bytes(C))
             buffer = streams.DirectStream(config, corpus.train_ids, stacked, site, C, D, S, sweep)
             fill_s = time.perf_counter() - t0
         else:
