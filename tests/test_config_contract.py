@@ -21,7 +21,7 @@ STRINGS = {"arch": ["batchtopk", "relu"], "corpus": ["synthetic", "shakespeare"]
            "answer_format": ["letter"], "pretrain_preset": ["micro"], "tokenizer": ["bytes", "char"],
            "token_dtype": ["uint32"], "site": ["resid_post.1", "resid_post.0"], "multi_token": ["first", "mean"],
            "leading_space": ["never", "always"], "feature": ["mean"], "stage": ["sft"], "stages": ["sft"],
-           "series": ["planted"], "emergence_rule": ["steepest"], "emergence_strength": ["contribution"]}
+           "series": ["planted", "model"], "emergence_rule": ["steepest"], "emergence_strength": ["contribution"]}
 REFERENCES = ("pretrain_run", "gpt_run", "path", "run")  # run folders (data.path: a folder of text files)
 FILES = ("pairs", "labels", "text", "tasks")  # input files, two of each kind (`inputs`)
 FILE_KEYS = {"test_tasks": "tasks"}  # other keys that take a file of one of those kinds
@@ -56,10 +56,8 @@ MODES = {
 # settings a change needs to be valid at all: set on both sides (COMPANIONS), or with the change
 # only, where the change switches the mode that reads them (WITH_CHANGE)
 # ("*": in every mode of the study)
-COMPANIONS = {("crosscoders", "*", "pretrain_run"): ["crosscoder.n_snapshots=4"],
-              ("crosscoders", "*", "pretrain_preset"): ["crosscoder.n_snapshots=4"],
-              ("crosscoders", "*", "run"): ["crosscoder.n_snapshots=4"],
-              # the candidates of window (0 = the context) are 1 and 2 positions: CKA's must fit in them
+# (crosscoders needs none: its snapshot count fits the series it is given)
+COMPANIONS = {  # the candidates of window (0 = the context) are 1 and 2 positions: CKA's must fit in them
               ("development", "*", "window"): ["cka_examples=64"]}
 WITH_CHANGE = {**{("linear-origins", mode, "run"): ["pairs={pairs}"] for mode in ("tiny (sweep)", "no sweep",
                                                                                   "verdict table")},
