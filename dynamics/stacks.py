@@ -172,7 +172,8 @@ def largest_intermediate_bytes(jaxpr) -> int:
         for v in eqn.outvars:
             aval = getattr(v, "aval", None)
             if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-                largest = max(largest, int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize)
+                itemsize = getattr(aval.dtype, "itemsize", 8)   # a PRNG key's dtype is not numpy's
+                largest = max(largest, int(np.prod(aval.shape, dtype=np.int64)) * itemsize)
         for sub in jax.core.jaxprs_in_params(eqn.params):
             largest = max(largest, largest_intermediate_bytes(sub))
     return largest

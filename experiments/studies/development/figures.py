@@ -52,7 +52,7 @@ def plot_llc(s: dict, path) -> None:
     _steps_axis(ax, s["steps"])
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax.legend(lines[0][:2] + more[0], lines[1][:2] + more[1], fontsize=9, loc="center right")
+    ax.legend(lines[0][:2] + more[0], lines[1][:2] + more[1], fontsize=9, loc="upper center")
     ax.set_title("LLC and loss over training (dotted: turns the intervals do not support)")
     plots.save(fig, path)
 
@@ -85,7 +85,8 @@ def plot_cka(s: dict, cka: dict, path) -> None:
     maps = np.asarray(cka["maps"])                                                 # [L, C, C]
     layers = data_lib.spread(len(maps), 4)
     steps = s["steps"]
-    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(3.4 * (len(layers) + 1) + 1, 4.2))
+    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(3.6 * len(layers) + 6, 4.6), layout="constrained",
+                             gridspec_kw={"width_ratios": [1] * len(layers) + [1.6]})
     ticks = data_lib.spread(len(steps), 6)
     for ax, l in zip(axes, layers):
         im = ax.imshow(maps[l], vmin=min(0.0, float(maps.min())), vmax=1.0, cmap="viridis", origin="lower")
@@ -94,16 +95,16 @@ def plot_cka(s: dict, cka: dict, path) -> None:
         ax.set_xticklabels([str(steps[t]) for t in ticks], rotation=60)
         ax.set_yticks(ticks)
         ax.set_yticklabels([str(steps[t]) for t in ticks])
-    fig.colorbar(im, ax=axes[len(layers) - 1], shrink=0.8)
+    fig.colorbar(im, ax=list(axes[:len(layers)]), shrink=0.8, pad=0.02)
     ax = axes[-1]
     x = np.asarray(steps[1:], float)
     for l in range(maps.shape[0]):
         ax.plot(x, np.asarray(s["cka_adjacent"])[:, l], "o-", ms=2, label="emb" if l == 0 else f"{l - 1}")
     _steps_axis(ax, steps)
-    ax.set_ylabel("CKA with the previous checkpoint")
+    ax.set_ylabel("CKA to the previous")
     ax.legend(fontsize=8, title="layer")
     fig.suptitle(f"{s['cka_kind']} CKA over training")
-    plots.save(fig, path)
+    plots.save(fig, path, tight=False)
 
 
 def plot_heads(series: dict, s: dict, path) -> None:
@@ -138,8 +139,9 @@ def plot_lens(s: dict, path) -> None:
     """Logit-lens loss per (checkpoint, layer); the last column is the model's own loss."""
     lens = np.asarray(s["logit_lens_loss"], float)
     C, L1 = lens.shape
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.7 * L1), max(4.0, 0.28 * C + 1)))
-    im = ax.imshow(lens, aspect="auto", cmap="viridis_r", origin="lower")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 + 0.8 * L1), max(4.5, 0.28 * C + 1)))
+    top = float(max(lens[:, 1:].max(initial=0.0), lens[0].max()))    # the embedding's lens may be far worse
+    im = ax.imshow(lens, aspect="auto", cmap="viridis_r", origin="lower", vmax=top)
     ax.set_xticks(range(L1))
     ax.set_xticklabels(["emb"] + [str(i) for i in range(L1 - 1)])
     ticks = data_lib.spread(C, 12)
@@ -147,8 +149,8 @@ def plot_lens(s: dict, path) -> None:
     ax.set_yticklabels([str(s["steps"][t]) for t in ticks])
     ax.set_xlabel("layer (emb = embedding, i = after block i)")
     ax.set_ylabel("checkpoint step")
-    ax.set_title("logit-lens loss (nats/token)")
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title("logit-lens loss (nats/token; colour capped at the untrained model's)")
+    fig.colorbar(im, ax=ax, shrink=0.8, extend="max" if lens.max() > top else "neither")
     plots.save(fig, path)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from dynamics import data as data_lib
 from dynamics import run_tokenizer
-from dynamics.checkpoints import load_model_config, map_stack, open_stack
+from dynamics.checkpoints import auto_chunk_size, load_model_config, map_stack, open_stack
 from dynamics.runlog import RunFolder
 from experiments.studies import run_inputs as suite
 from models.errors import require
@@ -114,9 +114,12 @@ def llc_pass(config, run_dir: Path, data: dict, steps) -> dict:
     chosen = [int(steps[i]) for i in data_lib.spread(len(steps), config.llc_checkpoints)]
     llc_steps, disk = open_stack(run_dir, chosen)
     fn = llc_fn(data["model"], config.llc)
+    key = jax.random.PRNGKey(config.seed + 1)
     t0 = time.perf_counter()
-    out = map_stack(fn, disk, data["llc_windows"], jax.random.PRNGKey(config.seed + 1),
-                    chunk_size=config.chunk_size or None)
+    # [choice] the chains' activations, not the checkpoint, fill memory: always ask XLA for one
+    # checkpoint's temporaries (one extra compile), whatever the stack's size
+    chunk = config.chunk_size or auto_chunk_size(fn, disk, data["llc_windows"], key, scratch_above=0)
+    out = map_stack(fn, disk, data["llc_windows"], key, chunk_size=chunk)
     return {"steps": np.asarray(llc_steps), **out, "seconds": time.perf_counter() - t0,
             "max_resident": disk.max_resident}
 

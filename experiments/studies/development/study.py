@@ -59,7 +59,7 @@ class Config:
     llc_checkpoints: int = 6         # checkpoints whose LLC is estimated, spread over the series (0 = all analysed)
     llc_window: int = 32             # tokens predicted per training window of the LLC's loss
     llc_examples: int = 1024         # training windows the LLC's loss L_n averages (its minibatches are drawn from them)
-    llc: SGLDConfig = SGLDConfig(draws=100, batch_size=8)  # the SGLD estimator's settings
+    llc: SGLDConfig = SGLDConfig(draws=50, burnin=10, batch_size=8)  # the SGLD estimator's settings
     rate_per_log_step: bool = True   # "changes fastest" per unit of log(1 + step); false: per step
     n_boot: int = 1000               # bootstrap resamples of the intervals over windows and sequences
     ci_level: float = 0.95           # level of every interval
@@ -99,7 +99,7 @@ PRESETS = {
     # 32 of its checkpoints, the SGLD settings of devinterp's language-model examples ([choice])
     "pythia": Config(max_checkpoints=32, window=128, n_windows=64, batch_size=8, cka_examples=512, period=64,
                      n_sequences=32, llc_checkpoints=8, llc_window=128, llc_examples=2048,
-                     llc=SGLDConfig(eps=1e-3, gamma=100.0, chains=4, draws=200, batch_size=16)),
+                     llc=SGLDConfig(eps=1e-3, gamma=100.0, chains=4, draws=200, burnin=50, batch_size=16)),
 }
 
 
