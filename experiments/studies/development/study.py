@@ -56,7 +56,7 @@ class Config:
     n_sequences: int = 32            # repeated random sequences scored for the head scores
     icl_early: int = 0               # ICL score: the early position (0 = a tenth of the window, below icl_late)
     icl_late: int = 0                # ICL score: the late position (0 = the last of the window)
-    llc_checkpoints: int = 6         # checkpoints whose LLC is estimated, spread over the series (0 = all analysed)
+    llc_checkpoints: int = 5         # checkpoints whose LLC is estimated, spread over the series (0 = all analysed)
     llc_window: int = 32             # tokens predicted per training window of the LLC's loss
     llc_examples: int = 1024         # training windows the LLC's loss L_n averages (its minibatches are drawn from them)
     llc: SGLDConfig = SGLDConfig(draws=50, burnin=10, batch_size=8)  # the SGLD estimator's settings
