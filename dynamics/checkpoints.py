@@ -6,14 +6,17 @@ A run folder keeps one series per training stage:
 
 `params` is the model pytree, `state` the rest of the training state (optimizer, RNG), `meta`
 a small JSON record (step, stage, loss). Stages ("pretrain", "sft", "rl", ...) each count
-their own steps; `load_stages` concatenates several into one series.
+their own steps; `stages(run)` says which checkpoints belong to which stage, in training order
+(recorded in `RUN/checkpoints/stages.json` when a stage saves its first checkpoint), and
+`load_stages` concatenates several into one series.
 
 `load_stack` returns every leaf with a leading checkpoint axis C; `map_stack` runs a function
 written for one checkpoint over that axis with `jax.vmap`, in memory-bounded chunks, sharding
 each chunk over the devices when there are several (in a multi-process job, over the devices of
 every process). `open_stack` leaves the series on disk instead (`StackOnDisk`): `map_stack`
 then loads one chunk at a time, prefetching the next in a thread, so a suite of any length runs
-in bounded host memory. Stacking, sizes and the chunked reading itself live in `dynamics.stacks`.
+in bounded host memory. Stacking, sizes and the chunked reading itself live in `dynamics.stacks`,
+the memory budgets (host, and device on a GPU or TPU) in `dynamics.budget`.
 """
 from __future__ import annotations
 
@@ -28,8 +31,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dynamics import distributed
+from dynamics import faults
+from dynamics import integrity
 from models.errors import OntogenyError
-from dynamics.stacks import (StackOnDisk, available_memory_bytes, chunks, disk_leaves, one_template, peak_rss,
+from dynamics.budget import (device_budget_bytes, memory_budget_bytes, outputs_budget_bytes,  # noqa: F401
+                             reserve_memory, set_memory_budget)
+from dynamics.stacks import (StackOnDisk, chunks, disk_leaves, one_template, peak_rss,
                              reset_peak_rss, scratch_bytes, shapes_key, stack_length, stack_trees, tree_bytes)
 
 _ITEMS = ("params", "state", "meta")
@@ -62,17 +69,30 @@ class Series:
         return sorted(int(s) for s in self._manager.all_steps())
 
     def save(self, step: int, params, state=None, meta: dict | None = None) -> None:
+        """Write checkpoint `step` (process 0). Orbax writes it to a temporary folder renamed into
+        place when complete; when that fails (a full disk), the partial folder is removed, the
+        checkpoints before it stay intact, and `faults.WriteFailed` names the step folder."""
         if not distributed.is_primary():
             return
         if step in self.steps():
             raise OntogenyError(f"checkpoint {self.directory / str(step)} already exists and is never overwritten; "
                                 f"resume from it or use a new run folder")
         meta = {"step": int(step), "stage": self.stage, **(meta or {})}
+        meta = integrity.with_checksum(meta, params)  # what `load_stack(..., verify=True)` checks
+        _record_stage(self.run_dir, self.stage)
         args = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if state is not None:
             args["state"] = ocp.args.StandardSave(state)
-        self._manager.save(int(step), args=ocp.args.Composite(**args))
-        self._manager.wait_until_finished()
+        faults.remove_partials(self.directory, step)  # left by a process killed while saving this step
+        # orbax's threads report a full disk through logs and hooks: one line instead
+        with faults.background_save():
+            try:
+                with faults.guarded(self.directory / str(step)):
+                    self._manager.save(int(step), args=ocp.args.Composite(**args))
+                    self._manager.wait_until_finished()
+            except BaseException:
+                faults.remove_partials(self.directory, step, settle_s=2.0)
+                raise
 
     def _restore(self, step: int, **args):
         if step not in self.steps():
@@ -118,11 +138,20 @@ def chosen_steps(series: "Series", steps: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
-    """(steps [C], params with a leading axis C on every leaf) for one stage's series."""
+def load_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain",
+               verify: bool = False):
+    """(steps [C], params with a leading axis C on every leaf) for one stage's series.
+
+    `verify=True` recomputes each checkpoint's sha256 (`dynamics.hf_import.checksum`: every
+    leaf's path, dtype, shape and bytes) and compares it with the one recorded when the step was
+    saved or imported; a checkpoint whose content changed on disk since is refused in one line."""
     series = Series(run_dir, stage, create=False)
     chosen = chosen_steps(series, steps)
-    return np.asarray(chosen), stack_trees([series.restore_params(s) for s in chosen])
+    trees = [series.restore_params(s) for s in chosen]
+    if verify:
+        for s, tree in zip(chosen, trees):
+            integrity.verify(series, s, tree)
+    return np.asarray(chosen), stack_trees(trees)
 
 
 def open_stack(run_dir: str | os.PathLike, steps: Sequence[int] | None = None, stage: str = "pretrain"):
@@ -145,6 +174,55 @@ def load_stages(run_dir: str | os.PathLike, stages: Sequence[str]):
     return labels, stack_trees(trees)
 
 
+STAGE_FILE = "stages.json"  # RUN/checkpoints/stages.json: {"order": [stage, ...]}, first save first
+CANONICAL_STAGES = ("pretrain", "midtrain", "sft", "dpo", "rl")  # [choice] the order of unrecorded stages
+
+
+def _stage_order(run_dir: Path) -> list[str]:
+    try:
+        return list(json.loads((Path(run_dir) / "checkpoints" / STAGE_FILE).read_text())["order"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _record_stage(run_dir: Path, stage: str) -> None:
+    """Append `stage` to the run's stage order the first time it saves (internal series such as
+    `_resume/...` are not stages)."""
+    order = _stage_order(run_dir)
+    if stage.startswith("_") or stage in order:
+        return
+    from dynamics.runlog import write_json
+
+    (Path(run_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / "checkpoints" / STAGE_FILE, {"order": order + [stage]})
+
+
+def stages(run_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """Which checkpoints belong to which stage: {stage: [steps, ascending]}, stages in training order.
+
+    A stage is one series `RUN/checkpoints/<stage>/` (trained here, or tagged on import with
+    `experiments import --stage sft`); each stage counts its own steps, so a step number alone does
+    not name a checkpoint: (stage, step) does, as in `load_stages`. The order is the order in
+    which the stages saved their first checkpoint (`checkpoints/stages.json`); stages it does not
+    list (runs written before it existed) follow in the order pretrain, midtrain, sft, dpo, rl,
+    then by name. Stages without a complete checkpoint are left out. A folder with no stage at all
+    raises `OntogenyError`.
+    """
+    root = Path(run_dir) / "checkpoints"
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")) if root.is_dir() else []
+    recorded = [s for s in _stage_order(run_dir) if s in found]
+    rest = sorted(set(found) - set(recorded),
+                  key=lambda s: (CANONICAL_STAGES.index(s) if s in CANONICAL_STAGES else len(CANONICAL_STAGES), s))
+    out = {}
+    for stage in recorded + rest:
+        steps = Series(run_dir, stage, create=False).steps()
+        if steps:
+            out[stage] = steps
+    if not out:
+        raise OntogenyError(f"{run_dir} holds no checkpoint series (looked in {root}); train or import a run first")
+    return out
+
+
 def load_model_config(run_dir: str | os.PathLike):
     """The model config a run was trained with or imported as (model.json). Its `family` picks
     the config class: absent for Ontogeny's GPTConfig, "gpt_neox" / "llama" / "gpt2" for an
@@ -160,25 +238,6 @@ def load_model_config(run_dir: str | os.PathLike):
 
 
 # ----------------------------------------------------------------------------- vmap over C
-_BUDGET = {"max_bytes": None, "fraction": 0.25}
-
-
-def set_memory_budget(max_bytes: int | None = None, fraction: float = 0.25) -> None:
-    """The default host-memory budget of `map_stack`'s chunks: `max_bytes`, or `fraction` of the
-    free memory when it is None (default a quarter). Studies set it from their config."""
-    _BUDGET.update(max_bytes=None if not max_bytes else int(max_bytes), fraction=float(fraction))
-
-
-def memory_budget_bytes(max_bytes: int | None = None, memory_fraction: float | None = None) -> int:
-    """The host-memory budget in force: `max_bytes`, else `set_memory_budget`'s bytes, else a
-    fraction (`memory_fraction` or the set one) of the free memory."""
-    max_bytes = max_bytes if max_bytes is not None else _BUDGET["max_bytes"]
-    if max_bytes is not None:
-        return int(max_bytes)
-    fraction = memory_fraction if memory_fraction is not None else _BUDGET["fraction"]
-    return int(fraction * available_memory_bytes())
-
-
 def _streamed_bytes(stacked) -> int:
     """One checkpoint's bytes of the stack's StackOnDisk leaves."""
     return tree_bytes([x.template() for x in disk_leaves(stacked)])
@@ -193,15 +252,19 @@ def _is_big(stacked, scratch_above: int = BIG_STACK_BYTES) -> bool:
 
 
 def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None = None,
-                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = BIG_STACK_BYTES) -> int:
+                    max_bytes: int | None = None, work_factor: float = 3.0, scratch_above: int = BIG_STACK_BYTES,
+                    n_devices: int = 1) -> int:
     """Checkpoints per chunk so that inputs + outputs + scratch fit: scratch is work_factor x the
     outputs or, for a stack of `scratch_above` bytes or more (in memory or streamed from disk),
     at least XLA's temporary bytes for one checkpoint (`stacks.scratch_bytes`, e.g. a forward's
     logits, or NeuroMFA's box counting, whose temporaries dwarf its inputs).
 
-    The budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
+    The host budget is `max_bytes` or `memory_fraction` of the free memory (defaults from
     `set_memory_budget`). Checkpoints streamed from disk count twice: the chunk being computed
-    and the next one, prefetched.
+    and the next one, prefetched. On a CPU everything is host memory. On an accelerator the
+    device holds a chunk's inputs, outputs and scratch, spread over `n_devices`, within
+    `device_budget_bytes` each, while the host holds the inputs (twice when streamed) and the
+    outputs brought back; the chunk fits both.
     """
     C = stack_length(stacked)
     one = one_template(stacked)
@@ -209,9 +272,14 @@ def auto_chunk_size(fn: Callable, stacked, *args, memory_fraction: float | None 
     # one extra compile, so only for a stack of some size (BIG_STACK_BYTES and up)
     scratch = scratch_bytes(fn, one, args) if _is_big(stacked, scratch_above) else None
     scratch = max((1.0 + work_factor) * tree_bytes(out), 2.0 * tree_bytes(out) + (scratch or 0))
-    per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
     budget = memory_budget_bytes(max_bytes, memory_fraction)
-    return int(max(1, min(C, budget // max(per_ckpt, 1))))
+    device_budget = device_budget_bytes()
+    if device_budget is None:
+        per_ckpt = tree_bytes(one) + _streamed_bytes(stacked) + scratch
+        return int(max(1, min(C, budget // max(per_ckpt, 1))))
+    host = tree_bytes(one) + _streamed_bytes(stacked) + 2 * tree_bytes(out)
+    device = tree_bytes(one) + scratch
+    return int(max(1, min(C, budget // max(host, 1), n_devices * device_budget // max(device, 1))))
 
 
 _MEASURED: dict = {}
@@ -227,7 +295,9 @@ def measured_chunk(compiled, fn: Callable, stacked, args, chunk: int, budget: in
     checkpoint give the per-checkpoint cost, and the chunk shrinks to fit the budget (never
     grows). [choice] The measure includes the first compilation, which errs on the small side.
     One measure (bytes a checkpoint) per (fn, shapes) serves later calls under any budget; where
-    the peak cannot be reset, nothing is measured and (chunk, 0) comes back."""
+    the peak cannot be reset, nothing is measured and (chunk, 0) comes back. On an accelerator
+    the measure is the host's side (restoring, stacking, the outputs brought back) against the
+    host budget; the device's side keeps `auto_chunk_size`'s count, which XLA reports exactly there."""
     key, first = shapes_key(fn, one_template(stacked), args), 0
     if key not in _MEASURED:
         base = reset_peak_rss()
@@ -271,7 +341,7 @@ def map_stack(fn: Callable, stacked, *args, chunk_size: int | None = None, max_b
     C = stack_length(stacked)
     multi = jax.process_count() > 1
     devices = jax.devices() if multi else jax.local_devices()
-    chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes)
+    chunk = chunk_size or auto_chunk_size(fn, stacked, *args, max_bytes=max_bytes, n_devices=len(devices))
     if multi:  # free memory differs between hosts; every process must run the same chunks
         chunk = int(distributed.gather(chunk).min())
     chunk = min(chunk, C)

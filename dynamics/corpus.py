@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dynamics import corpus_files
+from dynamics import faults
 from dynamics import tokenizers as tok_lib
 from dynamics.corpus_files import Source
 from dynamics.corpus_files import TokenCorpus
@@ -97,7 +98,10 @@ def load_text(config, source: Source) -> TokenCorpus:
                            "tokenizer_file": file_checksum(tok_file) if tok_file and tok_file.is_file() else None})
     folder = cache_root() / "tokens" / hashlib.sha256(key_text.encode()).hexdigest()[:24]
     if not (folder / "meta.json").is_file():
-        build(folder, source, separator, config)
+        # one builder; another process waits, then reuses it. A full disk: one line naming the cache
+        with corpus_files.cache_lock(folder), faults.guarded(folder, faults.CACHE_FIX):
+            if not (folder / "meta.json").is_file():
+                build(folder, source, separator, config)
     meta = json.loads((folder / "meta.json").read_text())
     tokenizer = tok_lib.load(folder / "tokenizer.json")
     dtype = np.dtype(meta["dtype"])
@@ -209,5 +213,6 @@ def record_run(root: Path, corpus) -> None:
                 f"the tokenizer ({record['tokenizer']}) differs from the one {root} was trained with "
                 f"({tok_path}); resume with that tokenizer, or train in a new --out")
     else:
-        corpus.tokenizer.save(tok_path)
+        with faults.atomic_path(tok_path) as tmp:  # a full disk leaves no half-written tokenizer.json
+            corpus.tokenizer.save(tmp)
     write_json(data_path, record)

@@ -1,6 +1,6 @@
-"""The files under a corpus: where the token cache lives, text files streamed in blocks as
-documents, content checksums, and the on-disk corpus (`TokenCorpus`) that `dynamics.corpus`
-builds and `dynamics.token_files` reads."""
+"""The files under a corpus: where the token cache lives (and its writer lock), text files
+streamed in blocks as documents, content checksums, and the on-disk corpus (`TokenCorpus`) that
+`dynamics.corpus` builds and `dynamics.token_files` reads."""
 from __future__ import annotations
 
 import dataclasses
@@ -61,11 +61,27 @@ def file_checksum(path: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
         memo[key] = h.hexdigest()
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo_path.with_suffix(f".{uuid.uuid4().hex[:12]}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
+        try:  # only a memo: a full or read-only cache disk costs a re-read next time, nothing else
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(memo))
+            os.replace(tmp, memo_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
     return memo[key]
+
+
+CACHE_WAIT_S = 4 * 3600  # [choice] how long a second process waits for another building the same cache entry
+
+
+def cache_lock(folder: Path):
+    """The writer lock of a token-cache entry, `tokens/KEY.lock` beside it (`dynamics.locks`): a
+    second process that needs the same entry waits for the first (up to CACHE_WAIT_S, or until it
+    dies, when the lock is taken over) and then reuses what it wrote, instead of tokenizing twice."""
+    from dynamics import faults, locks
+
+    return locks.FileLock(folder.with_name(folder.name + ".lock"), f"the token cache {folder}", wait_s=CACHE_WAIT_S,
+                          active=True, fix=faults.CACHE_FIX)
 
 
 def sources_checksum(root: Path, files: list[Path]) -> str:

@@ -7,6 +7,11 @@ through a small reader of the same format). Buffers old checkpoints carry (`atte
 `masked_bias`, `rotary_emb.inv_freq`) are dropped; every other weight must be mapped, so a
 checkpoint of another architecture or config is refused rather than half-read. Every failure
 raises `OntogenyError` with one line naming the step folder and the fix.
+
+This module is the same for every family: it reads files, shards and dtypes, and checks
+integrity. The family (registered in `models.families`, chosen by config.json's `model_type`)
+translates the config (`config_from_hf`, which also sees the folder's remote code, `*.py`) and
+converts the weights (`convert`); see `models.family` for that interface.
 """
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from models import families
 from models.errors import OntogenyError, require
-from models import hf_gpt2, llama, neox
+from models.family import Weights
 
 BUFFERS = re.compile(r"(\.(attention|attn)\.(bias|masked_bias)|rotary_emb\.inv_freq)$")
-SUPPORTED = {"gpt_neox": "GPT-NeoX / Pythia", "llama": "LLaMA family", "gpt2": "GPT-2"}
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
+REMOTE_CODE_BYTES = 1 << 20  # [choice] *.py files up to 1 MiB are read as the checkpoint's remote code
 
 
 def np_dtype(name: str):
@@ -43,61 +49,30 @@ def read_config(folder: Path) -> dict:
                             f"config.json of its Hugging Face checkpoint") from None
 
 
-def _rope(cfg: dict) -> dict:
-    """RoPE settings under either transformers 5 (`rope_parameters`) or 4.x names."""
-    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    require(rope_type == "default", f"rope type {rope_type!r} is not supported (only the default RoPE); "
-                                    f"import a checkpoint without rope scaling")
-    theta = rope.get("rope_theta", cfg.get("rope_theta", cfg.get("rotary_emb_base", 10000.0)))
-    pct = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", cfg.get("rotary_pct")))
-    return {"theta": float(theta), "pct": pct}
+def read_remote_code(folder: Path) -> dict[str, str]:
+    """{file name: text} of the folder's `*.py` files (the checkpoint's remote code; read, never run)."""
+    code = {}
+    for path in sorted(Path(folder).glob("*.py")):
+        if path.is_file() and path.stat().st_size <= REMOTE_CODE_BYTES:
+            code[path.name] = path.read_text(errors="replace")
+    return code
 
 
-def family_config(cfg: dict, where: str = "config.json"):
+def family_config(cfg: dict, where: str = "config.json", remote_code: dict | None = None):
     """The family config for a Hugging Face config dict (transformers 4.x or 5.x names)."""
     kind = cfg.get("model_type")
-    if kind not in SUPPORTED:
+    module = families.for_model_type(kind)
+    if module is None:
         arch = ",".join(cfg.get("architectures") or []) or "none named"
+        known = families.imported_families()
         raise OntogenyError(f"{where}: unknown architecture model_type={kind!r} ({arch}); supported: "
-                            f"{', '.join(f'{k} ({v})' for k, v in SUPPORTED.items())}")
+                            f"{', '.join(f'{k} ({m.TITLE})' for k, m in known.items())}")
     try:
-        return _family_config(kind, cfg)
+        return module.config_from_hf(cfg, remote_code or {})
     except KeyError as e:
         raise OntogenyError(f"{where}: the {kind} config lacks {e}; is this a complete Hugging Face config?") from None
-
-
-def _family_config(kind: str, cfg: dict):
-    if kind == "gpt_neox":
-        rope = _rope(cfg)
-        require(not cfg.get("tie_word_embeddings", False), "tied GPT-NeoX embeddings are not supported")
-        return neox.NeoXConfig(
-            vocab_size=cfg["vocab_size"], context=cfg.get("max_position_embeddings", 2048),
-            n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"], d_model=cfg["hidden_size"],
-            d_mlp=cfg["intermediate_size"], rotary_pct=float(0.25 if rope["pct"] is None else rope["pct"]),
-            rotary_base=rope["theta"], parallel_residual=bool(cfg.get("use_parallel_residual", True)),
-            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)), activation=cfg.get("hidden_act", "gelu"))
-    if kind == "llama":
-        rope = _rope(cfg)
-        require(rope["pct"] in (None, 1.0), "partial rotary LLaMA checkpoints are not supported")
-        H, D = cfg["num_attention_heads"], cfg["hidden_size"]
-        return llama.LlamaConfig(
-            vocab_size=cfg["vocab_size"], context=cfg.get("max_position_embeddings", 2048),
-            n_layer=cfg["num_hidden_layers"], n_head=H, n_kv_head=cfg.get("num_key_value_heads") or H,
-            d_model=D, d_head=cfg.get("head_dim") or D // H, d_mlp=cfg["intermediate_size"],
-            rope_theta=rope["theta"], rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
-            activation=cfg.get("hidden_act", "silu"))
-    D = cfg["n_embd"]
-    return hf_gpt2.HFGPT2Config(
-        vocab_size=cfg["vocab_size"], context=cfg["n_positions"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-        d_model=D, d_mlp=cfg.get("n_inner") or 4 * D, layer_norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
-        activation=cfg.get("activation_function", "gelu_new"),
-        scale_attn_weights=bool(cfg.get("scale_attn_weights", True)),
-        scale_attn_by_inverse_layer_idx=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
-        reorder_and_upcast_attn=bool(cfg.get("reorder_and_upcast_attn", False)),
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+    except OntogenyError as e:
+        raise OntogenyError(f"{where}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- weights
@@ -178,124 +153,18 @@ def read_weights(folder: Path) -> dict:
     return {k: v for k, v in weights.items() if not BUFFERS.search(k)}
 
 
-# ----------------------------------------------------------------------------- name mapping
-class _Taker:
-    """Pops named tensors (fp32), stacking per-layer ones on a leading layer axis."""
-
-    def __init__(self, weights: dict, where: str):
-        self.weights, self.where = dict(weights), where
-
-    def one(self, *names, transpose=False, optional=False):
-        for name in names:
-            if name in self.weights:
-                x = np.asarray(self.weights.pop(name), np.float32)
-                return x.T if transpose else x
-        if optional:
-            return None
-        raise OntogenyError(f"{self.where}: weight {names[0]!r} is missing; the checkpoint does not match its "
-                            f"config.json (or is incomplete): download that step again")
-
-    def layers(self, template: str, n: int, transpose=False, optional=False):
-        parts = [self.one(template.format(i=i), transpose=transpose, optional=optional) for i in range(n)]
-        return None if parts[0] is None else np.stack(parts)
-
-    def finish(self, params: dict) -> dict:
-        if self.weights:
-            extra = sorted(self.weights)
-            raise OntogenyError(f"{self.where}: {len(extra)} weights have no place in the model (e.g. {extra[0]!r}); "
-                                f"the checkpoint does not match its config.json's architecture")
-        return params
-
-
-def _ln(take, template, n=None, bias=True):
-    get = (lambda t: take.layers(t, n)) if n is not None else take.one
-    out = {"scale": get(template + ".weight")}
-    if bias:
-        out["bias"] = get(template + ".bias")
-    return out
-
-
-def _neox(take: _Taker, c) -> dict:
-    L, H, E, D = c.n_layer, c.n_head, c.d_head, c.d_model
-    p = "gpt_neox.layers.{i}."
-    w = take.layers(p + "attention.query_key_value.weight", L, transpose=True)        # [L, D, H*3*E]
-    b = take.layers(p + "attention.query_key_value.bias", L, optional=True)
-    b = np.zeros((L, 3 * D), np.float32) if b is None else b
-    w_qkv = w.reshape(L, D, H, 3, E).transpose(0, 1, 3, 2, 4).reshape(L, D, 3 * D)  # per-head -> [Q|K|V]
-    b_qkv = b.reshape(L, H, 3, E).transpose(0, 2, 1, 3).reshape(L, 3 * D)
-    zeros = lambda: np.zeros((L, D), np.float32)
-    b_out = take.layers(p + "attention.dense.bias", L, optional=True)
-    return {
-        "wte": take.one("gpt_neox.embed_in.weight"),
-        "blocks": {
-            "ln1": _ln(take, p + "input_layernorm", L),
-            "attn": {"w_qkv": w_qkv, "b_qkv": b_qkv, "w_out": take.layers(p + "attention.dense.weight", L, True),
-                     "b_out": zeros() if b_out is None else b_out},
-            "ln2": _ln(take, p + "post_attention_layernorm", L),
-            "mlp": {"w_in": take.layers(p + "mlp.dense_h_to_4h.weight", L, True),
-                    "b_in": take.layers(p + "mlp.dense_h_to_4h.bias", L),
-                    "w_out": take.layers(p + "mlp.dense_4h_to_h.weight", L, True),
-                    "b_out": take.layers(p + "mlp.dense_4h_to_h.bias", L)},
-        },
-        "ln_f": _ln(take, "gpt_neox.final_layer_norm"),
-        "lm_head": take.one("embed_out.weight", "lm_head.weight", transpose=True),
-    }
-
-
-def _llama(take: _Taker, c) -> dict:
-    L, p = c.n_layer, "model.layers.{i}."
-    attn, mlp = {}, {}
-    for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("out", "o_proj")):
-        attn["w_" + ours] = take.layers(p + f"self_attn.{theirs}.weight", L, transpose=True)
-        if c.attention_bias:
-            attn["b_" + ours] = take.layers(p + f"self_attn.{theirs}.bias", L)
-    for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("out", "down_proj")):
-        mlp["w_" + ours] = take.layers(p + f"mlp.{theirs}.weight", L, transpose=True)
-        if c.mlp_bias:
-            mlp["b_" + ours] = take.layers(p + f"mlp.{theirs}.bias", L)
-    params = {"wte": take.one("model.embed_tokens.weight"),
-              "blocks": {"ln1": _ln(take, p + "input_layernorm", L, bias=False), "attn": attn,
-                         "ln2": _ln(take, p + "post_attention_layernorm", L, bias=False), "mlp": mlp},
-              "ln_f": _ln(take, "model.norm", bias=False)}
-    head = take.one("lm_head.weight", transpose=True, optional=c.tied_embeddings)
-    if not c.tied_embeddings:
-        params["lm_head"] = head
-    return params
-
-
-def _gpt2(take: _Taker, c) -> dict:
-    take.weights = {k.removeprefix("transformer."): v for k, v in take.weights.items()}  # prefix may be absent
-    L, p = c.n_layer, "h.{i}."
-    params = {
-        "wte": take.one("wte.weight"), "wpe": take.one("wpe.weight"),
-        "blocks": {
-            "ln1": _ln(take, p + "ln_1", L),
-            "attn": {"w_qkv": take.layers(p + "attn.c_attn.weight", L), "b_qkv": take.layers(p + "attn.c_attn.bias", L),
-                     "w_out": take.layers(p + "attn.c_proj.weight", L), "b_out": take.layers(p + "attn.c_proj.bias", L)},
-            "ln2": _ln(take, p + "ln_2", L),
-            "mlp": {"w_in": take.layers(p + "mlp.c_fc.weight", L), "b_in": take.layers(p + "mlp.c_fc.bias", L),
-                    "w_out": take.layers(p + "mlp.c_proj.weight", L), "b_out": take.layers(p + "mlp.c_proj.bias", L)},
-        },
-        "ln_f": _ln(take, "ln_f"),
-    }
-    head = take.one("lm_head.weight", transpose=True, optional=True)
-    if not c.tied_embeddings:
-        require(head is not None, f"{take.where}: untied GPT-2 without lm_head.weight")
-        params["lm_head"] = head
-    return params
-
-
+# ----------------------------------------------------------------------------- conversion
 def convert(weights: dict, config, where: str = "checkpoint") -> dict:
-    """Hugging Face tensors -> the family's stacked params pytree (fp32, [in, out] matrices)."""
-    take = _Taker(weights, where)
-    params = {"gpt_neox": _neox, "llama": _llama, "gpt2": _gpt2}[config.family](take, config)
-    return take.finish(params)
+    """Hugging Face tensors -> the family's stacked params pytree (fp32, [in, out] matrices);
+    every tensor must find its place."""
+    take = Weights(weights, where)
+    return take.finish(families.module_of(config).convert(take, config))
 
 
 def load_checkpoint(folder: Path, dtype: str = "float32"):
     """(family config, params pytree in `dtype`) for one Hugging Face checkpoint folder."""
     folder = Path(folder)
-    config = family_config(read_config(folder), str(folder / "config.json"))
+    config = family_config(read_config(folder), str(folder / "config.json"), read_remote_code(folder))
     params = convert(read_weights(folder), config, str(folder))
     target = np_dtype(dtype)
     return config, _map(lambda x: x.astype(target), params)
@@ -328,15 +197,21 @@ def nonfinite(params) -> list[str]:
     return [path for path, x in _flat(params) if not np.isfinite(x.astype(np.float32)).all()]
 
 
+DEFAULT_PATTERNS = ("step{step}", "checkpoint-{step}", "stage1-step{step}-tokens*", "train_{step}B")
+
+
 def find_steps(root: Path, pattern: str | None = None) -> list[tuple[int, Path]]:
-    """[(step, folder)] under `root`, sorted by step. `pattern` names folders with `{step}`
-    (e.g. "global_step{step}"); by default Pythia's `step{N}` and stanford-crfm's `checkpoint-{N}`."""
+    """[(step, folder)] under `root`, sorted by step. `pattern` names folders with `{step}` and
+    optionally `*` for any text (e.g. "global_step{step}", "stage2-ingredient1-step{step}-tokens*");
+    by default Pythia's `step{N}`, stanford-crfm's `checkpoint-{N}`, OLMo-2's pretraining branches
+    `stage1-step{N}-tokens{T}B` and Baichuan2's `train_{N}B` (N billions of tokens, zero-padded)."""
     root = Path(root)
     if not root.is_dir():
         raise OntogenyError(f"{root} is not a folder; --from takes a folder holding one checkpoint folder per step")
-    patterns = [pattern] if pattern else ["step{step}", "checkpoint-{step}"]
+    patterns = [pattern] if pattern else list(DEFAULT_PATTERNS)
     require(all("{step}" in p for p in patterns), f"--pattern {pattern!r} must contain {{step}}, e.g. step{{step}}")
-    regexes = [re.compile("^" + re.escape(p).replace(re.escape("{step}"), r"(\d+)") + "$") for p in patterns]
+    regexes = [re.compile("^" + re.escape(p).replace(re.escape("{step}"), r"(\d+)").replace(re.escape("*"), ".*") + "$")
+               for p in patterns]
     found = {}
     for child in root.iterdir():
         for rx in regexes:
@@ -348,4 +223,3 @@ def find_steps(root: Path, pattern: str | None = None) -> list[tuple[int, Path]]
                 found[step] = child
     require(found, f"{root} has no step folders named {' or '.join(patterns)}; use --pattern to name them")
     return sorted(found.items())
-

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -153,13 +154,22 @@ class Checkpoints:
 
     def __init__(self, root: str | Path, stage: str, schedule: Iterable[int] = (), meta: dict | None = None):
         self.series = Series(root, stage)
-        self.resume = Series(root, f"_resume/{stage}")
+        self.root, self.stage = Path(root), stage
+        self._resume: Series | None = None  # created at the first resume point
         self.schedule = frozenset(schedule)
         self.meta = dict(meta or {})
 
+    @property
+    def resume(self) -> Series | None:
+        """The resume-point series, or None while no resume point was ever saved."""
+        if self._resume is None and (self.root / "checkpoints" / "_resume" / self.stage).is_dir():
+            self._resume = Series(self.root, f"_resume/{self.stage}")
+        return self._resume
+
     def steps(self) -> list[int]:
         """Every step a checkpoint (scheduled or resume point) is complete for."""
-        return sorted(set(self.series.steps()) | set(self.resume.steps()))
+        resume = self.resume.steps() if self.resume is not None else []
+        return sorted(set(self.series.steps()) | set(resume))
 
     def latest(self) -> int | None:
         return max(self.steps(), default=None)
@@ -190,15 +200,22 @@ class Checkpoints:
         self.series.save(step, state["params"], _rest(state), {**self.meta, **(extra or {})})
 
     def save_resume(self, step: int, state: dict, extra: dict | None = None) -> None:
-        """Replace the resume point with `state` at `step` (a scheduled step needs none)."""
+        """Make `state` at `step` the resume point (a scheduled step needs none). The new point is
+        written before the old one is removed, so a save that fails (a full disk) keeps the old."""
         if step in self.schedule:
             return
-        self.clear_resume()
-        self.resume.save(step, state["params"], _rest(state), {**self.meta, **(extra or {})})
+        if self._resume is None:
+            self._resume = Series(self.root, f"_resume/{self.stage}")
+        if step not in self._resume.steps():
+            self._resume.save(step, state["params"], _rest(state), {**self.meta, **(extra or {})})
+        if distributed.is_primary():
+            for old in self._resume.steps():
+                if old != step:
+                    shutil.rmtree(self._resume.directory / str(old))
 
     def clear_resume(self) -> None:
         """Drop the resume point (a finished run needs none)."""
-        if self.resume.steps():
+        if self.resume is not None and self.resume.steps():
             self.resume.delete_after(-1)
 
 

@@ -39,8 +39,9 @@ def cosine_lr(t, lr, min_lr, warmup: int, steps: int):
     return jnp.where(t < warmup, lr * t / max(warmup, 1), cosine)
 
 
-def make_optimizer(config: train_lib.TrainConfig) -> optax.GradientTransformation:
-    """AdamW (decay mask as in `train.make_optimizer`) with injected learning rate and weight decay."""
+def injected_adamw(config: train_lib.TrainConfig) -> optax.GradientTransformation:
+    """`train.scheduled_adamw` with the learning rate and weight decay as injected (traced)
+    hyperparameters, set every step from each member's own schedule (`make_step`)."""
     adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
         learning_rate=0.0, b1=config.beta1, b2=config.beta2, weight_decay=0.0, mask=train_lib.decay_mask)
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw) if config.grad_clip > 0 else adamw
@@ -71,7 +72,7 @@ def check_compatible(configs: list[train_lib.TrainConfig]) -> None:
 
 def make_step(loss_fn, config: train_lib.TrainConfig, *, dropout: bool):
     """Jitted `step(states, batches, hp) -> (states, metrics)`, vmapped over the member axis."""
-    optimizer = make_optimizer(config)
+    optimizer = injected_adamw(config)
 
     def step(state, batch, hp):
         lr = cosine_lr(state["step"], hp["lr"], hp["min_lr"], config.warmup, config.steps)
@@ -87,7 +88,7 @@ def make_step(loss_fn, config: train_lib.TrainConfig, *, dropout: bool):
 
 def init_states(init_params_fn, configs: list[train_lib.TrainConfig]) -> dict:
     """Stacked fresh states: member k starts from `init_params_fn(seed_k)`."""
-    optimizer = make_optimizer(configs[0])
+    optimizer = injected_adamw(configs[0])
     states = [train_lib.init_state(init_params_fn(c.seed), optimizer, c.seed) for c in configs]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 

@@ -2,7 +2,12 @@
 
 Every experiment writes one. Metrics are appended as JSON lines so a resumed run keeps
 its history; summary.json holds the headline numbers and is written last. In a multi-process
-job only process 0 (`distributed.is_primary`) writes; every process computes alike.
+job only process 0 (`distributed.is_primary`) writes; every process computes alike. One process
+writes a run folder at a time (`dynamics.locks`, taken by `experiments.cli.config.claim_folder`).
+
+Nothing already saved is lost when a write fails (`dynamics.faults`): JSON files are written
+beside their name and renamed into place, and a metrics row that does not fit on the disk is cut
+off again, so metrics.jsonl always ends with a whole row; the failure is one line naming the path.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from dynamics import distributed
+from dynamics import faults
 
 
 def field_types(cls) -> dict[str, Any]:
@@ -95,10 +101,9 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     multi-process job only process 0 writes (all compute the same value)."""
     if not distributed.is_primary():
         return
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n"
+    with faults.atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 class RunFolder:
@@ -106,9 +111,9 @@ class RunFolder:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.figures = self.root / "figures"
-        self.figures.mkdir(exist_ok=True)
+        with faults.guarded(self.figures):
+            self.figures.mkdir(parents=True, exist_ok=True)
 
     @property
     def metrics_path(self) -> Path:
@@ -123,28 +128,61 @@ class RunFolder:
         return RunFolder(self.root / name)
 
     def log(self, record: dict) -> None:
+        """Append one row to metrics.jsonl. A row that does not fit is cut off again (the file keeps
+        its whole rows) and `faults.WriteFailed` names the file."""
         if not distributed.is_primary():
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(to_jsonable(record)) + "\n")
+        faults.raise_pending()  # a background writer (TensorBoard, orbax) of this run met a full disk
+        line = (json.dumps(to_jsonable(record)) + "\n").encode()
+        with faults.guarded(self.metrics_path):
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
+                except BaseException:
+                    os.ftruncate(fd, size)  # truncating needs no space
+                    raise
+            finally:
+                os.close(fd)
 
     def drop_metrics(self, stale) -> int:
         """Remove the rows `stale(row)` selects (e.g. steps a resumed stage will replay), atomically:
         the kept rows go to a new file that replaces the old one. Returns how many rows went."""
         if not distributed.is_primary() or not self.metrics_path.exists():
             return 0
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if not stale(json.loads(line))]
-        if len(kept) < len(lines):
-            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.metrics_path)
+        lines, rows = self._rows()
+        kept = [line for line, row in zip(lines, rows) if not stale(row)]
+        if len(kept) < len(lines) or not self.metrics_path.read_bytes().endswith(b"\n"):
+            with faults.atomic_path(self.metrics_path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
         return len(lines) - len(kept)
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return self._rows()[1] if self.metrics_path.exists() else []
+
+    def _rows(self) -> tuple[list[str], list[dict]]:
+        """(lines, rows) of metrics.jsonl. A last line cut short (a process killed while appending it,
+        with no newline after it) is left out; a malformed row elsewhere is refused in one line."""
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        lines, rows = [], []
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        for n, line in numbered:
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(line)
+            except (ValueError, RecursionError):
+                if n == numbered[-1][0] and not text.endswith("\n"):
+                    break  # torn final row: its step is replayed on resume
+                from models.errors import OntogenyError
+                raise OntogenyError(f"{self.metrics_path} line {n} is not a JSON object; fix or delete that line "
+                                    f"(the run resumes from its checkpoints)") from None
+            lines.append(line)
+            rows.append(row)
+        return lines, rows
 
     def figure(self, name: str) -> Path:
         """Path for figures/<name>.png."""

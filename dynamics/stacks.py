@@ -41,6 +41,47 @@ def available_memory_bytes() -> int:
     return 4 << 30
 
 
+def on_accelerator() -> bool:
+    """Whether jax computes on an accelerator (GPU, TPU): then the device's memory, not the host's,
+    bounds what a computation may hold."""
+    return jax.local_devices()[0].platform != "cpu"
+
+
+def device_memory_stats() -> list[dict]:
+    """`memory_stats()` of every local accelerator device ([] on a CPU, or where the backend
+    reports none)."""
+    if not on_accelerator():
+        return []
+    stats = []
+    for device in jax.local_devices():
+        try:
+            one = device.memory_stats()
+        except Exception:  # a backend without memory statistics
+            return []
+        if not one or "bytes_limit" not in one:
+            return []
+        stats.append(one)
+    return stats
+
+
+def device_free_bytes() -> int | None:
+    """Free memory of the fullest local accelerator device: min over devices of jax's
+    `bytes_limit - bytes_in_use` (the allocator's pool, so with XLA's default preallocation it is
+    what is left of the 75% XLA took). None on a CPU or where the backend reports no statistics:
+    then the host's free memory (`available_memory_bytes`) is the one that counts."""
+    stats = device_memory_stats()
+    if not stats:
+        return None
+    return min(max(0, int(s["bytes_limit"]) - int(s.get("bytes_in_use", 0))) for s in stats)
+
+
+def device_peak_bytes() -> int | None:
+    """Largest `peak_bytes_in_use` over the local accelerator devices since the process started
+    (None on a CPU)."""
+    stats = device_memory_stats()
+    return max(int(s.get("peak_bytes_in_use", 0)) for s in stats) if stats else None
+
+
 def _status_bytes(field: str) -> int | None:
     try:
         for line in open("/proc/self/status"):

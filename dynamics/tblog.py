@@ -37,7 +37,7 @@ def scalars(record: dict) -> dict[str, float]:
 def mirror(folder, stage: str):
     """Tee `folder.log` into TensorBoard events under folder/tb. Returns `close()` (it drains the
     writer's queue: call it when the stage ends), or None when no writer is installed."""
-    from dynamics import distributed
+    from dynamics import distributed, faults
 
     if not distributed.is_primary():  # process 0 writes the run folder
         return None
@@ -57,9 +57,24 @@ def mirror(folder, stage: str):
             state["writer"].add_scalar(f"{stage}/{key}", value, step)
 
     def close() -> None:
-        if "writer" in state:
-            state.pop("writer").close()
         folder.log = log
+        if "writer" in state:
+            writer = state.pop("writer")
+            try:
+                with faults.guarded(folder.root / "tb"):
+                    writer.close()
+            except BaseException:
+                _abandon(writer)
+                raise
 
     folder.log = tee
     return close
+
+
+def _abandon(writer) -> None:
+    """Mark a writer that failed to close (a full disk) as closed, so that tensorboardX's own exit
+    hook does not try to flush it again and print a traceback after the one-line error."""
+    for file_writer in (getattr(writer, "all_writers", None) or {}).values():
+        event_writer = getattr(file_writer, "event_writer", None)
+        if event_writer is not None:
+            event_writer._closed = True

@@ -11,13 +11,14 @@ checkpoints/_resume/<stage>) and exit; the same command resumes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
+from jax.flatten_util import ravel_pytree
 
 from dynamics import distributed, sharding
 from dynamics.loop import Checkpoints, evaluate_and_save, run_loop
@@ -62,7 +63,7 @@ class TrainConfig:
 
 
 def optimizer_settings(config: TrainConfig) -> dict:
-    """The fields `make_optimizer` (and its schedule) read: a study's resolved run lists these."""
+    """The fields `scheduled_adamw` (and its schedule) read: a study's resolved run lists these."""
     return {k: getattr(config, k) for k in ("steps", "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2",
                                             "grad_clip")}
 
@@ -75,7 +76,7 @@ def loop_settings(config: TrainConfig, evaluated: bool) -> dict:
 
 
 def decay_mask(params):
-    """Weight decay on matmul weights only: no decay on norms, biases or embeddings (the issue's rule;
+    """Weight decay on matmul weights only: no decay on norms, biases or embeddings ([choice];
     nanoGPT also decays embeddings). With tied embeddings the shared matrix is not decayed."""
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict({k: k[-1] in DECAYED for k in flat})
@@ -86,10 +87,53 @@ def lr_schedule(config: TrainConfig):
                                               end_value=config.min_lr)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def scheduled_adamw(config: TrainConfig) -> optax.GradientTransformation:
+    """AdamW on the warmup-cosine schedule of `lr_schedule`, decay on `decay_mask`'s weights,
+    after clipping the global gradient norm to `grad_clip` (when > 0)."""
     adamw = optax.adamw(lr_schedule(config), b1=config.beta1, b2=config.beta2,
                         weight_decay=config.weight_decay, mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw) if config.grad_clip > 0 else adamw
+
+
+class FlatAdamState(NamedTuple):
+    """`flat_adamw`'s state: steps taken and Adam's two moments, each one vector [P] over every
+    parameter (in `jax.flatten_util.ravel_pytree`'s order)."""
+    count: jax.Array
+    mu: jax.Array
+    nu: jax.Array
+
+
+def flat_adamw(config: TrainConfig, eps: float = 1e-8) -> optax.GradientTransformation:
+    """`scheduled_adamw` over one flat buffer: the moments are single vectors, and a step ravels
+    the gradients, clips, updates the moments and forms the update in one elementwise pass over
+    all P parameters, then unravels it (one loop where optax runs one per leaf and transform).
+    Element by element it is optax's arithmetic in optax's order (the global norm summed leaf by
+    leaf as `optax.tree.norm` does), so its updates equal `scheduled_adamw`'s
+    (tests/test_fused_backward.py). Its state is not optax's: a run keeps one optimizer for life."""
+    schedule, b1, b2 = lr_schedule(config), config.beta1, config.beta2
+
+    def init(params):
+        flat = ravel_pytree(params)[0]
+        return FlatAdamState(jnp.zeros([], jnp.int32), jnp.zeros_like(flat), jnp.zeros_like(flat))
+
+    def update(grads, state, params):
+        g, unravel = ravel_pytree(grads)
+        p = ravel_pytree(params)[0]
+        decayed = ravel_pytree(jax.tree.map(lambda m, x: jnp.full(x.shape, m), decay_mask(params), params))[0]
+        if config.grad_clip > 0:
+            norm = optax.tree.norm(grads)
+            g = jax.lax.select(jnp.squeeze(norm < config.grad_clip), g, (g / norm) * config.grad_clip)
+        count = optax.safe_increment(state.count)
+        mu = (1 - b1) * (g ** 1) + b1 * state.mu
+        nu = (1 - b2) * (g ** 2) + b2 * state.nu
+        mu_hat = mu / (1 - b1 ** count).astype(mu.dtype)
+        nu_hat = nu / (1 - b2 ** count).astype(nu.dtype)
+        u = mu_hat / (jnp.sqrt(nu_hat + 0.0) + eps)
+        u = jnp.where(decayed, u + config.weight_decay * p, u)
+        u = u * -schedule(state.count)
+        return unravel(u), FlatAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
 
 
 def init_state(params, optimizer, seed: int) -> dict:

@@ -16,7 +16,8 @@ from models.errors import OntogenyError
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a value quoted from the command line
+    print(f"error: {one_line}", file=sys.stderr)
     return 2
 
 
@@ -55,11 +56,11 @@ def run_study(name: str, module, argv: list[str]) -> int:
     out = args.out or os.path.join("runs", f"{name}-{args.preset}")
 
     module.resolve(config)  # every key and reference (pretrain_run, pretrain_preset, ...) checked before any folder
-    claim_folder(out, name, args.preset, config)
-    folder = RunFolder(out)
-    summary = module.run(config, folder)
-    require_finite_summary(summary, out)  # a NaN headline stops the run (exit 2) before summary.json
-    folder.write_summary(summary)
+    with claim_folder(out, name, args.preset, config):  # one writer: a second process exits 2 naming this one
+        folder = RunFolder(out)
+        summary = module.run(config, folder)
+        require_finite_summary(summary, out)  # a NaN headline stops the run (exit 2) before summary.json
+        folder.write_summary(summary)
     print(json.dumps(to_jsonable(summary), indent=2))
     print(f"results in {os.path.abspath(out)} (summary.json, metrics.jsonl, figures/)")
     return 0
@@ -84,17 +85,29 @@ def main(argv: list[str]) -> int:
 
 
 def cli(argv: list[str]) -> int:
-    """`main` with the user-facing error contract: bad input -> one line, exit 2;
-    a signal during training -> checkpoint saved, one line, exit 128 + signal."""
+    """`main` with the user-facing error contract: bad input, a folder another process writes, or
+    a failed write (a full disk) -> one line, exit 2; a signal during training -> checkpoint saved,
+    one line, exit 128 + signal. The folder locks this command took are released in every case."""
+    from dynamics import faults, locks
     from dynamics.loop import Interrupted
 
+    faults.install()  # a full disk met by a background thread surfaces here as one line
     try:
-        return main(argv)
+        code = main(argv)
+        faults.raise_pending()
+        return code
     except OntogenyError as e:
-        return _fail(str(e))
+        return _fail(str(faults.earliest_failure(e) or e))  # the failed save, not a later cleanup's echo
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
+    except Exception as e:
+        failed = faults.as_write_failed(e)  # a write no guard names (a study's own file)
+        if failed is None:
+            raise
+        return _fail(str(failed))
+    finally:
+        locks.release_all()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ smaller; rcParams set the sizes of everything drawn without an explicit one.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -38,14 +40,17 @@ def enforce_legible(fig) -> None:
 
 
 def save(fig, path, tight: bool = True) -> None:
-    from dynamics import distributed
+    from dynamics import distributed, faults
 
-    if distributed.is_primary():  # one writer in a multi-process job
-        enforce_legible(fig)
-        if tight:
-            fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        if distributed.is_primary():  # one writer in a multi-process job
+            enforce_legible(fig)
+            if tight:
+                fig.tight_layout()
+            with faults.atomic_path(path) as tmp:  # a full disk leaves no half-written figure
+                fig.savefig(tmp, dpi=DPI, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 
 def loss_curve(records: list[dict], path, title: str = "training") -> None:

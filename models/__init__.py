@@ -1,7 +1,8 @@
-"""Models: Ontogeny's character GPT and the imported families (GPT-NeoX, LLaMA, GPT-2).
+"""Models: Ontogeny's character GPT and the imported families (GPT-NeoX, LLaMA, OLMo-2,
+Baichuan, GPT-2), one module each, written against one interface (`models.family`).
 
 `models.apply(params, tokens, config, capture=...)` is the family-neutral forward pass
-(`models.families.apply`); it dispatches on the family recorded in the config.
+(`models.families.apply`); it dispatches on the config's family, registered in `models.families`.
 
 Axis letters, used in array names across the project (`resid_CLBSD`, `H_CLQMD`):
     C checkpoints (the stacked series axis)   L layers          B batch

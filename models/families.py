@@ -1,13 +1,16 @@
-"""One family-neutral entry point over every model family Ontogeny serves.
+"""One family-neutral entry point over every registered model family.
 
 `apply(params, tokens_BS, config, capture=...) -> (logits_BSV, captures)` dispatches on the
-config's family: Ontogeny's own character GPT (`models.gpt`, configs without a `family`
-field), and the imported Hugging Face families `gpt_neox` (Pythia), `llama` and `gpt2`. Every
-family returns the same capture names (`models.gpt.CAPTURES`), keeps its blocks stacked on a
-layer axis, and so works unchanged under `jax.vmap` over a checkpoint axis (`map_stack`).
+config's class to its family module: Ontogeny's own character GPT (`models.gpt`) and the
+imported Hugging Face families (`models.neox`, `models.llama`, `models.olmo2`, `models.baichuan`,
+`models.hf_gpt2`). Each family is one module written against the interface documented in
+`models.family`; this module knows none of them in particular. Every family returns the same
+capture names (`CAPTURES`), keeps its blocks stacked on a layer axis, and so works unchanged
+under `jax.vmap` over a checkpoint axis (`map_stack`).
 
-A run folder records the family and hyperparameters in `model.json`; `config_from_dict`
-rebuilds the right config class from it.
+Adding a family: write its module, then `register(module)` (the tuple at the foot of this file,
+or the same call from your own code). A run folder records the family and hyperparameters in
+`model.json`; `config_from_dict` rebuilds the right config class from it.
 """
 from __future__ import annotations
 
@@ -17,35 +20,66 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 
-from models import gpt, hf_gpt2, llama, neox
+from models import baichuan, gpt, hf_gpt2, llama, neox, olmo2
 from models.errors import OntogenyError
-from models.gpt import CAPTURES
+from models.family import CAPTURES, missing_members
 
-FAMILIES = {
-    "gpt": (gpt.GPTConfig, gpt),
-    "gpt_neox": (neox.NeoXConfig, neox),
-    "llama": (llama.LlamaConfig, llama),
-    "gpt2": (hf_gpt2.HFGPT2Config, hf_gpt2),
-}
+FAMILIES: dict = {}        # family name -> module
+_BY_CONFIG: dict = {}      # config class -> module
+_BY_MODEL_TYPE: dict = {}  # Hugging Face model_type -> module
 
 
-def family_of(config) -> str:
-    return getattr(config, "family", "gpt")
+def register(module):
+    """Make a family module known (returns it): its NAME, its Config class and its Hugging Face
+    model types must be new. A module lacking a member of the interface raises TypeError."""
+    missing = missing_members(module)
+    if missing:
+        raise TypeError(f"{module.__name__} is not a model family: it lacks {missing} (see models.family)")
+    taken = [t for t in getattr(module, "HF_MODEL_TYPES", ()) if _BY_MODEL_TYPE.get(t, module) is not module]
+    if FAMILIES.get(module.NAME, module) is not module or _BY_CONFIG.get(module.Config, module) is not module or taken:
+        raise TypeError(f"{module.__name__}: family {module.NAME!r}, its config class or model types {taken} "
+                        f"are already registered by another module")
+    FAMILIES[module.NAME] = _BY_CONFIG[module.Config] = module
+    _BY_MODEL_TYPE.update({t: module for t in getattr(module, "HF_MODEL_TYPES", ())})
+    return module
+
+
+def unregister(module) -> None:
+    """Forget a family registered with `register` (tests of throwaway families)."""
+    for table in (FAMILIES, _BY_CONFIG, _BY_MODEL_TYPE):
+        for key in [k for k, m in table.items() if m is module]:
+            del table[key]
 
 
 def module_of(config):
-    family = family_of(config)
-    if family not in FAMILIES:
-        raise OntogenyError(f"model family {family!r} is unknown; known: {sorted(FAMILIES)}")
-    return FAMILIES[family][1]
+    """The family module that serves `config`."""
+    module = _BY_CONFIG.get(type(config))
+    if module is None:
+        raise OntogenyError(f"{type(config).__name__} is the config of no registered model family; known: "
+                            f"{sorted(FAMILIES)}")
+    return module
+
+
+def family_of(config) -> str:
+    return module_of(config).NAME
+
+
+def for_model_type(model_type):
+    """The family that imports Hugging Face checkpoints of `model_type`, or None."""
+    return _BY_MODEL_TYPE.get(model_type)
+
+
+def imported_families() -> dict:
+    """{model_type: module} of every family that reads Hugging Face checkpoints."""
+    return dict(_BY_MODEL_TYPE)
 
 
 def config_from_dict(data: dict):
     """The config object of the family named in `data["family"]` (absent: Ontogeny's GPT)."""
-    family = data.get("family", "gpt")
-    if family not in FAMILIES:
-        raise OntogenyError(f"model family {family!r} is unknown; known: {sorted(FAMILIES)}")
-    cls = FAMILIES[family][0]
+    name = data.get("family", gpt.NAME)
+    if name not in FAMILIES:
+        raise OntogenyError(f"model family {name!r} is unknown; known: {sorted(FAMILIES)}")
+    cls = FAMILIES[name].Config
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -69,38 +103,24 @@ def apply(params, tokens_BS, config, *, capture: Iterable[str] = (), dropout_key
     unknown = set(capture) - set(CAPTURES)
     if unknown:
         raise ValueError(f"unknown capture {sorted(unknown)}; choose from {sorted(CAPTURES)}")
-    module = module_of(config)
-    params = _upcast(params, compute_dtype)
-    if module is gpt:
-        return gpt.apply(params, tokens_BS, config, capture=capture, dropout_key=dropout_key)
-    return module.apply(params, tokens_BS, config, capture=capture)
+    return module_of(config).apply(_upcast(params, compute_dtype), tokens_BS, config, capture=capture,
+                                   dropout_key=dropout_key)
 
 
 def logits_from_resid(params, resid_BSD, layer: int, config, *, compute_dtype=jnp.float32):
     """Finish the forward pass from the residual stream after block `layer` (for splicing)."""
-    module = module_of(config)
-    params = _upcast(params, compute_dtype)
-    if module is gpt:
-        return gpt.logits_from_resid(params, resid_BSD, layer, config)
-    rest = jax.tree.map(lambda a: a[layer + 1:], params["blocks"])
-    extra = {"first_layer": layer + 1} if module is hf_gpt2 else {}
-    x, _ = module.run_blocks(rest, resid_BSD, config, **extra)
-    return module.final_norm(params, x, config) @ module.unembedding_matrix(params).T
+    return module_of(config).logits_from_resid(_upcast(params, compute_dtype), resid_BSD, layer, config)
 
 
 def final_norm(params, x_BSD, config, *, compute_dtype=jnp.float32):
     """The family's final normalisation of a residual stream [..., D] (what the unembedding
     reads); `final_norm(x) @ unembedding_matrix.T` are the logits (the logit lens of a layer)."""
-    module = module_of(config)
-    params = _upcast(params, compute_dtype)
-    if module is gpt:
-        return gpt.layer_norm(x_BSD, params["ln_f"])
-    return module.final_norm(params, x_BSD, config)
+    return module_of(config).final_norm(_upcast(params, compute_dtype), x_BSD, config)
 
 
 def unembedding_matrix(params, config) -> jax.Array:
-    """[V, D]: row y is the output embedding of token y, any family."""
-    return module_of(config).unembedding_matrix(params)
+    """[V, D]: row y is the output embedding of token y, as the logits use it, any family."""
+    return module_of(config).unembedding_matrix(params, config)
 
 
 def weight_matrices(params, config) -> dict:
@@ -108,19 +128,10 @@ def weight_matrices(params, config) -> dict:
     {"blocks": {"attn": {"w_qkv": [L, D, 3*H*E], "w_out": [L, H*E, D]},
                 "mlp": {"w_in": [L, D, F], "w_out": [L, F, D]}}}
     with w_qkv as [Q | K | V], head j's q, k and v columns at the same offset in each third.
-    GPT-NeoX and GPT-2 already store this. For LLaMA, grouped-query K/V columns are repeated so
-    every query head has its own ([choice]: the weights a head actually uses), and the SwiGLU
-    MLP is described by its up projection ([choice]: the linear path; the gate is elementwise)."""
-    b = params["blocks"]
-    if family_of(config) != "llama":
-        return {"blocks": {"attn": {"w_qkv": b["attn"]["w_qkv"], "w_out": b["attn"]["w_out"]},
-                           "mlp": {"w_in": b["mlp"]["w_in"], "w_out": b["mlp"]["w_out"]}}}
-    a, E, group = b["attn"], config.d_head, config.n_head // config.n_kv_head
+    GPT-NeoX and GPT-2 already store this; each family says how it describes itself (e.g.
+    LLaMA's grouped-query K/V columns repeated per query head, its SwiGLU MLP by the up projection)."""
+    return module_of(config).weight_matrices(params, config)
 
-    def per_query_head(w_LDX):
-        L, D, _ = w_LDX.shape
-        return jnp.repeat(w_LDX.reshape(L, D, config.n_kv_head, E), group, axis=2).reshape(L, D, config.n_head * E)
 
-    w_qkv = jnp.concatenate([a["w_q"], per_query_head(a["w_k"]), per_query_head(a["w_v"])], axis=-1)
-    return {"blocks": {"attn": {"w_qkv": w_qkv, "w_out": a["w_out"]},
-                       "mlp": {"w_in": b["mlp"]["w_up"], "w_out": b["mlp"]["w_out"]}}}
+for _family in (gpt, neox, llama, olmo2, baichuan, hf_gpt2):  # the registered families: one line each
+    register(_family)

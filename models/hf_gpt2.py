@@ -1,5 +1,6 @@
-"""Hugging Face GPT-2 checkpoints (OpenAI's and the stanford-crfm / Mistral suites) as a pure
-function of a params pytree in exactly `models.gpt`'s layout (Conv1D weights are already
+"""Hugging Face GPT-2 checkpoints (OpenAI's and the stanford-crfm / Mistral suites): config,
+forward pass and converter of one family (`models.family`), a pure function of a params pytree
+in exactly `models.gpt`'s layout (Conv1D weights are already
 [in, out]; `c_attn` is [Q | K | V]; tied unembedding):
 
     wte: [V, D]  wpe: [C, D]  blocks/ln1, attn/{w_qkv [L, D, 3D], b_qkv, w_out, b_out}, ln2,
@@ -20,9 +21,10 @@ from typing import Iterable
 
 import jax.numpy as jnp
 
-from models import layers
+from models import family, layers
 from models.errors import require
-from models.gpt import CAPTURES
+
+NAME, TITLE, HF_MODEL_TYPES = "gpt2", "GPT-2", ("gpt2",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +44,16 @@ class HFGPT2Config:
     family: str = "gpt2"             # recorded in model.json; picks this class
 
     def __post_init__(self):
-        require(self.family == "gpt2", f"HFGPT2Config.family must be 'gpt2', got {self.family!r}")
+        require(self.family == NAME, f"HFGPT2Config.family must be {NAME!r}, got {self.family!r}")
         require(self.d_model % self.n_head == 0, f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         layers.activation(self.activation)
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_head
+
+
+Config = HFGPT2Config
 
 
 def block(p, x_BSD, config: HFGPT2Config, layer_index):
@@ -78,16 +83,61 @@ def final_norm(params, x_BSD, config: HFGPT2Config):
     return layers.layer_norm(x_BSD, params["ln_f"], config.layer_norm_eps)
 
 
-def unembedding_matrix(params) -> jnp.ndarray:
+def unembedding_matrix(params, config=None) -> jnp.ndarray:
     return params["lm_head"].T if "lm_head" in params else params["wte"]
 
 
-def apply(params, tokens_BS, config: HFGPT2Config, *, capture: Iterable[str] = ()):
+def apply(params, tokens_BS, config: HFGPT2Config, *, capture: Iterable[str] = (), dropout_key=None):
     """Logits [B, S, V] and the requested intermediates (names in `CAPTURES`)."""
+    family.no_dropout(dropout_key, NAME)
     S = tokens_BS.shape[1]
     require(S <= config.context, f"{S} positions exceed the model's context of {config.context}")
     x = params["wte"][tokens_BS] + params["wpe"][:S]
     return layers.decode(params, x, config, capture, run_blocks, final_norm, unembedding_matrix)
 
 
-__all__ = ["CAPTURES", "HFGPT2Config", "apply", "run_blocks", "final_norm", "unembedding_matrix"]
+def logits_from_resid(params, resid_BSD, layer: int, config: HFGPT2Config):
+    """The layer-index attention scaling continues from block `layer` + 1."""
+    return layers.finish(params, resid_BSD, layer, config, run_blocks, final_norm, unembedding_matrix,
+                         first_layer=layer + 1)
+
+
+def weight_matrices(params, config: HFGPT2Config) -> dict:
+    """Already `models.gpt`'s layout: the stored matrices themselves."""
+    return layers.fused_weight_matrices(params)
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+def config_from_hf(hf: dict, remote_code=None) -> HFGPT2Config:
+    D = hf["n_embd"]
+    return HFGPT2Config(
+        vocab_size=hf["vocab_size"], context=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"],
+        d_model=D, d_mlp=hf.get("n_inner") or 4 * D, layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        activation=hf.get("activation_function", "gelu_new"),
+        scale_attn_weights=bool(hf.get("scale_attn_weights", True)),
+        scale_attn_by_inverse_layer_idx=bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
+        reorder_and_upcast_attn=bool(hf.get("reorder_and_upcast_attn", False)),
+        tied_embeddings=bool(hf.get("tie_word_embeddings", True)))
+
+
+def convert(take: family.Weights, c: HFGPT2Config) -> dict:
+    """Conv1D weights are already [in, out]; the `transformer.` prefix may be absent."""
+    take.rename(lambda k: k.removeprefix("transformer."))
+    L, p = c.n_layer, "h.{i}."
+    params = {
+        "wte": take.one("wte.weight"), "wpe": take.one("wpe.weight"),
+        "blocks": {
+            "ln1": take.norm(p + "ln_1", L),
+            "attn": {"w_qkv": take.layers(p + "attn.c_attn.weight", L), "b_qkv": take.layers(p + "attn.c_attn.bias", L),
+                     "w_out": take.layers(p + "attn.c_proj.weight", L), "b_out": take.layers(p + "attn.c_proj.bias", L)},
+            "ln2": take.norm(p + "ln_2", L),
+            "mlp": {"w_in": take.layers(p + "mlp.c_fc.weight", L), "b_in": take.layers(p + "mlp.c_fc.bias", L),
+                    "w_out": take.layers(p + "mlp.c_proj.weight", L), "b_out": take.layers(p + "mlp.c_proj.bias", L)},
+        },
+        "ln_f": take.norm("ln_f"),
+    }
+    head = take.one("lm_head.weight", transpose=True, optional=True)
+    if not c.tied_embeddings:
+        require(head is not None, f"{take.where}: untied GPT-2 without lm_head.weight")
+        params["lm_head"] = head
+    return params

@@ -18,6 +18,9 @@ Learner. p_hat(y|x) = softmax_y f(x)^T g(y): f is a table [X, d] or an MLP of th
 one-hot code [X, 3m] -> d; g is an unembedding table [Y, d]. Its loss is the cross-entropy under
 a weight matrix W[x, y] (the exact law w(x) p(y|x) or an empirical one); its training lives in
 dynamics/latent_training.py.
+
+Array names use this module's own letters: X contexts, Y tokens, M concepts (m of them), I the
+context's input code (3m one-hot).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ question, K options per item, N rows/items, D width, V vocabulary, S token posit
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -215,7 +216,7 @@ def expressive_scores(logits_CNV, answer_ids_N, candidates_NK, pass_ks, n_sample
 # ------------------------------------------------------------------------------ intervals
 def intervals(cognitive_CQ, expressive_CQ, ends: dict, cognitive_C, expressive_C, level: float = 0.95) -> dict:
     """95% intervals of the headline numbers, over the test questions of one training seed.
-    `ends` maps each stage to the index of its last checkpoint.
+    `ends` maps each stage (any number, in order) to the index of its last checkpoint.
 
     [choice] An accuracy (each question right or wrong once) gets the Wilson interval, not the
     bootstrap, which collapses to [0, 0] at 0 of 48; a difference of two accuracies on the same
@@ -230,8 +231,7 @@ def intervals(cognitive_CQ, expressive_CQ, ends: dict, cognitive_C, expressive_C
         out[f"expressive_{s}_ci"] = dstats.wilson_ci(int(round(expr[i].sum())), n, level)
         out[f"cognitive_minus_expressive_{s}"] = float(cog[i].mean() - expr[i].mean())
         out[f"cognitive_minus_expressive_{s}_ci"] = dstats.mean_ci(cog[i] - expr[i], level=level)
-    stages = list(ends)
-    for a, b in ((stages[0], stages[1]), (stages[0], stages[2]), (stages[1], stages[2])):
+    for a, b in itertools.combinations(list(ends), 2):   # every earlier stage against every later one
         d = expr[ends[b]] - expr[ends[a]]
         out[f"expressive_{b}_minus_{a}"] = float(d.mean())
         out[f"expressive_{b}_minus_{a}_ci"] = dstats.mean_ci(d, level=level)

@@ -21,8 +21,22 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg  # noqa: F401  (cho_solve)
 import numpy as np
+
+from probes import newton
+from probes.newton import gauge_basis, with_intercept  # noqa: F401  (part of this module's API)
+
+
+def full_precision(fn):
+    """Trace `fn` with float32 matmuls at full precision. [choice] On a GPU jax's default lets
+    float32 matmuls round their inputs to TF32 (10-bit mantissa), which would stop Newton's
+    convergence test (relative 1e-7) from ever passing and move ridge solutions by ~1e-3; a CPU
+    computes in full float32 either way, so its results are unchanged."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+    return wrapped
 
 
 def standardize(X_train, X_test, eps: float = 1e-6):
@@ -30,11 +44,6 @@ def standardize(X_train, X_test, eps: float = 1e-6):
     mean = X_train.mean(0)
     std = X_train.std(0) + eps
     return (X_train - mean) / std, (X_test - mean) / std
-
-
-def with_intercept(X):
-    """Append the constant feature: [N, D] -> [N, D+1] (the intercept is the last weight row)."""
-    return jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
 
 
 class LogisticFit(NamedTuple):
@@ -48,85 +57,15 @@ class LogisticFit(NamedTuple):
     n_iter: jax.Array
 
 
+@full_precision
 def logistic_objective(W, X1, Y_onehot, inv_C):
     """Sum of softmax log-losses + (1/2C)||W without intercept row||^2. W: [D+1, K]."""
-    return _softmax_parts(X1 @ W, Y_onehot)[0] + 0.5 * inv_C * jnp.sum(W[:-1] ** 2)
+    return newton.softmax_parts(X1 @ W, Y_onehot)[0] + 0.5 * inv_C * jnp.sum(W[:-1] ** 2)
 
 
-def _softmax_parts(logits_NK, Y_NK):
-    """(sum of log-losses, P, Q = 1 - P, R = P - Y), each accurate in float32 where P is near 1.
-
-    The log-loss of a row whose label holds the largest logit is log1p(sum_j exp(z_j - z_y)), so
-    a loss of 1e-12 is still represented (lse - z_y would round it to 0); Q sums the other
-    classes' probabilities instead of computing 1 - P, so Hessian weights P Q and the residual of
-    the labelled class keep their digits on (nearly) separable data.
-    """
-    logp = jax.nn.log_softmax(logits_NK, axis=-1)
-    P = jnp.exp(logp)
-    K = logits_NK.shape[-1]
-    Q = P @ (1.0 - jnp.eye(K, dtype=P.dtype))
-    z_y = jnp.sum(Y_NK * logits_NK, -1, keepdims=True)
-    others = jnp.where(Y_NK > 0, -jnp.inf, logits_NK - z_y)
-    top = jnp.max(others, -1)
-    tail = jnp.log1p(jnp.sum(jnp.exp(jnp.minimum(others, 0.0)), -1))      # valid where top <= 0
-    loss_N = jnp.where(top <= 0.0, tail, -jnp.sum(Y_NK * logp, -1))
-    R = jnp.where(Y_NK > 0, -Q, P)
-    return loss_N.sum(), P, Q, R
-
-
-def gauge_basis(n_classes: int) -> np.ndarray:
-    """V [K, K'] mapping the K' free parameter columns to the K logit columns.
-
-    Binary: V = e_0 (one column of log-odds against a zero column), which is scikit-learn's binary
-    problem and its penalty ||w||^2. Multinomial: an orthonormal basis of the sum-zero subspace.
-    The softmax loss is unchanged by adding one vector to every column, and the symmetric penalty
-    is smallest when the columns sum to zero, so W = Theta V^T loses nothing and removes the
-    redundant direction exactly: the Hessian in Theta is non-singular whenever C is finite, and
-    ||W||^2 = ||Theta||^2 keeps scikit-learn's multinomial objective.
-    """
-    if n_classes == 2:
-        return np.array([[1.0], [0.0]])
-    q, _ = np.linalg.qr(np.concatenate([np.ones((n_classes, 1)), np.eye(n_classes)[:, :-1]], axis=1))
-    return q[:, 1:]
-
-
-def _newton_system(theta, z, X1, Y, V, pen_D1):
-    """Gradient [D1, K'] and Hessian [D1 K', D1 K'] of the objective in the free parameters
-    (z = X1 theta V^T, the logits at theta)."""
-    D1, Kf = theta.shape
-    _, P, Q, R = _softmax_parts(z, Y)
-    grad = X1.T @ (R @ V) + pen_D1[:, None] * theta
-    # per-row curvature V^T (diag(p) - p p^T) V, its diagonal taken as p q (no 1 - p cancellation)
-    eye = jnp.eye(P.shape[-1], dtype=P.dtype)
-    M_NKK = jnp.where(eye > 0, (P * Q)[:, :, None], -P[:, :, None] * P[:, None, :])
-    A_NKK = jnp.einsum("ka,nkl,lb->nab", V, M_NKK, V)
-    H = jnp.einsum("nab,ni,nj->iajb", A_NKK, X1, X1).reshape(D1 * Kf, D1 * Kf)
-    return grad, H + jnp.diag(jnp.repeat(pen_D1, Kf))
-
-
-def _damped_factor(H, damping):
-    """Cholesky factor of the Jacobi-scaled, relatively damped Hessian, and the scaling.
-
-    [choice] Relative damping on the unit-diagonal scaled matrix keeps the float32 solve
-    well-posed on every CPU (a singular direction, C = inf on separable data) while changing the
-    Newton step by ~damping where H is well conditioned.
-    """
-    d = jnp.sqrt(jnp.maximum(jnp.diag(H), jnp.finfo(H.dtype).tiny))
-    Hs = H / d[:, None] / d[None, :]
-    Hs = 0.5 * (Hs + Hs.T) + damping * jnp.eye(H.shape[0], dtype=H.dtype)
-    return jnp.linalg.cholesky(Hs), d
-
-
-def _damped_solve(factor, g):
-    """Newton step from `_damped_factor`; if the factor is not finite, the Jacobi-scaled
-    gradient, which is always a descent direction."""
-    L, d = factor
-    s = jax.scipy.linalg.cho_solve((L, True), g / d) / d
-    return jnp.where(jnp.all(jnp.isfinite(s)), s, g / (d * d))
-
-
+@full_precision
 def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float = 1e-7,
-                 damping: float = 1e-6, reuse: int = 2) -> LogisticFit:
+                 damping: float = 1e-6, reuse: int = 2, shared_first: bool = False, sketch: int = 1) -> LogisticFit:
     """L2 logistic regression (binary or multinomial) by damped, safeguarded Newton steps.
 
     Objective: scikit-learn's, sum of log-losses + (1/2C)||W||^2 with the intercept unpenalised,
@@ -137,12 +76,21 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
       K' = 1 (binary) or K - 1 (multinomial) columns (`gauge_basis`).
     - Each iteration: Cholesky of the Jacobi-scaled, relatively damped Hessian, which then serves
       1 + `reuse` steps (Shamanskii's method: with reuse=1, cubic local convergence for one
-      Hessian, the dominant cost at N >> D). [choice] reuse=2: on `bench probes` (machine B,
-      2026-11-30) 1.14x faster than reuse=1 (at most 3 Hessians instead of 4), with the
-      objective still within float32 rounding of scikit-learn's; reuse=3 was slower. Each step
+      Hessian, the dominant cost at N >> D). [choice] reuse=2, the fastest on `bench probes`
+      with the objective still within float32 rounding of scikit-learn's (figures in
+      docs/benchmarks/2026-11-30-xeon.md). Each step
       takes the best finite objective among step sizes 1, 1/2, ..., 1/64 and no step
       (non-finite candidates count as +inf, so a NaN can never be chosen). `n_iter` counts
       Hessians.
+    - `shared_first`: the first iteration runs before the loop, where its Hessian (at theta = 0
+      every row has the same curvature) depends on the features alone, so fits vmapped over
+      shared features (the classes of one-vs-rest, a grid of labels or of `C`) compute it and its
+      factor once. Fits with their own features give bit-identical results either way; shared
+      ones agree to float32 rounding (a batched and an unbatched solve round differently), so
+      [choice] it is off by default and existing results stay bit for bit what they were.
+    - `sketch` > 1 (Newton sketch; implies `shared_first`): that first Hessian is estimated from
+      every sketch-th row (scaled to N) and does not count in `n_iter` nor stop the fit; the
+      later Hessians are exact, so the optimum and the stopping test are unchanged.
     - Stops when half the Newton decrement g^T H^-1 g is below tol * max(objective, 1), or after
       n_iter steps; `converged` says which. On separable data with C = inf the optimum is at
       infinity: the objective is driven towards 0 until the decrement is below tol.
@@ -151,10 +99,11 @@ def fit_logistic(X, y, n_classes: int = 2, C=1.0, n_iter: int = 50, tol: float =
     D1 = X.shape[1] + 1
     V = jnp.asarray(gauge_basis(n_classes), jnp.float32)
     if n_classes == 2:
-        problem = _binary_problem(Xc, y, pen_D1)
+        problem = newton.binary_problem(Xc, y, pen_D1)
     else:
-        problem = _multinomial_problem(Xc, y, n_classes, V, pen_D1)
-    theta, done, iters = _newton(problem, pen_D1, (D1, V.shape[1]), n_iter, tol, damping, reuse)
+        problem = newton.multinomial_problem(Xc, y, n_classes, V, pen_D1)
+    theta, done, iters = newton.newton(problem, pen_D1, (D1, V.shape[1]), n_iter, tol, damping, reuse,
+                                       shared_first or sketch > 1, sketch)
     # back to the caller's features: w = w~ / scale, b = b~ - mean . w
     W_s = theta @ V.T
     coef = W_s[:-1] / scale[:, None]
@@ -178,82 +127,15 @@ def _standardized(X, C):
     return Xc, mean, scale, pen_D1
 
 
-def _newton(problem, pen_D1, shape, n_iter: int, tol: float, damping: float, reuse: int):
-    """(theta [D+1, K'], converged, Hessians used): `fit_logistic`'s damped, safeguarded Newton
-    loop on a (logits_of, loss_of, system, gradient) problem from theta = 0."""
-    logits_of, loss_of, system, gradient = problem
-    penalty = lambda th: 0.5 * jnp.sum(pen_D1[:, None] * th ** 2)
-    sizes = jnp.asarray([2.0 ** -i for i in range(7)] + [0.0], jnp.float32)
-
-    def line_search(theta, z, step):
-        dz = logits_of(step)  # the logits are linear in the step: one matmul serves every size
-        values = jax.vmap(lambda s: loss_of(z - s * dz) + penalty(theta - s * step))(sizes)
-        values = jnp.where(jnp.isfinite(values), values, jnp.inf)
-        s = sizes[jnp.argmin(values)]
-        return theta - s * step, z - s * dz, jnp.min(values)
-
-    def body(carry):
-        theta, z, f, _, i = carry
-        grad, H = system(theta, z)
-        factor = _damped_factor(H, damping)
-        for _ in range(1 + reuse):  # Shamanskii: each factorised Hessian serves 1 + reuse steps
-            step = _damped_solve(factor, grad.reshape(-1)).reshape(shape)
-            done = 0.5 * jnp.abs(jnp.vdot(grad, step)) <= tol * jnp.maximum(f, 1.0)
-            theta, z, f = line_search(theta, z, step)
-            if reuse:
-                grad = gradient(theta, z)
-        return theta, z, f, done, i + 1
-
-    theta0 = jnp.zeros(shape, jnp.float32)
-    z0 = logits_of(theta0)
-    init = (theta0, z0, loss_of(z0), jnp.asarray(False), jnp.asarray(0))
-    theta, _, _, done, iters = jax.lax.while_loop(lambda c: (c[4] < n_iter) & ~c[3], body, init)
-    return theta, done, iters
-
-
-def _binary_problem(Xc, y, pen_D1):
-    """(logits_of, loss_of, system) of binary logistic regression in its one free column.
-
-    Written with the intercept apart (no [N, D+1] copy of the data) and sigmoids of +-z, so every
-    quantity keeps its digits when probabilities approach 0 or 1: the loss of a row is
-    softplus(-s z), its residual -s sigmoid(-s z), its curvature sigmoid(z) sigmoid(-z), where
-    s = +1 for class 0 (whose logit is z) and -1 for class 1.
-    """
-    sign = jnp.where(y == 0, 1.0, -1.0).astype(jnp.float32)
-    logits_of = lambda th: Xc @ th[:-1, 0] + th[-1, 0]
-    loss_of = lambda z: jnp.sum(jax.nn.softplus(-sign * z))
-
-    def gradient(theta, z):
-        r = -sign * jax.nn.sigmoid(-sign * z)
-        return jnp.concatenate([Xc.T @ r, jnp.sum(r)[None]])[:, None] + pen_D1[:, None] * theta
-
-    def system(theta, z):
-        c = jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
-        u = Xc.T @ c
-        H = jnp.block([[(Xc * c[:, None]).T @ Xc, u[:, None]], [u[None, :], jnp.sum(c)[None, None]]])
-        return gradient(theta, z), H + jnp.diag(pen_D1)
-
-    return logits_of, loss_of, system, gradient
-
-
-def _multinomial_problem(Xc, y, n_classes, V, pen_D1):
-    """(logits_of, loss_of, system) of multinomial logistic regression in K-1 free columns."""
-    X1 = with_intercept(Xc)
-    Y = jax.nn.one_hot(y, n_classes, dtype=jnp.float32)
-    logits_of = lambda th: X1 @ (th @ V.T)
-    loss_of = lambda z: _softmax_parts(z, Y)[0]
-    system = lambda theta, z: _newton_system(theta, z, X1, Y, V, pen_D1)
-    gradient = lambda theta, z: X1.T @ (_softmax_parts(z, Y)[3] @ V) + pen_D1[:, None] * theta
-    return logits_of, loss_of, system, gradient
-
-
-def fit_one_vs_rest(X, y, n_classes: int, C=1.0, n_iter: int = 50, tol: float = 1e-7) -> LogisticFit:
+def fit_one_vs_rest(X, y, n_classes: int, C=1.0, n_iter: int = 50, tol: float = 1e-7,
+                    shared_first: bool = False) -> LogisticFit:
     """One binary L2 logistic regression per class (class c against the rest), vmapped:
     log-odds weights [D+1, n_classes]. Each fit has a (D+1)^2 Hessian, where a multinomial
     Newton step would need ((D+1) n_classes)^2, so many classes stay cheap. Same objective per
     class as scikit-learn's `OneVsRestClassifier(LogisticRegression(C=C))`. `converged` is true
-    only when every class's fit converged; `grad_norm` is the largest of theirs."""
-    fit = lambda c: fit_logistic(X, (y == c).astype(jnp.int32), 2, C, n_iter, tol)
+    only when every class's fit converged; `grad_norm` is the largest of theirs.
+    `shared_first` computes the classes' first Hessian once (`fit_logistic`)."""
+    fit = lambda c: fit_logistic(X, (y == c).astype(jnp.int32), 2, C, n_iter, tol, shared_first=shared_first)
     fits = jax.vmap(fit)(jnp.arange(n_classes))                        # W: [n_classes, D+1, 2]
     return LogisticFit((fits.W[..., 1] - fits.W[..., 0]).T, jnp.all(fits.converged),
                        jnp.max(fits.grad_norm), jnp.max(fits.n_iter))
@@ -263,6 +145,7 @@ def predict_logistic(W, X):
     return jnp.argmax(with_intercept(X) @ W, axis=-1)
 
 
+@full_precision
 def fit_ridge(X, Y, alpha: float = 1.0):
     """Ridge regression weights [D+1, ...] (intercept unpenalised), in closed form.
 

@@ -1,4 +1,4 @@
-"""The CLI's glibc malloc settings (`experiments.cli.allocator`, issue 19): merged with the user's,
+"""The CLI's glibc malloc settings (`experiments.cli.allocator`): merged with the user's,
 applied once by re-executing the interpreter, refused when misspelt, off with ONTOGENY_MALLOC=system."""
 import os
 import subprocess

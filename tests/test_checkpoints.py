@@ -19,7 +19,9 @@ def test_save_restore_round_trip(tmp_path):
     restored, state, meta = series.restore(0, state_target={"rng": np.zeros(2, np.uint32)})
     chex.assert_trees_all_equal(restored, params)
     chex.assert_trees_all_equal(state, {"rng": np.array([1, 2], np.uint32)})
-    assert meta == {"step": 0, "stage": "pretrain", "val_loss": 1.5}
+    from dynamics.hf_import import checksum  # recorded for load_stack(..., verify=True)
+
+    assert meta == {"step": 0, "stage": "pretrain", "val_loss": 1.5, "checksum": checksum(params)}
     with pytest.raises(OntogenyError, match="never overwritten"):
         series.save(0, params)
 

@@ -51,7 +51,8 @@ def test_listing(capsys):
     (["neuromfa", "--set", "pretrain_run=/nonexistent/run"], "pretrain_run='/nonexistent/run' is not a run folder"),
     (["linear-origins", "--set", "gpt_run=/nonexistent/run"], "gpt_run='/nonexistent/run' is not a folder"),
     (["crosscoders", "--set", "layer=9"], "layer=9 must be < the pretrain model's n_layer=4"),
-    (["crosscoders", "--set", "pretrain_preset=micro"], "n_snapshots=16 exceeds the 8 checkpoints"),
+    (["crosscoders", "--set", "pretrain_preset=micro", "--set", "crosscoder.n_snapshots=16"],
+     "n_snapshots=16 exceeds the 8 checkpoints"),
     # keys the study would ignore are refused, naming the key as typed
     (["cognition", "--set", "rl.batch_size=4"], "--set rl.batch_size: an RL step's batch is"),
     (["cognition", "--set", "grpo.group_size=1"], "grpo.group_size=1 must be >= 2"),

@@ -143,3 +143,12 @@ def test_micro_study_end_to_end(tmp_path):
         i, j = labels.index(a), labels.index(b)
         for leaf in jax.tree.leaves(stack):
             np.testing.assert_array_equal(leaf[i], leaf[j])
+    # the same run folder, trained here, measured as a checkpoint series on the world's items
+    series_config = dataclasses.replace(MICRO, run=str(folder.root), fewshot=(0, 1), max_new_tokens=2)
+    out = RunFolder(tmp_path / "series")
+    s = cog.run(series_config, out)
+    json.dumps(s, allow_nan=False)
+    assert s["mode"] == "series" and [st["label"] for st in s["stages"]] == list(cog.STAGES)
+    assert s["n_checkpoints"] == summary["n_checkpoints"] and s["n_test_items"] == summary["n_test_questions"]
+    assert "knowledge world" in s["text_source"] and s["chance"] == summary["chance"]
+    assert len(cog.findings(s)) == 3 and out.figure("capabilities").exists()

@@ -6,6 +6,7 @@ import pytest
 from models.errors import OntogenyError
 from probes.crosscoders import model as cc
 from probes.crosscoders import training as cct
+from probes.crosscoders import emergence as em
 from probes.crosscoders import metrics
 
 
@@ -270,3 +271,29 @@ def test_a_stateless_stream_resumes_without_replaying_its_batches(tmp_path):
     assert stream.calls == [0] + list(range(5, 12))
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_similarity_token_share_and_purity_match_brute_force():
+    rng = np.random.default_rng(7)
+    N, C, D = 60, 3, 5
+    x = rng.normal(size=(N, C, D))
+    x[:, 1] = 2.0 * x[:, 0] @ np.linalg.qr(rng.normal(size=(D, D)))[0] + 3.0   # a rotated, scaled, shifted copy
+    H = np.eye(N) - 1.0 / N
+    for c, got in enumerate(em.similarity_to_first(x)):
+        K, L = H @ x[:, 0] @ x[:, 0].T @ H, H @ x[:, c] @ x[:, c].T @ H           # centred Gram matrices (HSIC form)
+        assert got == pytest.approx(np.trace(K @ L) / np.sqrt(np.trace(K @ K) * np.trace(L @ L)), rel=1e-9)
+    assert em.similarity_to_first(x)[1] == pytest.approx(1.0)
+    tokens = rng.integers(0, 4, (6, 10))
+    acts = rng.normal(size=(6, 10, C, D)) + 3.0 * rng.normal(size=(4, 1, D))[tokens]
+    fit_means = {(t, c): np.mean([acts[b, s, c] for b in range(0, 6, 2) for s in range(10) if tokens[b, s] == t], 0)
+                 for t in range(4) for c in range(C)}
+    overall = acts[0::2].reshape(-1, C, D).mean(0)
+    for c, got in enumerate(em.token_r2(tokens, acts)):
+        sse = sum(np.sum((acts[b, s, c] - fit_means[tokens[b, s], c]) ** 2) for b in range(1, 6, 2) for s in range(10))
+        sst = sum(np.sum((acts[b, s, c] - overall[c]) ** 2) for b in range(1, 6, 2) for s in range(10))
+        assert got == pytest.approx(1 - sse / sst, rel=1e-9)
+    f = np.maximum(rng.normal(size=(60, 4)), 0)
+    f[:, 3] = 0.0
+    toks = rng.integers(0, 5, 60)
+    want = [max(sum(f[n, i] for n in range(60) if toks[n] == t) for t in range(5)) / f[:, i].sum() for i in range(3)]
+    np.testing.assert_allclose(em.token_purity(toks, f), want + [0.0])

@@ -8,18 +8,19 @@ import pytest
 from dynamics.runlog import RunFolder
 from experiments.studies.crosscoders import study
 from probes.crosscoders import attribution as attr_lib
-from probes.crosscoders import metrics as cm
+from probes.crosscoders import emergence as em
+from probes.crosscoders import training as cct
 
 
 def test_emergence_cosines_and_snapshot_choice():
     norms = np.array([[1.0, 0.2, 0.1, 0.0],     # init feature: strong at step 0 then fades
                       [0.0, 0.1, 0.6, 1.0],     # emerges at index 2 (>= 0.5 max)
                       [0.0, 0.0, 0.0, 2.0]])
-    assert cm.emergence(norms, 0.5).tolist() == [0, 2, 3]
-    assert cm.emergence(norms, 0.05).tolist() == [0, 1, 3]
+    assert em.emergence(norms, 0.5).tolist() == [0, 2, 3]
+    assert em.emergence(norms, 0.05).tolist() == [0, 1, 3]
     w = np.zeros((1, 3, 2))
     w[0, 0], w[0, 1], w[0, 2] = [1, 0], [1, 1], [0, -2]
-    assert np.allclose(cm.consecutive_cosines(w), [[1 / np.sqrt(2), -1 / np.sqrt(2)]])
+    assert np.allclose(em.consecutive_cosines(w), [[1 / np.sqrt(2), -1 / np.sqrt(2)]])
     available = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200]
     chosen = study.choose_snapshots(available, 4)
     assert chosen[0] == 0 and chosen[-1] == 200 and len(chosen) == 4
@@ -100,13 +101,13 @@ def test_study_end_to_end_on_micro_run(tmp_path, monkeypatch):
     config = study.Config(pretrain_run=str(run_dir), crosscoder=crosscoder, ks=(4, 8), buffer_tokens=512,
                           windows_per_fetch=4, eval_windows=8, n_induction=8, n_ablate=4, n_random=2, max_order=3,
                           n_text_features=2)
-    real_train = study.cct.train
+    real_train = cct.train
     sigterm_at_9 = lambda i, m: os.kill(os.getpid(), signal.SIGTERM) if i == 9 else None
-    monkeypatch.setattr(study.cct, "train", lambda *a, **k: real_train(*a, callback=sigterm_at_9, **k))
+    monkeypatch.setattr(cct, "train", lambda *a, **k: real_train(*a, callback=sigterm_at_9, **k))
     with pytest.raises(Interrupted) as stopped:
         study.run(config, RunFolder(tmp_path / "cc"))
     assert stopped.value.step == 10 and (tmp_path / "cc" / "checkpoints" / "_resume" / "crosscoder" / "10").is_dir()
-    monkeypatch.setattr(study.cct, "train", real_train)
+    monkeypatch.setattr(cct, "train", real_train)
     summary = study.run(config, RunFolder(tmp_path / "cc"))
     assert not (tmp_path / "cc" / "checkpoints" / "_resume" / "crosscoder" / "10").exists()
     steps = [r["step"] for r in RunFolder(tmp_path / "cc").read_metrics() if r.get("phase") == "train"]
@@ -123,3 +124,26 @@ def test_study_end_to_end_on_micro_run(tmp_path, monkeypatch):
     assert np.asarray(features["decoder_norms"]).shape == (32, 4)
     assert (tmp_path / "cc" / "figures" / "decoder_norms.png").exists()
     assert "feature" in (tmp_path / "cc" / "top_features.md").read_text()
+
+
+def test_snapshot_count_fits_the_series_unless_more_are_asked(micro_run):
+    """crosscoder.n_snapshots = 0 takes every checkpoint of the series up to 16; a count the
+    series cannot give is one error naming both numbers, before anything runs."""
+    from experiments.cli.config import override
+    from models.errors import OntogenyError
+
+    base = override(study.PRESETS["tiny"], [f"pretrain_run={micro_run}"])
+    assert study.resolve(base)["crosscoder"]["n_snapshots"] == 8          # the micro run has 8 checkpoints
+    assert study.resolve(override(base, ["crosscoder.n_snapshots=5"]))["crosscoder"]["n_snapshots"] == 5
+    with pytest.raises(OntogenyError, match="n_snapshots=9 exceeds the 8 checkpoints"):
+        study.resolve(override(base, ["crosscoder.n_snapshots=9"]))
+    assert study.Config().snapshot_count(40) == study.MAX_AUTO_SNAPSHOTS
+    with pytest.raises(OntogenyError, match="needs >= 2"):
+        study.Config().snapshot_count(1)
+    # the planted series sets its own count; the model-only keys are refused there
+    planted = study.PRESETS["planted"]
+    assert study.resolve(planted)["crosscoder"]["n_snapshots"] == planted.planted.n_snapshots
+    with pytest.raises(OntogenyError, match="--set site: series=planted"):
+        override(planted, ["site=resid_post.0"])
+    with pytest.raises(OntogenyError, match="--set planted.n_late: planted"):
+        override(study.PRESETS["tiny"], ["planted.n_late=3"])

@@ -97,6 +97,7 @@ def test_evaluate_cli_equals_a_brute_force_loop(run, tmp_path, capsys):
         assert row["mc_accuracy"] == pytest.approx(mc, abs=1e-6)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_checkpoints"] == 2 and summary["mc_chance"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 2) / 3)
+    assert summary["text_source"] == str((tmp_path / "text.txt").resolve()) in evaluate.findings(summary)[0]
     assert (out / "figures" / "evaluate.png").stat().st_size > 1000
     capsys.readouterr()
     assert cli(argv) == 0  # same folder, same settings: recomputed, still one row per checkpoint
@@ -126,3 +127,5 @@ def test_a_run_trained_here_uses_its_own_corpus(micro_run, tmp_path):
                 "--set", "seq_len=16"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and rows[-1]["loss"] < rows[0]["loss"]  # training lowered the held-out loss
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["text_source"] == "the run's own corpus (synthetic)"

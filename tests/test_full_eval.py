@@ -1,4 +1,4 @@
-"""Validation on the whole held-out split (issue 19): every non-overlapping window scored once,
+"""Validation on the whole held-out split: every non-overlapping window scored once,
 batched and padded, equals a brute-force loop of one window at a time with the loss in numpy."""
 import json
 

@@ -312,3 +312,170 @@ def test_download_path_with_a_stubbed_hub(tmp_path, monkeypatch):
     assert "*.safetensors" in calls[0][2] and not any(".bin" in p for p in calls[0][2])
     assert cli(argv[:4] + ["0,100,200"] + argv[5:]) == 0  # cached revisions are not fetched again
     assert [c[1] for c in calls] == ["step0", "step100", "step200"]
+
+
+# ----------------------------------------------------------------------------- new families
+def test_llama3_rope_names_of_transformers_4_and_5_agree_and_other_scalings_are_refused(tmp_path, capsys):
+    v5 = json.loads((HF / "llama3_rope" / "step0" / "config.json").read_text())
+    config = hf_import.family_config(v5)
+    assert (config.rope_type, config.rope_factor, config.rope_original_context) == ("llama3", 8.0, 32)
+    rope = dict(v5["rope_parameters"])
+    v4 = {k: v for k, v in v5.items() if k != "rope_parameters"}
+    v4.update(rope_theta=rope.pop("rope_theta"), rope_scaling={**rope, "type": rope.pop("rope_type")})
+    assert hf_import.family_config(v4) == config
+    root = suite(tmp_path, 0, case=HF / "llama3_rope")
+    v5["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    (root / "step0" / "config.json").write_text(json.dumps(v5))
+    assert cli(["import", "--from", str(root), "--out", str(tmp_path / "run")]) == 2
+    assert "rope type 'yarn' is not supported here (only default, llama3)" in error_line(capsys)
+
+
+def test_olmo2_norms_are_read_from_their_own_names():
+    """q/k norms span the whole projection (H*E and G*E wide); the post-sublayer norms are kept apart."""
+    from safetensors.numpy import load_file
+
+    config, params = hf_import.load_checkpoint(HF / "olmo2_gqa" / "step1000")
+    raw = load_file(HF / "olmo2_gqa" / "step1000" / "model.safetensors")
+    b = params["blocks"]
+    assert b["attn"]["q_norm"]["scale"].shape == (config.n_layer, config.n_head * config.d_head)
+    assert b["attn"]["k_norm"]["scale"].shape == (config.n_layer, config.n_kv_head * config.d_head)
+    for i in range(config.n_layer):
+        np.testing.assert_array_equal(b["attn_norm"]["scale"][i], raw[f"model.layers.{i}.post_attention_layernorm.weight"])
+        np.testing.assert_array_equal(b["mlp_norm"]["scale"][i], raw[f"model.layers.{i}.post_feedforward_layernorm.weight"])
+        np.testing.assert_array_equal(b["attn"]["k_norm"]["scale"][i], raw[f"model.layers.{i}.self_attn.k_norm.weight"])
+
+
+@pytest.mark.parametrize("case,step,norm_head", [("baichuan7b", "step0", False), ("baichuan2_7b", "train_00220B", True)])
+def test_baichuan_versions_told_apart_by_their_remote_code(case, step, norm_head):
+    """W_pack rows are [Q | K | V]; Baichuan2's head is served normalised, the stored one kept."""
+    from safetensors.numpy import load_file
+    from models import families
+
+    folder = HF / case / step
+    config, params = hf_import.load_checkpoint(folder)
+    assert config.family == "baichuan" and config.norm_head is norm_head
+    raw = load_file(folder / "model.safetensors")
+    D = config.d_model
+    w_pack = raw["model.layers.1.self_attn.W_pack.weight"]                       # [3D, D]
+    for j, name in enumerate(("w_q", "w_k", "w_v")):
+        np.testing.assert_array_equal(params["blocks"]["attn"][name][1], w_pack[j * D:(j + 1) * D].T)
+    head = raw["lm_head.weight"]
+    np.testing.assert_array_equal(params["lm_head"], head.T)  # stored as published
+    served = np.asarray(families.unembedding_matrix(params, config))
+    want = head / np.linalg.norm(head, axis=1, keepdims=True) if norm_head else head
+    np.testing.assert_allclose(served, want, rtol=1e-6, atol=1e-7)
+    assert np.abs(np.linalg.norm(head, axis=1) - 1).max() > 0.1  # the fixture's head is not normalised already
+
+
+def _no_remote_code(root):
+    (root / "step0" / "modeling_baichuan.py").unlink()
+
+
+def _alibi(root):
+    path = root / "step0" / "modeling_baichuan.py"
+    path.write_text(path.read_text() + "\ndef _gen_alibi_mask(tensor, n_head, max_pos): ...\n")
+
+
+def _contradiction(root):
+    code = (HF / "baichuan2_7b" / "train_00220B" / "modeling_baichuan.py").read_text()
+    (root / "step0" / "modeling_baichuan.py").write_text(code)  # Baichuan2's code beside Baichuan-7B's config
+
+
+@pytest.mark.parametrize("damage,match", [
+    (_no_remote_code, "must carry its modeling_baichuan.py, which tells Baichuan-7B (plain head) from Baichuan2"),
+    (_alibi, "uses ALiBi position biases (the 13B models), which Ontogeny does not serve"),
+    (_contradiction, "names Baichuan-7B (BaiChuanForCausalLM) but modeling_baichuan.py defines Baichuan2's NormHead"),
+])
+def test_a_baichuan_that_cannot_be_told_apart_is_refused_with_one_line(tmp_path, capsys, damage, match):
+    root = suite(tmp_path, 0, case=HF / "baichuan7b")
+    damage(root)
+    assert cli(["import", "--from", str(root), "--out", str(tmp_path / "run")]) == 2
+    line = error_line(capsys)
+    assert match in line and str(root / "step0" / "config.json") in line
+    assert not (tmp_path / "run" / "model.json").exists()  # nothing was imported
+
+
+# ----------------------------------------------------------------------------- stage series
+def test_stages_reads_which_checkpoints_belong_to_which_stage(tmp_path, capsys):
+    from dynamics.checkpoints import stages
+
+    run = tmp_path / "run"
+    case = HF / "olmo2_gqa"
+    assert cli(["import", "--from", str(case), "--out", str(run), "--steps", "1000", "--stage", "rl"]) == 0
+    assert cli(["import", "--from", str(case), "--out", str(run), "--steps", "0,2000"]) == 0
+    assert cli(["import", "--from", str(case), "--out", str(run), "--steps", "0", "--stage", "sft"]) == 0
+    assert stages(run) == {"rl": [1000], "pretrain": [0, 2000], "sft": [0]}      # the order they were saved in
+    assert list(stages(run)) == ["rl", "pretrain", "sft"]
+    (run / "checkpoints" / "stages.json").unlink()                                # a run from before the record
+    assert list(stages(run)) == ["pretrain", "sft", "rl"]
+    capsys.readouterr()
+    assert cli(["import", "--from", str(case), "--out", str(run), "--steps", "0", "--stage", "../x"]) == 2
+    assert "--stage '../x' is not a plain name" in error_line(capsys)
+    with pytest.raises(OntogenyError, match="holds no checkpoint series"):
+        stages(tmp_path / "empty")
+
+
+def test_revision_sets_name_the_published_branches():
+    """Names seen verbatim in public code that loads these revisions (the hub is not reachable here)."""
+    sets = {name: s.revisions for name, s in hf_hub.REVISION_SETS.items()}
+    seen = {"olmo2-1b-stage1": {0: "stage1-step0-tokens0B", 10000: "stage1-step10000-tokens21B",
+                                20000: "stage1-step20000-tokens42B", 40000: "stage1-step40000-tokens84B",
+                                1907359: "stage1-step1907359-tokens4001B"},
+            "olmo2-7b-stage1": {150: "stage1-step150-tokens1B", 1000: "stage1-step1000-tokens5B",
+                                5000: "stage1-step5000-tokens21B", 10000: "stage1-step10000-tokens42B",
+                                40000: "stage1-step40000-tokens168B", 97000: "stage1-step97000-tokens407B",
+                                179000: "stage1-step179000-tokens751B", 282000: "stage1-step282000-tokens1183B",
+                                409000: "stage1-step409000-tokens1716B", 516000: "stage1-step516000-tokens2165B",
+                                619000: "stage1-step619000-tokens2597B", 722000: "stage1-step722000-tokens3029B",
+                                825000: "stage1-step825000-tokens3461B", 928646: "stage1-step928646-tokens3896B"},
+            "olmo2-7b-stage2": {s: f"stage2-ingredient1-step{s}-tokens{t}B"
+                                for s, t in ((2000, 9), (3000, 13), (4000, 17), (5000, 21), (6000, 26), (7000, 30))},
+            "baichuan2-7b": {220: "train_00220B", 440: "train_00440B", 660: "train_00660B", 880: "train_00880B",
+                             1100: "train_01100B", 1320: "train_01320B", 1540: "train_01540B", 1760: "train_01760B",
+                             1980: "train_01980B", 2200: "train_02200B", 2420: "train_02420B"}}
+    for name, names in seen.items():
+        assert {s: sets[name][s] for s in names} == names
+    assert set(seen["olmo2-7b-stage1"]) == set(sets["olmo2-7b-stage1"]) and len(sets["baichuan2-7b"]) == 11
+    assert hf_hub.REVISION_SETS["olmo2-7b-stage2"].stage == "midtrain"
+    assert hf_hub.revisions("0=main, 2640=main") == ([(0, "main"), (2640, "main")], None)
+    assert hf_hub.revisions("0,1000", "global_step{step}") == ([(0, "global_step0"), (1000, "global_step1000")], None)
+    for spec, pattern, repo, match in (("olmo2-7b-stage2", None, "allenai/OLMo-2-0425-1B", "names branches of"),
+                                       ("baichuan2-7b", "step{step}", None, "--pattern does not apply"),
+                                       ("0=main,x=y", None, None, "is not STEP=REVISION")):
+        with pytest.raises(OntogenyError, match=match):
+            hf_hub.revisions(spec, pattern, repo)
+
+
+def test_a_revision_set_imports_from_the_hub_cache_with_its_stage(tmp_path):
+    """OLMo-2's stage-2 branches, from an offline hub cache, land in the set's stage (midtrain)."""
+    from dynamics.checkpoints import stages
+
+    repo = "allenai/OLMo-2-1124-7B"
+    names = hf_hub.REVISION_SETS["olmo2-7b-stage2"].revisions
+    cache = tmp_path / "hub"
+    base = cache / ("models--" + repo.replace("/", "--"))
+    (base / "refs").mkdir(parents=True)
+    for i, (step, name) in enumerate(sorted(names.items())):
+        commit = f"{step:040x}"
+        shutil.copytree(HF / "olmo2_gqa" / ("step0", "step1000", "step2000")[i % 3], base / "snapshots" / commit)
+        (base / "refs" / name).write_text(commit)
+    run = tmp_path / "run"
+    argv = ["import", "--model", repo, "--steps", "olmo2-7b-stage2", "--cache-dir", str(cache), "--offline",
+            "--out", str(run), "--allow-duplicates"]
+    assert cli(argv) == 0
+    assert stages(run) == {"midtrain": sorted(names)}
+
+
+def test_step_folders_named_by_revision(tmp_path):
+    """OLMo-2's and Baichuan2's branch names are found as step folders; STEP=REVISION picks folders by name."""
+    root = tmp_path / "suite"
+    for name in ("stage1-step0-tokens0B", "stage1-step1000-tokens3B", "stage2-ingredient1-step2000-tokens9B"):
+        (root / name).mkdir(parents=True)
+    assert [s for s, _ in hf_import.find_steps(root)] == [0, 1000]
+    assert [s for s, _ in hf_import.find_steps(root, "stage2-ingredient1-step{step}-tokens*")] == [2000]
+    assert [s for s, _ in hf_import.find_steps(HF / "baichuan2_7b")] == [220, 440]
+    run = tmp_path / "run"
+    assert cli(["import", "--from", str(HF / "baichuan2_7b"), "--out", str(run), "--steps", "440=train_00440B"]) == 0
+    got = json.loads((run / "import.json").read_text())["stages"]["pretrain"]
+    _, want = hf_import.load_checkpoint(HF / "baichuan2_7b" / "train_00440B")
+    assert list(got) == ["440"] and got["440"]["checksum"] == hf_import.checksum(want)

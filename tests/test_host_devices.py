@@ -1,4 +1,4 @@
-"""The CLI's host devices (issue 19): when `python -m experiments` asks XLA for them
+"""The CLI's host devices: when `python -m experiments` asks XLA for them
 (ONTOGENY_HOST_DEVICES, or the default where DEFAULT_DEVICES > 1), training over them gives one
 device's losses, and a batch that does not split still trains."""
 import json

@@ -1,5 +1,7 @@
 """The linear-origins study end to end on a very small config, and the GPT case-pair check."""
+import itertools
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,7 +16,7 @@ from dynamics.stats import bootstrap_ci, paired_bootstrap_ci
 from experiments.studies.linear_origins import study as lo
 from experiments.studies.linear_origins import scenarios as ls
 from experiments.studies.linear_origins import verdicts as lv
-from experiments.__main__ import main
+from experiments.__main__ import cli, main
 from experiments.cli.config import from_dict
 from models import gpt, latent
 from scipy.special import gammaln
@@ -177,7 +179,7 @@ def test_random_directions_keep_norms_and_width():
 
 
 def test_untrained_model_fails_every_check():
-    """The issue's case: at m = 4, d = 16 an untrained learner's cross-concept |cos| (~0.18) is
+    """The case that motivated the baselines: at m = 4, d = 16 an untrained learner's cross-concept |cos| (~0.18) is
     under the fixed 0.2, yet judged against its baselines (its own step 0, random directions)
     every check fails, the embedding side (~0.8 at init) included."""
     config = lo.Config(n_random_draws=4)
@@ -240,3 +242,176 @@ def test_strongly_coupled_concepts_give_finite_measures_or_a_named_error(tmp_pat
         lo.run(coupled(1e6), RunFolder(tmp_path / "b"))
     with pytest.raises(OntogenyError, match="alignment_mean"):
         lo.require_finite({"within_concept_cos_mean": 0.9, "alignment_mean": float("nan")})
+
+
+# ----------------------------------------------------------------------------- word pairs on a run
+HF = Path(__file__).parent / "fixtures" / "hf"
+# the fixture tokenizer's single-token words (it knows a few lower-case words); "zebra" it cannot write
+FIXTURE_PAIRS = [{"concept": "animals", "pairs": [["cat", "dog"], ["sat", "ran"], ["mat", "birds"], ["a", "b"]]},
+                 {"concept": "small", "pairs": [["the", "and"], ["on", "to"], ["then", "while"], ["sang", "zebra"]]},
+                 {"concept": "lonely", "pairs": [["cat", "hi"]]}]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def loop_checkpoint(G, items, pairs, mask, shuffled, randoms):
+    """Per-checkpoint means by plain loops in float64: within, shuffled, random |cos|, cross |cos|."""
+    M = np.stack([G[list(ids)].mean(0) for ids in items])
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    within_of = lambda ps: np.mean([cos(M[b1] - M[a1], M[b2] - M[a2])
+                                    for (a1, b1), (a2, b2) in itertools.permutations(ps, 2)])
+    concepts = [[tuple(p) for p, ok in zip(pairs[k], mask[k]) if ok] for k in range(len(pairs))]
+    within = [within_of(c) for c in concepts]
+    shuffled_ = [np.mean([within_of([tuple(p) for p, ok in zip(shuffled[s, k], mask[k]) if ok])
+                          for s in range(len(shuffled))]) for k in range(len(pairs))]
+    rd = [M[b] - M[a] for a, b in randoms]
+    random = np.mean([abs(cos(x, y)) for x, y in itertools.permutations(rd, 2)])
+    dirs = [np.mean([(M[b] - M[a]) / np.linalg.norm(M[b] - M[a]) for a, b in c], 0) for c in concepts]
+    cross = np.mean([abs(cos(x, y)) for x, y in itertools.permutations(dirs, 2)])
+    return {"within": np.mean(within), "shuffled": np.mean(shuffled_), "random": random, "cross": cross}, within
+
+
+def test_word_pairs_on_an_imported_suite_equal_a_loop(tmp_path, capsys):
+    """`--set run=RUN --set pairs=FILE` on an imported GPT-NeoX series: every checkpoint's numbers
+    equal loops over the unembedding read straight from the suite's safetensors files."""
+    from safetensors.numpy import load_file
+
+    from experiments.studies.linear_origins import on_run
+    from experiments.tools.import_suite import main as import_main
+    from probes import word_geometry
+
+    run = tmp_path / "neox"
+    assert import_main(["--from", str(HF / "neox_rot25_parallel"), "--out", str(run)]) == 0
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", FIXTURE_PAIRS)
+    out = tmp_path / "lo"
+    argv = ["linear-origins", "--out", str(out), "--set", f"run={run}", "--set", f"pairs={pairs}",
+            "--set", "n_random_pairs=8", "--set", "n_shuffles=3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("PASS") + printed.count("FAIL") == 8
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == [r["step"] for r in rows] == [0, 100, 200]
+    assert summary["text_source"] == str(pairs.resolve()) and summary["concepts_kept"] == ["animals", "small"]
+    assert summary["concepts_dropped"] == ["lonely"] and summary["pairs_dropped_unrepresentable"] == 1
+    assert summary["pairs_given"] == 9 and summary["pairs_kept"] == 7 and summary["n_vocab"] == 41
+    config = from_dict(lo.Config, json.loads((out / "config.json").read_text())["config"])
+    prep = on_run.prepare(config)
+    data = on_run.pair_data(prep["pairs"], prep["n_vocab"], config)
+    items = [tuple(i[m]) for i, m in zip(data["items"], data["item_mask"])]
+    for row in rows:
+        shards = sorted((HF / "neox_rot25_parallel" / f"step{row['step']}").glob("*.safetensors"))
+        G = next(load_file(str(f))["embed_out.weight"] for f in shards if "embed_out.weight" in load_file(str(f)))
+        G = np.asarray(G, np.float64)[:41]
+        X = G - G.mean(0)
+        lam, W = np.linalg.eigh(X.T @ X / len(G))
+        A = (W / np.sqrt(np.maximum(lam, 1e-6 * lam.max()))) @ W.T
+        for inner, M in (("euclid", G), ("causal", G @ A)):
+            want, per_concept = loop_checkpoint(M, items, data["pairs"], data["mask"], data["shuffled"], data["random"])
+            for key, value in want.items():
+                assert row[inner][key] == pytest.approx(value, abs=1e-4), (row["step"], inner, key)
+    assert [c["within"] for c in summary["concepts"]] == pytest.approx(
+        loop_checkpoint(G, items, data["pairs"], data["mask"], data["shuffled"], data["random"])[1], abs=1e-4)
+    for key in ("within_cos_mean", "causal_within_cos_mean", "within_minus_shuffled", "cross_concept_abs_cos_mean",
+                "random_pair_abs_cos_mean", "within_change"):
+        lo_, hi_ = summary[f"{key}_ci"]
+        assert lo_ - 1e-9 <= summary[key] <= hi_ + 1e-9, key
+    assert summary["predictions_total"] == 8 and len(lo.findings(summary)) == 3
+    assert str(pairs.resolve()) in lo.findings(summary)[0]
+    for name in ("word_pairs_over_training", "word_pair_concept_cosines"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    cosines = json.loads((out / "concept_cosines.json").read_text())
+    assert np.asarray(cosines["causal"]["last"]).shape == (2, 2)
+    assert main(argv) == 0  # the same folder again: resumes, nothing logged twice
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert word_geometry.cross_abs_mean(cosines["euclid"]["last"]) == pytest.approx(rows[-1]["euclid"]["cross"])
+
+
+@pytest.mark.parametrize("extra,named", [(["--set", "train.lr=0.1"], "train.lr"), (["--sweep"], "sweep"),
+                                         (["--set", "gpt_run=x"], "gpt_run"), ([], "0 concept(s)")])
+def test_a_key_the_run_makes_meaningless_exits_2_naming_it(tmp_path, capsys, extra, named):
+    from experiments.tools.import_suite import main as import_main
+
+    run = tmp_path / "neox"
+    assert import_main(["--from", str(HF / "neox_rot25_parallel"), "--out", str(run)]) == 0
+    capsys.readouterr()
+    # the built-in English pairs: this fixture's tokenizer writes none of them as one token
+    assert cli(["linear-origins", "--out", str(tmp_path / "o"), "--set", f"run={run}", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and "\n" not in err and not (tmp_path / "o").exists()
+
+
+def planted_pair_run(path, plant: bool):
+    """A character GPT run whose step-5 unembedding has two planted concepts (b = a + v_k, v_0 and
+    v_1 orthogonal) when `plant`; step 0 (and step 5 without `plant`) random."""
+    from dynamics.runlog import write_json
+    from models.families import config_to_dict
+
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz")
+    path.mkdir(parents=True)
+    tokenizer.save(path / "tokenizer.json")
+    config = gpt.GPTConfig(vocab_size=26, context=8, n_layer=1, n_head=1, d_model=16)
+    write_json(path / "model.json", config_to_dict(config))
+    shapes = jax.eval_shape(lambda k: gpt.init_params(config, k), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    params0 = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+    params1 = jax.tree.map(np.copy, params0)
+    v = 3.0 * np.linalg.qr(rng.standard_normal((16, 2)))[0].T
+    concepts = ["abcdefgh", "ijklmnop"]
+    if plant:
+        for k, letters in enumerate(concepts):
+            for a, b in zip(letters[::2], letters[1::2]):
+                params1["wte"][ord(b) - 97] = params1["wte"][ord(a) - 97] + v[k] + 0.05 * rng.standard_normal(16)
+    series = Series(path, "pretrain")
+    series.save(0, params0)
+    series.save(5, params1)
+    return [{"concept": f"c{k}", "pairs": [[a, b] for a, b in zip(s[::2], s[1::2])]} for k, s in enumerate(concepts)]
+
+
+@pytest.mark.parametrize("plant", [True, False])
+def test_planted_word_pairs_pass_and_random_ones_fail(tmp_path, plant):
+    rows = planted_pair_run(tmp_path / "run", plant)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "lo"
+    assert main(["linear-origins", "--out", str(out), "--set", f"run={tmp_path / 'run'}", "--set", f"pairs={pairs}",
+                 "--set", "n_random_pairs=16"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    passed = {v["key"]: v["passed"] for v in s["verdicts"]}
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["euclid"]["pairing_lo"] < 0.05  # step 0: random rows, no pairing
+    if plant:
+        assert s["within_cos_mean"] > 0.99 and s["causal_within_cos_mean"] > 0.9
+        assert all(passed[k] for k in ("pairing", "beats_random", "orthogonality", "training", "causal_pairing"))
+        assert s["emergence_step"] == 5 and s["cross_concept_abs_cos_mean"] < 0.05
+    else:
+        assert not any(passed[k] for k in ("pairing", "beats_random", "training", "causal_pairing"))
+        assert s["emergence_step"] is None and "no concept direction beyond its two word sets" in lo.findings(s)[0]
+
+
+def test_word_pairs_on_a_run_trained_here_with_a_bpe(tmp_path):
+    """A run trained here on text made of some of the built-in words, with a byte-level BPE: the
+    built-in pairs whose words it learned as one token are measured, the rest counted as dropped."""
+    from experiments.studies.pretrain.study import ensure_pretrain, PRESETS
+    from experiments.cli.config import override
+
+    lines = lo.word_pairs.BUILTIN.read_text().splitlines()[:2]  # gender, number: their first 8 pairs
+    words = [w for line in lines for pair in json.loads(line)["pairs"][:8] for w in pair]
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for d in range(3):
+        (corpus / f"doc{d}.txt").write_text(" ".join(rng.choice(words, 1500)) + "\n")
+    config = override(PRESETS["micro"], [f"data.path={corpus}", "data.tokenizer=bpe:400"])
+    run = ensure_pretrain(tmp_path / "run", config, preset="micro")
+    out = tmp_path / "lo"
+    assert main(["linear-origins", "--out", str(out), "--set", f"run={run}", "--set", "n_random_pairs=8"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["text_source"] == lo.word_pairs.BUILTIN_NAME and s["family"] == "gpt"
+    assert {"gender", "number"} <= set(s["concepts_kept"]) and s["pairs_dropped_multi_token"] > 100
+    report = s["pairs_report"]
+    assert sum(r["kept"] + r["multi_token"] + r["unrepresentable"] for r in report.values()) == s["pairs_given"] == 288
+    assert len(s["steps"]) == 8 and all(np.isfinite(c["within"]) for c in s["concepts"])
+    assert s["within_cos_mean_ci"][0] <= s["within_cos_mean"] <= s["within_cos_mean_ci"][1]

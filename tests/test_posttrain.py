@@ -47,7 +47,7 @@ def test_dpo_loss_formula_and_training_prefers_chosen():
     loss = pt.dpo_loss(CFG, beta=0.5)
     assert float(loss(params, batch, None)) == pytest.approx(np.log(2), abs=1e-5)  # policy == reference
     tc = train_lib.TrainConfig(steps=30, batch_size=4, lr=1e-2, warmup=0, weight_decay=0.0)
-    opt = train_lib.make_optimizer(tc)
+    opt = train_lib.scheduled_adamw(tc)
     step = train_lib.make_train_step(loss, opt, dropout=False)
     state = train_lib.init_state(params, opt, 0)
     for _ in range(30):
@@ -89,7 +89,7 @@ def test_grpo_raises_a_verifiable_reward_and_extends_the_series(tmp_path):
     rollout = pt.make_rollout(CFG, rl, reward_fn, prompt_fn, seed=0)
     tc = train_lib.TrainConfig(steps=25, batch_size=32, lr=2e-2, warmup=0, weight_decay=0.0, log_every=1,
                                log_checkpoints_until=16, checkpoint_every=0)
-    opt = train_lib.make_optimizer(tc)
+    opt = train_lib.scheduled_adamw(tc)
     step = train_lib.make_train_step(pt.grpo_loss(CFG, rl), opt, dropout=False)
     train_lib.run_training(folder, "rl", train_lib.init_state(params, opt, 0), step,
                            lambda s, p: rollout(s, p, params), tc, on_policy=True)

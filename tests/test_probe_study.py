@@ -113,6 +113,10 @@ def test_builtin_task_on_a_run_trained_here_and_bad_label_files(micro_run, tmp_p
     rows = (out / "labels.jsonl").read_text().splitlines()
     assert summary["n_examples"] == len(rows) <= 128 and summary["steps"][0] == 0
     assert summary["emergence_step"] is None or summary["emergence_step"] in summary["steps"]
+    assert summary["text_source"] == "word-end task on the run's own corpus (synthetic)"
+    from experiments.studies.probe import study as probe
+
+    assert summary["text_source"] in probe.findings(summary)[0]
     capsys.readouterr()
     bad = {"missing.jsonl": None, "one.jsonl": [{"text": "ab", "label": 1}] * 20,
            "rows.jsonl": [{"text": "ab", "label": 1}] * 10 + [{"txt": "ab", "label": 0}] * 10}
@@ -124,17 +128,3 @@ def test_builtin_task_on_a_run_trained_here_and_bad_label_files(micro_run, tmp_p
                     "--set", f"labels={path}"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and (name in err) and not (tmp_path / f"o-{name}").exists(), err
-
-
-def test_probe_keeps_the_config_contract(micro_run, tmp_path, monkeypatch, capsys):
-    """The contract tests of every quickstart study, on probe (not in the quickstart): every key
-    changes the resolved run or is refused, has help, and is read somewhere."""
-    import test_config_contract as contract
-
-    labels = tmp_path / "l.jsonl"
-    labels.write_text("\n".join(json.dumps({"text": "ab", "label": i % 2}) for i in range(20)))
-    monkeypatch.setitem(contract.STRINGS, "labels", [str(labels)])
-    monkeypatch.setitem(contract.STRINGS, "feature", ["mean"])
-    assert contract.audit("probe", micro_run) == []
-    contract.test_every_key_has_help_and_is_listed_by_help("probe", capsys)
-    contract.test_every_study_key_is_read_somewhere("probe")

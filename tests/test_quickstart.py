@@ -96,3 +96,35 @@ def test_run_lanes_starts_one_process_a_lane_and_reports_the_studies_left_withou
 def test_jobs_are_refused_below_one(tmp_path, capsys):
     assert cli(["quickstart", "--jobs", "0", "--out", str(tmp_path / "q")]) == 2
     assert "--jobs 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_the_lanes_share_one_compilation_cache_and_count_what_they_build(tmp_path, monkeypatch):
+    """Every lane gets the same JAX_COMPILATION_CACHE_DIR (the user's, else OUT/xla-cache); a
+    program built twice in one cache is loaded the second time, and the meter counts both."""
+    import os
+    import subprocess
+    import sys
+
+    from experiments.tools import quickstart as qs
+
+    monkeypatch.delenv(qs.CACHE_ENV, raising=False)
+    assert qs.compile_cache(tmp_path) == str(tmp_path.absolute() / "xla-cache")
+    monkeypatch.setenv(qs.CACHE_ENV, str(tmp_path / "mine"))
+    assert qs.compile_cache(tmp_path) == str(tmp_path / "mine")
+    code = ("import os, pathlib, sys\n"
+            "pathlib.Path(sys.argv[1], sys.argv[2]).mkdir()\n"
+            "pathlib.Path(sys.argv[1], sys.argv[2], 'summary.json').write_text(os.environ['JAX_COMPILATION_CACHE_DIR'])\n")
+    qs.run_lanes([["a"], ["b"]], tmp_path, lambda lane: [sys.executable, "-c", code, str(tmp_path), *lane],
+                 env={qs.CACHE_ENV: "/shared/cache"})
+    assert (tmp_path / "a" / "summary.json").read_text() == (tmp_path / "b" / "summary.json").read_text() == "/shared/cache"
+    build = ("import jax, jax.numpy as jnp\n"
+             "from experiments.tools.quickstart import CompileMeter\n"
+             "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+             "m = CompileMeter.start(); before = m.snapshot()\n"
+             "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n"
+             "print(m.since(before))\n")
+    env = {**os.environ, qs.CACHE_ENV: str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, env=env, check=True).stdout
+            for _ in range(2)]
+    assert "0 of them from the cache" in runs[0]
+    assert runs[1].startswith(runs[0].split(",")[0]) and " 0 of them" not in runs[1]

@@ -2,6 +2,7 @@
 import pytest
 
 from dynamics import train as train_lib
+from models.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from tests.test_train import _setup
 
@@ -29,7 +30,7 @@ def test_resume_after_a_hard_kill_drops_the_replayed_rows(tmp_path):
 
     with pytest.raises(Killed):
         train_lib.run_training(folder, "pretrain", state, step_fn, dies_at_step_14, tc)
-    assert (folder.metrics_path.with_suffix(".jsonl.tmp")).exists() is False
+    assert not list(folder.root.glob(".metrics.jsonl.*.tmp"))
     killed = _rows(folder)
     assert ("pretrain", 12) in [r[:2] for r in killed]  # the row a resume from step 8 replays
     (folder.root / "metrics.jsonl").open("a").write('{"stage": "other", "step": 99}\n')  # not this stage's
@@ -39,3 +40,23 @@ def test_resume_after_a_hard_kill_drops_the_replayed_rows(tmp_path):
     resumed = [r for r in _rows(folder) if r[0] == "pretrain"]
     assert resumed == _rows(straight)  # same steps, once each, same losses (the series is bit-identical)
     assert ("other", 99, None) in _rows(folder)
+
+
+def test_a_row_cut_short_by_a_kill_is_dropped_and_a_damaged_row_is_one_line(tmp_path):
+    """A process killed while appending leaves a last row with no newline: it is left out when
+    read and removed when a resumed stage drops its replayed rows. A malformed row elsewhere (an
+    edited file) is refused in one line naming the file and the line."""
+    folder = RunFolder(tmp_path / "run")
+    for step in range(3):
+        folder.log({"stage": "pretrain", "step": step, "loss": 1.0})
+    with open(folder.metrics_path, "a") as f:
+        f.write('{"stage": "pretrain", "step": 3, "lo')
+    assert [r["step"] for r in folder.read_metrics()] == [0, 1, 2]
+    assert folder.drop_metrics(lambda row: row["step"] > 1) == 1
+    assert folder.metrics_path.read_text().endswith('"loss": 1.0}\n')
+    folder.log({"stage": "pretrain", "step": 2, "loss": 0.5})
+    assert [(r["step"], r["loss"]) for r in folder.read_metrics()] == [(0, 1.0), (1, 1.0), (2, 0.5)]
+    lines = folder.metrics_path.read_text().splitlines()
+    folder.metrics_path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    with pytest.raises(OntogenyError, match=rf"{folder.metrics_path} line 2 is not a JSON object"):
+        folder.read_metrics()

@@ -72,7 +72,7 @@ def test_uncached_sampler_equals_the_cached_one_on_the_gpt(params):
         np.testing.assert_array_equal(np.asarray(plain), np.asarray(cached))
 
 
-@pytest.mark.parametrize("case", ["neox_rot25_parallel", "llama_gqa", "gpt2_mistral"])
+@pytest.mark.parametrize("case", ["neox_rot25_parallel", "llama_gqa", "gpt2_mistral", "olmo2_gqa", "baichuan2_7b"])
 def test_uncached_sampler_on_imported_families_is_greedy(case):
     """On an imported fixture, greedy `generate_any` equals a brute-force loop of full forwards
     taking the argmax at the last real position."""

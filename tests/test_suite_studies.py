@@ -77,6 +77,7 @@ def test_word_accuracy_by_hand():
     np.testing.assert_allclose(word_accuracy(right, starts), [2 / 3, 2 / 3])
     right2 = np.array([[[0, 1, 1, 1, 1, 1]]], bool)
     np.testing.assert_allclose(word_accuracy(right2, starts), [1.0])
+    np.testing.assert_allclose(word_accuracy(right, np.zeros_like(starts)), right.mean(axis=(1, 2)))  # no start marked
 
 
 def test_neuromfa_cli_on_an_imported_run(imported, tmp_path):
@@ -84,13 +85,34 @@ def test_neuromfa_cli_on_an_imported_run(imported, tmp_path):
 
     from experiments.__main__ import cli
 
+    from experiments.studies.neuromfa import study as nm
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat and the dog ran to the cat\n" * 20)
     out = tmp_path / "nm"
-    assert cli(["neuromfa", "--out", str(out), "--preset", "xiao2025", "--set", f"run={imported['neox_rot25_parallel']}",
-                "--set", "n_resid=16", "--set", "n_mlp=32", "--set", "n_samples=2", "--set", "context=16",
-                "--set", "eval_windows=4", "--set", "control_draws=1"]) == 0
+    run = imported["neox_rot25_parallel"]
+    argv = ["neuromfa", "--out", str(out), "--preset", "xiao2025", "--set", f"run={run}", "--set", "n_resid=16",
+            "--set", "n_mlp=32", "--set", "n_samples=2", "--set", "context=16", "--set", "eval_windows=4",
+            "--set", "control_draws=1"]
+    assert cli(argv + ["--set", f"text={text}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["models"] == ["run"] and summary["steps"] == [0, 100, 200]
+    assert summary["text_source"] == str(text.resolve()) and str(text.resolve()) in nm.findings(summary)[0]
     assert cli(["neuromfa", "--out", str(tmp_path / "bad"), "--set", f"run={tmp_path / 'none'}"]) == 2
+    # keys the run makes meaningless (the models trained here) are refused with one line naming them
+    for bad in ("train.lr=0.1", "widths=8,16,32", "data.corpus=synthetic", "n_layer=3"):
+        assert cli(argv + ["--set", bad]) == 2, bad
+    assert cli(argv + ["--set", "context=128"]) == 2  # longer than the run's context of 64
+
+
+def test_neuromfa_on_a_run_reads_its_own_width_not_the_trained_sizes():
+    """n_resid / n_mlp on run=... are bounded by the run's width (checked by resolve), not by
+    the widths of the models trained here, which the run does not train."""
+    from experiments.studies.neuromfa import study as nm
+
+    assert nm.Config(run="x", n_resid=64, n_mlp=512).n_resid == 64
+    with pytest.raises(nm.OntogenyError, match="smallest width"):
+        nm.Config(n_resid=64)
 
 
 # ----------------------------------------------------------------------------- crosscoders
@@ -117,9 +139,9 @@ def test_direct_stream_batches_equal_a_loop_over_snapshots(imported, sweep):
                                                  capture=("resid",))[1]["resid"][1]).reshape(-1, 32)[:40]
                          for t in range(3)], axis=1)                                # [N, C, D]
         if i == 0:
-            np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_S[None, :, None], axis=-1).mean(0),
+            np.testing.assert_allclose(np.linalg.norm(loop * stream.scale_C[None, :, None], axis=-1).mean(0),
                                        np.sqrt(32), rtol=1e-5)
-        np.testing.assert_allclose(stream(i), loop * stream.scale_S[None, :, None], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stream(i), loop * stream.scale_C[None, :, None], rtol=1e-4, atol=1e-5)
     # one pass over the snapshots per `sweep` batches: blocks {0}, {2}, {4} or {0,1,2}, {3,4}
     assert stream.passes == (3 if sweep == 1 else 2) and disk.max_resident <= 3
     assert xs.direct_sweep(config, 3, 32, budget_bytes=8 * 40 * 3 * 32 * 4 * 2) == 2
@@ -152,6 +174,8 @@ def test_crosscoders_cli_on_an_imported_run(imported, tmp_path):
                 "--set", "n_ablate=2", "--set", "n_random=1", "--set", f"text={text}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["max_resident_snapshots"] <= 3 and summary["layer"] == 0
+    from experiments.studies.crosscoders import study as xc   # the text it was scored on is named
+    assert summary["text"] == str(text) and f"scored on {text} text" in xc.findings(summary)[0]
     assert cli(["crosscoders", "--out", str(tmp_path / "bad"), "--set", f"run={imported['llama_gqa']}",
                 "--set", "site=resid_pre.0"]) == 2
 

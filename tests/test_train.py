@@ -46,7 +46,7 @@ def _setup(tmp_path, steps=24, kill_at=None, lr=3e-3):
     cfg = gpt.GPTConfig(**{**MODEL.__dict__, "vocab_size": tok.vocab_size})
     tc = train_lib.TrainConfig(steps=steps, batch_size=8, lr=lr, warmup=4, log_every=4, eval_every=8,
                                log_checkpoints_until=8, checkpoint_every=8)
-    opt = train_lib.make_optimizer(tc)
+    opt = train_lib.scheduled_adamw(tc)
     state = train_lib.init_state(gpt.init_params(cfg, jax.random.PRNGKey(0)), opt, 0)
     step_fn = train_lib.make_train_step(train_lib.lm_loss(cfg), opt)
 
@@ -110,7 +110,7 @@ DP_SCRIPT = textwrap.dedent("""
     text = data_lib.synthetic_text(20_000, seed=0); tok = data_lib.CharTokenizer(text); ids = tok.encode(text)
     cfg = gpt.GPTConfig(vocab_size=tok.vocab_size, context=16, n_layer=2, n_head=2, d_model=32)
     tc = train_lib.TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=2)
-    opt = train_lib.make_optimizer(tc)
+    opt = train_lib.scheduled_adamw(tc)
     losses = {}
     for name, mesh in (("single", None), ("dp", sharding.data_mesh())):
         state = train_lib.init_state(gpt.init_params(cfg, jax.random.PRNGKey(0)), opt, 0)
@@ -150,7 +150,7 @@ def _loss_and_grads():
 
 
 def test_flattened_matmuls_train_like_batched_ones(monkeypatch):
-    """gpt.dense (one [B*T, D] matmul, issue 19's speed-up) gives the loss and every gradient of the
+    """gpt.dense (one [B*T, D] matmul, the faster layout on a CPU) gives the loss and every gradient of the
     previous batched `x_BTD @ w`, so training is unchanged to float tolerance."""
     loss, grads = _loss_and_grads()
     monkeypatch.setattr(gpt, "dense", lambda x, w: x @ w)

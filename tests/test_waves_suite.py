@@ -72,6 +72,9 @@ def test_waves_on_an_imported_suite_equals_a_loop_over_checkpoints(suite):
         total = sum(len(spelling.complete_words(t)) for t in texts)
         assert row["fixed_length"]["p"] == pytest.approx(correct / total, abs=1e-12)
     assert 0 < summary["fraction_correct_last"] < 1 and np.isfinite(summary["coherence_last"])
+    from experiments.studies.waves import study as waves_study
+
+    assert summary["text_source"] == str((suite / "text.txt").resolve()) in waves_study.findings(summary)[-1]
     assert (suite / "waves" / "figures" / "space_waves.png").exists()
 
 

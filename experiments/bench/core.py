@@ -19,7 +19,7 @@ def train_throughput(model_config, batch_size: int, steps: int = 5) -> dict:
     from models import gpt
 
     tc = train_lib.TrainConfig(steps=1000, batch_size=batch_size)
-    optimizer = train_lib.make_optimizer(tc)
+    optimizer = train_lib.scheduled_adamw(tc)
     state = train_lib.init_state(gpt.init_params(model_config, jax.random.PRNGKey(0)), optimizer, 0)
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), optimizer, dropout=model_config.dropout > 0)
     rng = np.random.default_rng(0)
@@ -160,7 +160,7 @@ def train_on_host_devices(name: str, n_devices: int, steps: int, batch_size: int
 
 
 def train_vs_torch(shapes: dict, peak_gflops: float, quick: bool = False) -> dict:
-    """Training tokens/s at the issue's comparison batches, beside nanoGPT in PyTorch eager when
+    """Training tokens/s at the comparison batches (`torch_reference.SHAPES`), beside nanoGPT in PyTorch eager when
     torch is importable (interleaved windows), and on 2 host devices (data parallel): interleaved
     too when this process has them (ONTOGENY_HOST_DEVICES=2 python -m experiments bench), else in a
     subprocess."""

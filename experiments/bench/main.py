@@ -1,6 +1,6 @@
 """Benchmarks: figures measured in one run on this machine, printed and optionally saved as JSON.
 
-    python -m experiments bench [SECTION ...] [--out FILE] [--quick]
+    python -m experiments bench [SECTION ...] [--out FILE] [--quick | --micro]
 
 Sections: core (default: matmul peak, training throughput and MFU beside nanoGPT in PyTorch
 eager when torch is importable, sampling speed, stacked vmap vs loop); torch (only core's
@@ -15,6 +15,7 @@ within one run: the machine is shared and noisy.
 from __future__ import annotations
 
 import json
+import os
 
 from models.errors import OntogenyError
 from experiments.cli.config import ArgumentParser
@@ -37,12 +38,15 @@ def main(argv: list[str]) -> int:
     available = sections()
     parser.add_argument("sections", nargs="*", default=["core"], help=f"any of: {', '.join(available)}")
     parser.add_argument("--out", help="also write the figures as JSON to this file")
-    parser.add_argument("--quick", action="store_true", help="skip the slow shakespeare-char shape")
+    parser.add_argument("--quick", "--micro", action="store_true",
+                        help="small sizes: skip the slow shakespeare-char shape; gpu: every step at micro size")
     args = parser.parse_args(argv)
     unknown = [s for s in args.sections if s not in available]
     if unknown:
         raise OntogenyError(f"unknown bench section {unknown[0]!r}; choose from: {', '.join(available)}")
     results = {}
+    if args.out:  # `bench gpu` rewrites its JSON after every step: there, so a check cut short keeps it
+        os.environ.setdefault("ONTOGENY_BENCH_GPU_JSON", args.out)
     for section in args.sections:
         results.update(available[section](quick=args.quick))
     if args.out:

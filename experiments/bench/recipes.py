@@ -1,4 +1,4 @@
-"""`bench quality` and `bench sampling` (issue 19): time to a validation loss beside nanoGPT's CPU
+"""`bench quality` and `bench sampling`: time to a validation loss beside nanoGPT's CPU
 recipe in PyTorch, and generation speed beside PyTorch's KV-less `generate` and the matmul bound.
 
 Both need torch for their reference (the `torch` extra); `quality` is skipped without it,

@@ -17,6 +17,9 @@ from models.errors import OntogenyError
 from experiments.studies.crosscoders import study as crosscoders
 from probes.crosscoders import model as cc
 from probes import linear
+from experiments.bench.timing import matmul_peak_gflops
+
+SKETCH = 8  # [choice] rows 1 in SKETCH estimate the first Hessian (the Newton-sketch variant)
 
 
 def logistic_objective_np(W, X, y, inv_l2: float) -> float:
@@ -49,9 +52,10 @@ def sklearn_logistic_loop(X_CLND, y_CLN, inv_l2: float):
     return w_sk, time.perf_counter() - t0
 
 
-def timed_grid_fit(X_CLND, y_CLN, n_classes: int, inv_l2: float, n_iter: int):
+def timed_grid_fit(X_CLND, y_CLN, n_classes: int, inv_l2: float, n_iter: int, sketch: int = 1):
     """Every (checkpoint, layer) probe in one compiled call: (fits, compile s, run s after it)."""
-    fit = jax.jit(jax.vmap(jax.vmap(lambda X_, y_: linear.fit_logistic(X_, y_, n_classes, inv_l2, n_iter))))
+    fit = jax.jit(jax.vmap(jax.vmap(lambda X_, y_: linear.fit_logistic(X_, y_, n_classes, inv_l2, n_iter,
+                                                                       sketch=sketch))))
     Xj, yj = jnp.asarray(X_CLND), jnp.asarray(y_CLN)
     t0 = time.perf_counter()
     jax.block_until_ready(fit(Xj, yj))
@@ -59,6 +63,36 @@ def timed_grid_fit(X_CLND, y_CLN, n_classes: int, inv_l2: float, n_iter: int):
     t0 = time.perf_counter()
     fits = jax.block_until_ready(fit(Xj, yj))
     return fits, compile_s, time.perf_counter() - t0
+
+
+def logistic_fit_flops(N: int, D: int, n_classes: int, hessians: int, reuse: int = 2, sketch: int = 1) -> float:
+    """Matmul FLOPs of one `probes.linear.fit_logistic` of N rows, D features and `hessians`
+    Newton iterations (the elementwise work, a few percent, is left out). Each iteration builds
+    the gradient and the Hessian at theta, then takes 1 + reuse steps, each one matrix-vector
+    pass for the logits of the step and one for the gradient. Binary (K' = 1, intercept apart):
+    Hessian 2 N D^2 + 2 N D, passes 2 N D. Multinomial (K' = K - 1 free columns on [X, 1]):
+    Hessian 2 N (D+1)^2 K'^2, passes 2 N (D+1) K and 2 N (D+1) K'. A sketched first iteration
+    (`sketch` > 1) adds one Hessian of N / sketch rows."""
+    if n_classes == 2:
+        hessian, logits_pass, grad_pass = 2 * N * D * D + 2 * N * D, 2 * N * D, 2 * N * D
+    else:
+        D1, Kf = D + 1, n_classes - 1
+        hessian, logits_pass, grad_pass = 2 * N * D1 ** 2 * Kf ** 2, 2 * N * D1 * n_classes, 2 * N * D1 * Kf
+    iteration = hessian + grad_pass + (1 + reuse) * (logits_pass + grad_pass)
+    extra = 0.0 if sketch <= 1 else hessian / sketch + grad_pass + (1 + reuse) * (logits_pass + grad_pass)
+    return hessians * iteration + extra + logits_pass + grad_pass  # + the logits at 0 and the reported gradient
+
+
+def grid_figures(prefix: str, fits, seconds: float, shape: tuple, n_classes: int, peak_gflops: float,
+                 sketch: int = 1) -> dict:
+    """The fits' floating-point work (matmul FLOPs) over their wall time, as GFLOP/s and as a
+    fraction of the matmul peak measured in the same run. Vmapped fits all run as many
+    iterations as the slowest one, so that is the work counted."""
+    C, L, N, D = shape
+    executed = int(np.asarray(fits.n_iter).max())
+    flops = C * L * logistic_fit_flops(N, D, n_classes, executed, sketch=sketch)
+    return {f"{prefix}_gflop": flops / 1e9, f"{prefix}_gflops_per_s": flops / seconds / 1e9,
+            f"{prefix}_peak_fraction": flops / seconds / 1e9 / peak_gflops}
 
 
 def bench_probes(quick: bool = False) -> dict:
@@ -79,26 +113,36 @@ def bench_probes(quick: bool = False) -> dict:
     y[:, :, 0] = 0
     y[:, :, 1] = 1  # every fit sees both classes
 
+    peak = matmul_peak_gflops(512 if quick else 2048, precision="highest")  # the fits' precision
     fits, compile_s, ours_s = timed_grid_fit(X, y, 2, inv_l2, n_iter)
-    W = np.asarray(fits.W)
-    w_ours = W[..., 1] - W[..., 0]  # binary: log-odds of class 1 = logit 1 - logit 0
+    sketched, _, sketch_s = timed_grid_fit(X, y, 2, inv_l2, n_iter, sketch=SKETCH)
+    log_odds = lambda f: np.asarray(f.W)[..., 1] - np.asarray(f.W)[..., 0]  # binary: logit 1 - logit 0
     w_sk, sklearn_s = sklearn_logistic_loop(X, y, inv_l2)
 
     objective = lambda w: np.array([[logistic_objective_np(w[c, l], X[c, l], y[c, l], inv_l2) for l in range(L)]
                                     for c in range(C)])
     obj_sk = objective(w_sk)
-    gap = objective(w_ours) - obj_sk
+    gap, gap_sketch = objective(log_odds(fits)) - obj_sk, objective(log_odds(sketched)) - obj_sk
     result = {"probes_shape": [C, L, N, D], "probes_newton_iters": n_iter, "probes_compile_s": compile_s,
               "probes_ours_s": ours_s, "probes_sklearn_s": sklearn_s, "probes_speedup": sklearn_s / ours_s,
               "probes_objective_gap_max": float(gap.max()), "probes_objective_gap_rel_max": float((gap / obj_sk).max()),
               "probes_objective_ours_le_sklearn": bool(np.all(gap <= 1e-6 * np.abs(obj_sk))),
               "probes_converged": int(np.asarray(fits.converged).sum()), "probes_total": C * L,
-              "probes_newton_iters_max": int(np.asarray(fits.n_iter).max())}
+              "probes_newton_iters_max": int(np.asarray(fits.n_iter).max()), "probes_matmul_peak_gflops": peak,
+              **grid_figures("probes", fits, ours_s, (C, L, N, D), 2, peak),
+              "probes_sketch": SKETCH, "probes_sketch_s": sketch_s, "probes_sketch_speedup": sklearn_s / sketch_s,
+              "probes_sketch_objective_gap_rel_max": float((gap_sketch / obj_sk).max()),
+              "probes_sketch_converged": int(np.asarray(sketched.converged).sum()),
+              "probes_sketch_newton_iters_max": int(np.asarray(sketched.n_iter).max()),
+              **grid_figures("probes_sketch", sketched, sketch_s, (C, L, N, D), 2, peak, SKETCH)}
     print(f"probes: C={C} checkpoints x L={L} logistic fits, N={N}, D={D}: ours {ours_s:.2f} s (compile "
           f"{compile_s:.1f} s), scikit-learn loop {sklearn_s:.2f} s, speed-up {result['probes_speedup']:.1f}x; "
-          f"objective gap (ours - sklearn) max {gap.max():.3g} (relative {result['probes_objective_gap_rel_max']:.2g})",
-          flush=True)
-    return {**result, **bench_probes_multinomial(quick)}
+          f"{result['probes_gflops_per_s']:.0f} GFLOP/s = {result['probes_peak_fraction']:.2f} of the {peak:.0f} "
+          f"GFLOP/s matmul peak; objective gap (ours - sklearn) max {gap.max():.3g} (relative "
+          f"{result['probes_objective_gap_rel_max']:.2g}); first Hessian sketched from 1/{SKETCH} of the rows: "
+          f"{sketch_s:.2f} s ({result['probes_sketch_speedup']:.1f}x, {result['probes_sketch_peak_fraction']:.2f} of "
+          f"the peak, {result['probes_sketch_newton_iters_max']} exact Hessians at most)", flush=True)
+    return {**result, **bench_probes_multinomial(quick, peak)}
 
 
 def softmax_objective_np(W, X, y, inv_l2: float) -> float:
@@ -109,9 +153,11 @@ def softmax_objective_np(W, X, y, inv_l2: float) -> float:
     return float(-logp[np.arange(len(y)), y].sum() + 0.5 / inv_l2 * np.sum(W[:-1] ** 2))
 
 
-def bench_probes_multinomial(quick: bool = False) -> dict:
+def bench_probes_multinomial(quick: bool = False, peak_gflops: float | None = None) -> dict:
     """Multinomial (softmax) probes: C x L fits of K classes on N examples of width D, vmapped
-    Newton in K-1 free columns against scikit-learn's multinomial lbfgs loop on the same data."""
+    Newton in K-1 free columns against scikit-learn's multinomial lbfgs loop on the same data;
+    their share of the matmul peak; and one-vs-rest probes on the same data, the classes' first
+    Hessian computed per class or once (`shared_first`)."""
     LogisticRegression = sklearn_logistic()
     C, L, N, D, K = (2, 2, 1024, 32, 5) if quick else (4, 4, 4096, 64, 5)
     inv_l2 = 1.0
@@ -131,15 +177,35 @@ def bench_probes_multinomial(quick: bool = False) -> dict:
     obj = lambda W: np.array([[softmax_objective_np(W[c, l], X[c, l], y[c, l], inv_l2) for l in range(L)] for c in range(C)])
     obj_sk = obj(W_sk)
     gap = obj(np.asarray(fits.W, np.float64)) - obj_sk
-    result = {"probes_mn_shape": [C, L, N, D, K], "probes_mn_compile_s": compile_s, "probes_mn_ours_s": ours_s,
+    peak = peak_gflops or matmul_peak_gflops(512 if quick else 2048, precision="highest")
+    result = {**grid_figures("probes_mn", fits, ours_s, (C, L, N, D), K, peak), **one_vs_rest_shared(X, y, K, inv_l2),
+              "probes_mn_shape": [C, L, N, D, K], "probes_mn_compile_s": compile_s, "probes_mn_ours_s": ours_s,
               "probes_mn_sklearn_s": sklearn_s, "probes_mn_speedup": sklearn_s / ours_s,
               "probes_mn_objective_gap_rel_max": float((gap / obj_sk).max()),
               "probes_mn_converged": int(np.asarray(fits.converged).sum()), "probes_mn_total": C * L}
     print(f"multinomial probes: C={C} x L={L} fits, K={K}, N={N}, D={D}: ours {ours_s:.2f} s (compile "
           f"{compile_s:.1f} s), scikit-learn loop {sklearn_s:.2f} s, speed-up {result['probes_mn_speedup']:.1f}x; "
           f"objective gap relative max {result['probes_mn_objective_gap_rel_max']:.2g}; converged "
-          f"{result['probes_mn_converged']}/{C * L}", flush=True)
+          f"{result['probes_mn_converged']}/{C * L}; {result['probes_mn_peak_fraction']:.2f} of the matmul peak; "
+          f"one-vs-rest {result['probes_ovr_s']:.2f} s, first Hessian shared {result['probes_ovr_shared_s']:.2f} s "
+          f"(max weight difference {result['probes_ovr_shared_max_diff']:.1e})", flush=True)
     return result
+
+
+def one_vs_rest_shared(X_CLND, y_CLN, n_classes: int, inv_l2: float) -> dict:
+    """One-vs-rest probes on every (checkpoint, layer), the first Hessian per class and shared:
+    seconds after compilation and the largest difference of their weights."""
+    out = {}
+    for shared in (False, True):
+        fit = jax.jit(jax.vmap(jax.vmap(lambda X_, y_: linear.fit_one_vs_rest(X_, y_, n_classes, inv_l2,
+                                                                               shared_first=shared).W)))
+        Xj, yj = jnp.asarray(X_CLND), jnp.asarray(y_CLN)
+        jax.block_until_ready(fit(Xj, yj))
+        t0 = time.perf_counter()
+        out[shared] = np.asarray(jax.block_until_ready(fit(Xj, yj)))
+        out[f"s{shared}"] = time.perf_counter() - t0
+    return {"probes_ovr_s": out["sFalse"], "probes_ovr_shared_s": out["sTrue"],
+            "probes_ovr_shared_max_diff": float(np.abs(out[True] - out[False]).max())}
 
 
 def bench_crosscoder(quick: bool = False) -> dict:
@@ -150,7 +216,7 @@ def bench_crosscoder(quick: bool = False) -> dict:
     n_steps, K = (3 if quick else 10), 4
     rng = np.random.default_rng(0)
     data = jnp.asarray(rng.normal(size=(B, S, D)).astype(np.float32))
-    arch = crosscoders.Config().arch
+    arch = crosscoders.Config().crosscoder.arch
     ccfg = cc.CrosscoderConfig(n_snapshots=S, d_model=D, n_features=F, arch=arch, steps=1000, batch_size=B)
     hp1 = cc.one_hp({"k": 16, "l1": 0.3})
     init1, step1 = cc.make_init(ccfg), cc.make_train_step(ccfg)

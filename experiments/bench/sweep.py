@@ -60,7 +60,7 @@ def bench(quick: bool = False) -> dict:
     with the member axis sharded over 2 host devices (a subprocess with XLA's host device count)."""
     K, n_steps = (4, 3) if quick else (8, 10)
     model_config, tc, configs, batch, init = setup(K)
-    optimizer = train_lib.make_optimizer(tc)
+    optimizer = train_lib.scheduled_adamw(tc)
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), optimizer, dropout=False)
     seq_s, compile_s = 0.0, None
     for k in range(K):

@@ -22,11 +22,12 @@ def timeit(fn, *, repeats: int = 3, number: int = 1) -> float:
     return best
 
 
-def matmul_peak_gflops(n: int = 2048) -> float:
-    """fp32 matmul throughput of jax.jit(jnp.dot) on an n x n problem."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
+def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, precision: str | None = None) -> float:
+    """Matmul throughput of jax.jit(jnp.dot) on an n x n problem (fp32 at jax's default precision
+    unless told: on recent NVIDIA GPUs that rounds inputs to TF32; "highest" keeps float32)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, precision=precision))
     return 2 * n**3 / timeit(lambda: dot(a, b), repeats=5) / 1e9
 
 

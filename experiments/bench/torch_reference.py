@@ -111,7 +111,7 @@ def make_step(n_layer: int, n_head: int, d_model: int, context: int, vocab: int,
 
 # ----- side by side with Ontogeny's train step (the `bench core` / `bench torch` training figures) -----
 
-# [choice] The issue's comparison shapes: nanoGPT's CPU recipe (batch 12) and shakespeare-char at batch 8.
+# [choice] The comparison shapes: nanoGPT's CPU recipe (batch 12) and shakespeare-char at batch 8.
 SHAPES = {"tiny": 12, "shakespeare-char": 8}
 
 
@@ -148,8 +148,9 @@ def interleaved(fns: dict, steps: int, windows: int = 3, warm: int = 1) -> dict:
     machine's noise hits every contender; a warm-up call first. Returns {name: [s per window]}.
 
     [choice] Each window starts with `warm` untimed calls: resuming after the other contender's
-    window costs a one-off (on machine B, 2026-11-30, the first shakespeare-char XLA step after
-    1 s idle took ~150 ms longer than the next), which a training loop that never pauses does not pay."""
+    window costs a one-off (the first shakespeare-char XLA step after 1 s idle took ~150 ms longer
+    than the next: docs/benchmarks/2026-11-30-xeon.md), which a training loop that never pauses
+    does not pay."""
     for fn in fns.values():
         fn()
     out = {name: [] for name in fns}
@@ -164,16 +165,18 @@ def interleaved(fns: dict, steps: int, windows: int = 3, warm: int = 1) -> dict:
     return out
 
 
-def ontogeny_step(model_config, batch_size: int, mesh=None):
+def ontogeny_step(model_config, batch_size: int, mesh=None, faster: bool = False):
     """Ontogeny's jitted train step with the CLI's default optimizer settings on a fixed batch
-    (waits for the result, as the torch step does); data parallel over `mesh` when given."""
+    (waits for the result, as the torch step does); data parallel over `mesh` when given.
+    `faster`: layer norm and GELU through their recomputing backward (`gpt.RECOMPUTE_BACKWARD`)
+    and AdamW over one flat buffer (`train.flat_adamw`), the step traced here under that flag."""
     import jax
     from dynamics import sharding
     from dynamics import train as train_lib
     from models import gpt
 
     tc = train_lib.TrainConfig(steps=1000, batch_size=batch_size)
-    optimizer = train_lib.make_optimizer(tc)
+    optimizer = train_lib.flat_adamw(tc) if faster else train_lib.scheduled_adamw(tc)
     state = [train_lib.init_state(gpt.init_params(model_config, jax.random.PRNGKey(0)), optimizer, 0)]
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), optimizer, dropout=model_config.dropout > 0)
     x = np.random.default_rng(0).integers(0, model_config.vocab_size, (batch_size, model_config.context + 1))
@@ -184,6 +187,12 @@ def ontogeny_step(model_config, batch_size: int, mesh=None):
     def run():
         state[0], metrics = step(state[0], batch)
         return float(metrics["loss"])
+    if faster:  # the flag is read when the step is traced: trace it now
+        previous, gpt.RECOMPUTE_BACKWARD = gpt.RECOMPUTE_BACKWARD, True
+        try:
+            run()
+        finally:
+            gpt.RECOMPUTE_BACKWARD = previous
     return run
 
 
@@ -215,7 +224,7 @@ def torch_contenders(cfg, batch: int):
     [choice] The steps run in a child process (`serve`), one pipe round trip each (~0.1 ms against
     a 25 ms step), so neither runtime shares a process with the other: in one process, the
     shakespeare-char XLA step took 1065-1248 ms beside torch against 765-811 ms without it
-    (machine B, 2026-11-30, with `experiments.cli.allocator`'s huge pages), which no user meets.
+    (docs/benchmarks/2026-11-30-xeon.md), which no user meets.
     The child inherits this process's environment, huge pages included."""
     import json
     import subprocess
@@ -261,7 +270,7 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
                "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     for name, (cfg, batch) in shapes.items():
         key, tokens = name.replace("-", "_"), batch * cfg.context
-        fns = {"ontogeny": ontogeny_step(cfg, batch)}
+        fns = {"ontogeny": ontogeny_step(cfg, batch), "ontogeny_faster": ontogeny_step(cfg, batch, faster=True)}
         if len(jax.devices()) >= 2 and batch % 2 == 0:  # e.g. ONTOGENY_HOST_DEVICES=2: the 2-device step too
             fns["ontogeny_2dev"] = ontogeny_step(cfg, batch, sharding.data_mesh(jax.devices()[:2]))
         close = lambda: None
@@ -280,7 +289,8 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             times.pop("torch_1_thread", None)
         for who, ts in times.items():
             tps = sorted(tokens / t for t in ts)
-            prefix, suffix = ("torch_" if who == "torch" else ""), ("_2dev" if who == "ontogeny_2dev" else "")
+            prefix = "torch_" if who == "torch" else ""
+            suffix = {"ontogeny_2dev": "_2dev", "ontogeny_faster": "_faster"}.get(who, "")
             results[f"{prefix}tokens_per_s_{key}{suffix}"] = float(np.median(tps))
             results[f"{prefix}tokens_per_s_{key}{suffix}_range"] = [tps[0], tps[-1]]
             results[f"{prefix}mfu_{key}{suffix}"] = float(np.median(tps)) * flops_per_token(cfg) / 1e9 / peak_gflops
@@ -290,6 +300,9 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             ratios = sorted(a / b for a, b in zip(times["ontogeny"], times["ontogeny_2dev"]))
             results[f"ratio_2dev_over_1dev_{key}"] = float(np.median(ratios))
             results[f"ratio_2dev_over_1dev_{key}_range"] = [ratios[0], ratios[-1]]
+        ratios = sorted(a / b for a, b in zip(times["ontogeny"], times["ontogeny_faster"]))
+        results[f"ratio_faster_over_plain_{key}"] = float(np.median(ratios))
+        results[f"ratio_faster_over_plain_{key}_range"] = [ratios[0], ratios[-1]]
         results[f"batch_size_{key}"] = batch
         line = (f"train {name} ({cfg.n_layer}L d{cfg.d_model} T{cfg.context} B{batch}): ontogeny "
                 f"{results[f'tokens_per_s_{key}']:,.0f} tokens/s (MFU {results[f'mfu_{key}']:.3f})")
@@ -300,6 +313,9 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             line += (f", torch eager {results[f'torch_tokens_per_s_{key}']:,.0f} tokens/s "
                      f"(MFU {results[f'torch_mfu_{key}']:.3f}), ratio {results[f'ratio_vs_torch_{key}']:.2f}x "
                      f"({ratios[0]:.2f}-{ratios[-1]:.2f} over {windows} interleaved windows)")
+            ratios = sorted(a / b for a, b in zip(times["torch"], times["ontogeny_faster"]))
+            results[f"ratio_vs_torch_{key}_faster"] = float(np.median(ratios))
+            line += f"; recomputed norms/GELU + flat AdamW {results[f'ratio_vs_torch_{key}_faster']:.2f}x torch"
             if "ontogeny_2dev" in times:
                 ratios = sorted(a / b for a, b in zip(times["torch"], times["ontogeny_2dev"]))
                 results[f"ratio_vs_torch_{key}_2dev"] = float(np.median(ratios))
@@ -308,6 +324,8 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             line += (f"; on 2 host devices {results[f'tokens_per_s_{key}_2dev']:,.0f} tokens/s, "
                      f"{results[f'ratio_2dev_over_1dev_{key}']:.2f}x one device"
                      + (f", {results[f'ratio_vs_torch_{key}_2dev']:.2f}x torch" if have_torch else ""))
+        line += (f"; recomputed norms/GELU + flat AdamW {results[f'tokens_per_s_{key}_faster']:,.0f} tokens/s, "
+                 f"{results[f'ratio_faster_over_plain_{key}']:.2f}x the plain step")
         faults = results[f"page_faults_per_step_{key}"]
         if faults is not None:
             line += f"; page faults a step {faults:,.0f}"

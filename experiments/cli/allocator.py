@@ -3,26 +3,13 @@
 XLA's CPU runtime allocates each execution's temporary buffers anew and frees them when it ends
 (680 MiB a step for the shakespeare-char train step, 45 MiB for tiny). glibc serves a request
 above its mmap threshold with fresh pages from the kernel and unmaps them on free, so every
-step page-faults its whole working set again and the kernel zeroes it. On machine B (2-core
-Xeon, 2026-11-30) that was 179k-199k page faults and 0.37 s of system time a shakespeare-char
-step.
+step page-faults its whole working set again and the kernel zeroes it.
 
 `TUNABLES` sets glibc.malloc.hugetlb=1: malloc asks the kernel for transparent huge pages
 (where its setting is `madvise`, the common default), so a fresh block faults 2 MiB at a time
 instead of 4 KiB. Nothing else about malloc changes, and memory is returned to the kernel as
-before. Measured there, the train step alone, two runs each in one sitting (ms a step;
-page faults a step):
-
-| glibc.malloc settings | tiny (B12) | shakespeare-char (B8) |
-| --- | --- | --- |
-| defaults | 46-49 (13k) | 912-956 (199k) |
-| hugetlb=1 (chosen) | 40-44 (0.1-0.7k) | 797-807 (1.4k) |
-| + mmap_threshold=32 MiB, trim_threshold=1 GiB | 39-40 | 785-797 |
-| mmap_max=0, arena_max=1, trim_threshold=1 GiB, hugetlb=1 | 40-53 (0) | 786, 1421 (0) |
-
-[choice] hugetlb alone: the others gain at most a few percent more and keep freed memory with
-the process, and the single-arena setting was unstable (one 1.8x slower run) and cost a
-2-device process its data-parallel gain. `ONTOGENY_MALLOC=system` keeps glibc's defaults.
+before. [choice] hugetlb alone: other settings gained at most a few percent more and kept freed
+memory with the process (the measurements: docs/benchmarks/2026-11-30-xeon.md, "Huge pages"). `ONTOGENY_MALLOC=system` keeps glibc's defaults.
 Tunables are read when a process starts, so `configure` re-executes the interpreter once with
 GLIBC_TUNABLES set (same pid, same arguments); subprocesses inherit it. A tunable the user
 already set in GLIBC_TUNABLES wins. Other C libraries, or a glibc older than 2.35 (which

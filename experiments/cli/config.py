@@ -188,22 +188,40 @@ def all_keys(config, prefix: str = "") -> list[str]:
     return keys
 
 
-def claim_folder(out, experiment: str, preset: str, config) -> None:
-    """Write OUT/config.json, or check that the run already there has the same config.
+def claim_folder(out, experiment: str, preset: str, config):
+    """Take OUT's writer lock, then write OUT/config.json, or check that the run already there has
+    the same config. Returns the lock, held: use `with claim_folder(...):` (or `.release()`); it
+    is released at exit in any case.
 
-    A folder holding another experiment or other settings is refused (nothing is
-    overwritten); the same settings mean "resume or reuse".
+    A second process writing OUT is refused (one line naming it, `dynamics.locks`); a folder
+    holding another experiment or other settings is refused (nothing is overwritten); the same
+    settings mean "resume or reuse".
     """
+    from dynamics import distributed, locks
+
+    # Every process of a multi-process job checks (so all refuse alike); process 0 locks and writes.
+    lock = locks.folder_lock(out, active=distributed.is_primary()).acquire()
+    try:
+        _check_or_write(out, experiment, preset, config)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_or_write(out, experiment: str, preset: str, config) -> None:
     import os
 
     from dynamics.runlog import to_jsonable, write_json
 
-    # Every process of a multi-process job checks (so all refuse alike); process 0 writes.
     path = os.path.join(out, "config.json")
     record = {"experiment": experiment, "preset": preset, "config": to_jsonable(config)}
     if os.path.exists(path):
         try:
-            previous = json.load(open(path))
+            with open(path) as f:
+                previous = json.load(f)
+            if not isinstance(previous, dict):
+                raise ValueError(path)
         except (OSError, ValueError):
             raise OntogenyError(f"{path} is unreadable; use a new --out or delete that folder") from None
         if previous.get("experiment") != experiment or previous.get("config") != record["config"]:

@@ -6,11 +6,9 @@ busy at a time; `--xla_force_host_platform_device_count=N` makes N host devices,
 creates its CPU backend, so `python -m experiments` calls `configure()` before importing
 anything that imports jax.
 
-[choice] The default is 1 device (`DEFAULT_DEVICES`): on the 2-core Xeon this was measured on
-(2026-11-29), 2 host devices trained the tiny shape 1.34x faster on an idle machine but 0.53-1.08x
-while other jobs shared the cores, and a non-training computation (a vmapped forward over 8
-checkpoints, on device 0) ran 12-70% slower in a 2-device process in all three pairs measured.
-Set DEFAULT_DEVICES = 2 to make min(2, cores) the default where it measures faster.
+[choice] The default is 1 device (`DEFAULT_DEVICES`): 2 host devices helped training only on an
+otherwise idle CPU and slowed non-training computations (docs/benchmarks/2026-11-29-xeon.md,
+"Host devices"). Set DEFAULT_DEVICES = 2 to make min(2, cores) the default where it measures faster.
 
 Imports no jax (that is the point).
 """

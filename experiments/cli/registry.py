@@ -64,6 +64,7 @@ BENCH = MappingProxyType({
     "sampling": "experiments.bench.recipes:sampling",
     "sweep": "experiments.bench.sweep:bench",
     "suite": "experiments.bench.suite:bench",
+    "gpu": "experiments.bench.gpu:bench",
 })
 
 

@@ -13,11 +13,19 @@ it in one, the others dealt over the rest, each process logging to DIR/quickstar
 while this one shows a bar of finished studies. [choice] Most of a tiny study is small XLA
 programs that keep one core busy, so two processes on two cores finish sooner; the results are
 the same as one process's, each study being computed the same way in either.
+
+Every process of a quickstart shares one persistent XLA compilation cache (`compile_cache`:
+JAX_COMPILATION_CACHE_DIR when set, else DIR/xla-cache), so a program compiled once (in either
+lane, or by an earlier run in the same folder) is loaded, not compiled again: the same
+executable, so the same numbers. Each study's line in the log says how many programs it
+built, the seconds that took and how many came from the cache.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +43,49 @@ from experiments.cli.config import ArgumentParser, claim_folder
 from experiments.tools.report import write_report
 
 DESCRIPTION = "run every study's tiny preset (one shared pretrain run), then write DIR/report.html"
+
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def compile_cache(out: Path) -> str:
+    """The compilation cache folder the quickstart's processes share: JAX_COMPILATION_CACHE_DIR
+    when the user set it, else OUT/xla-cache. [choice] jax's default threshold stands (programs
+    that took a second or more to compile are kept), so the small ones cost no disk."""
+    return os.environ.get(CACHE_ENV) or str(Path(out).absolute() / "xla-cache")
+
+
+class CompileMeter:
+    """XLA programs built in this process, from jax.monitoring: how many (compiled, or loaded from
+    the persistent cache), the seconds that took, and the cache's hits. One set of listeners per process (jax keeps them for its life)."""
+    counts: collections.Counter = collections.Counter()
+    _listening = False
+
+    @classmethod
+    def start(cls) -> "CompileMeter":
+        if not cls._listening:
+            jax.monitoring.register_event_duration_secs_listener(cls._on_duration)
+            jax.monitoring.register_event_listener(cls._on_event)
+            CompileMeter._listening = True
+        return cls()
+
+    @classmethod
+    def _on_duration(cls, event: str, duration: float, **kwargs) -> None:
+        if event.endswith("backend_compile_duration"):
+            cls.counts["compiles"] += 1
+            cls.counts["compile_s"] += duration
+
+    @classmethod
+    def _on_event(cls, event: str, **kwargs) -> None:
+        if event.endswith("cache_hits"):
+            cls.counts["cache_hits"] += 1
+
+    def since(self, before: dict) -> str:
+        d = {k: self.counts[k] - before.get(k, 0) for k in ("compiles", "compile_s", "cache_hits")}
+        return f"{d['compiles']} programs, {d['compile_s']:.0f} s compiling, {d['cache_hits']} of them from the cache"
+
+    def snapshot(self) -> dict:
+        return dict(self.counts)
 
 
 def study_config(name: str, module, pretrain_dir: Path):
@@ -73,14 +124,17 @@ def lanes(names: list[str], jobs: int) -> list[list[str]]:
     return [lane for lane in out if lane]
 
 
-def run_lanes(plan: list[list[str]], out: Path, command) -> dict[str, str]:
-    """Start `command(lane)` (an argv) for every lane, logging to out/quickstart-lane-K.log,
-    show the studies as they finish (their summary.json appears) and wait for all; returns
-    {study: why it failed} for the studies left without a summary."""
+def run_lanes(plan: list[list[str]], out: Path, command, env: dict | None = None) -> dict[str, str]:
+    """Start `command(lane)` (an argv) for every lane, logging to out/quickstart-lane-K.log
+    (`env` added to this process's environment), show the studies as they finish (their
+    summary.json appears) and wait for all; returns {study: why it failed} for the studies left
+    without a summary."""
     names = [n for lane in plan for n in lane]
     summary = lambda n: out / n / "summary.json"
     logs = [open(out / f"quickstart-lane-{k}.log", "w") for k in range(len(plan))]
-    procs = [subprocess.Popen(command(lane), stdout=log, stderr=subprocess.STDOUT) for lane, log in zip(plan, logs)]
+    env = {**os.environ, **(env or {})}
+    procs = [subprocess.Popen(command(lane), stdout=log, stderr=subprocess.STDOUT, env=env)
+             for lane, log in zip(plan, logs)]
     t0, seen = time.perf_counter(), set()
     bar = tqdm(total=len(names), desc=f"quickstart ({len(plan)} processes)", unit="study", dynamic_ncols=True)
     try:
@@ -129,12 +183,15 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pretrain_dir = out / "pretrain"
+    cache = compile_cache(out)
+    jax.config.update("jax_compilation_cache_dir", cache)
 
     plan = lanes(names, args.jobs)
     if len(plan) > 1:
         t0 = time.perf_counter()
         failed = run_lanes(plan, out, lambda lane: [sys.executable, "-m", "experiments", "quickstart", "--out", str(out),
-                                                    "--only", ",".join(lane), "--jobs", "1", "--lane"])
+                                                    "--only", ",".join(lane), "--jobs", "1", "--lane"],
+                           env={CACHE_ENV: cache})
         for name, why in failed.items():
             print(f"{name}: FAILED: {why}")
         report = write_report(out)
@@ -142,22 +199,22 @@ def main(argv: list[str]) -> int:
               f"on {len(plan)} processes; report: {report.resolve()}")
         return 1 if failed else 0
 
-    timings, failed = {}, {}
+    timings, failed, meter = {}, {}, CompileMeter.start()
     bar = tqdm(names, desc="quickstart", unit="study", dynamic_ncols=True)
     for name in bar:
         bar.set_postfix(study=name)
         module = registry.load(name)
         config = study_config(name, module, pretrain_dir)
         folder_path = out / name
-        t0 = time.perf_counter()
+        t0, compiled = time.perf_counter(), meter.snapshot()
         try:
             module.resolve(config)  # the shared pretrain run exists by now (it is trained first)
-            claim_folder(folder_path, name, "tiny", config)
-            folder = RunFolder(folder_path)
-            if folder.read_summary() is None:
-                summary = module.run(config, folder)
-                require_finite_summary(summary, str(folder_path))
-                folder.write_summary(summary)
+            with claim_folder(folder_path, name, "tiny", config):  # one writer per study folder
+                folder = RunFolder(folder_path)
+                if folder.read_summary() is None:
+                    summary = module.run(config, folder)
+                    require_finite_summary(summary, str(folder_path))
+                    folder.write_summary(summary)
         except OntogenyError as e:
             failed[name] = str(e)
         except Exception:  # one study's crash is reported; the others still run
@@ -165,7 +222,8 @@ def main(argv: list[str]) -> int:
             if distributed.is_primary():
                 (folder_path / "error.txt").write_text(traceback.format_exc())
         timings[name] = time.perf_counter() - t0
-        bar.write(f"{name}: {'FAILED: ' + failed[name] if name in failed else 'done'} ({timings[name]:.0f} s)")
+        bar.write(f"{name}: {'FAILED: ' + failed[name] if name in failed else 'done'} ({timings[name]:.0f} s; "
+                  f"{meter.since(compiled)})")
     bar.close()
     distributed.barrier("quickstart-end")  # process 0 has written every summary
     if args.lane:

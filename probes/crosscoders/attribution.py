@@ -1,7 +1,7 @@
 """Attribution of a downstream metric to crosscoder features, ablation, and feature complexity.
 
-Splicing keeps the clean forward pass exact: at snapshot s the residual is replaced by
-decode_s(f) + err_s with err_s = x_s - decode_s(f_clean) held fixed (an error node), so
+Splicing keeps the clean forward pass exact: at snapshot c the residual is replaced by
+decode_c(f) + err_c with err_c = x_c - decode_c(f_clean) held fixed (an error node), so
 m(f_clean) is the clean metric and attr_i = sum_tokens f_i dm/df_i (gradient x activation) is
 the first-order effect of removing feature i; ablation sets the chosen features' f to 0.
 
@@ -17,24 +17,24 @@ import numpy as np
 import scipy.sparse
 
 
-def spliced_metric(f_NF, snapshot: dict, tokens_BC, metric_fn, logits_fn):
+def spliced_metric(f_NF, snapshot: dict, tokens_BS, metric_fn, logits_fn):
     """m at one snapshot with the residual rebuilt from features f_NF (or the snapshot's f_NF slice).
 
     snapshot: {"W_dec" [F, D], "b_dec" [D], "err" [N, D], "scale" [], "model": params}, all in
-    normalised units except the model; `logits_fn(model, resid_BCD)` finishes the forward pass.
+    normalised units except the model; `logits_fn(model, resid_BSD)` finishes the forward pass.
     """
-    B, C = tokens_BC.shape
+    B, S = tokens_BS.shape
     x_hat = f_NF @ snapshot["W_dec"] + snapshot["b_dec"] + snapshot["err"]
-    logits = logits_fn(snapshot["model"], (x_hat / snapshot["scale"]).reshape(B, C, -1))
-    return metric_fn(logits, tokens_BC)
+    logits = logits_fn(snapshot["model"], (x_hat / snapshot["scale"]).reshape(B, S, -1))
+    return metric_fn(logits, tokens_BS)
 
 
 def attribution_fn(metric_fn, logits_fn):
-    """fn(snapshot, tokens) -> (m_clean, attr_F) for `map_stack` (snapshot fields stacked over S;
+    """fn(snapshot, tokens) -> (m_clean, attr_F) for `map_stack` (snapshot fields stacked over C;
     snapshot["f"] is that snapshot's f_NF)."""
-    def fn(snapshot, tokens_BC):
+    def fn(snapshot, tokens_BS):
         f = snapshot["f"]
-        m, grad = jax.value_and_grad(lambda g: spliced_metric(g, snapshot, tokens_BC, metric_fn, logits_fn))(f)
+        m, grad = jax.value_and_grad(lambda g: spliced_metric(g, snapshot, tokens_BS, metric_fn, logits_fn))(f)
         attr = (f * grad).sum(0)
         return m, attr
     return fn
@@ -42,9 +42,9 @@ def attribution_fn(metric_fn, logits_fn):
 
 def ablation_fn(metric_fn, logits_fn):
     """fn(snapshot, tokens) -> m with the features in snapshot["mask"] ([F], 1 = ablate) zeroed."""
-    def fn(snapshot, tokens_BC):
+    def fn(snapshot, tokens_BS):
         f = snapshot["f"] * (1.0 - snapshot["mask"])[None]
-        return spliced_metric(f, snapshot, tokens_BC, metric_fn, logits_fn)
+        return spliced_metric(f, snapshot, tokens_BS, metric_fn, logits_fn)
     return fn
 
 
@@ -57,40 +57,40 @@ def induction_tokens(rng: np.random.Generator, n: int, half: int, vocab: np.ndar
 def induction_metric(half: int, per_sequence: bool = False):
     """Mean log-probability of the correct next token over the repeated half (per sequence [B]
     with per_sequence, whose mean is the scalar metric: every sequence has the same length)."""
-    def metric(logits_BCV, tokens_BC):
-        logp = jax.nn.log_softmax(logits_BCV[:, half:-1].astype(jnp.float32), -1)
-        target = tokens_BC[:, half + 1:]
+    def metric(logits_BSV, tokens_BS):
+        logp = jax.nn.log_softmax(logits_BSV[:, half:-1].astype(jnp.float32), -1)
+        target = tokens_BS[:, half + 1:]
         lp = jnp.take_along_axis(logp, target[..., None], -1)[..., 0]
         return lp.mean(-1) if per_sequence else lp.mean()
     return metric
 
 
 # ----------------------------------------------------------------------------- complexity
-def context_ids(windows_BC: np.ndarray, n: int, start: int) -> np.ndarray:
-    """[B, C - start] integer id of the n tokens ending at each position >= start."""
-    B, C = windows_BC.shape
-    keys = np.zeros((B, C - start), np.int64)
+def context_ids(windows_BS: np.ndarray, n: int, start: int) -> np.ndarray:
+    """[B, S - start] integer id of the n tokens ending at each position >= start."""
+    B, S = windows_BS.shape
+    keys = np.zeros((B, S - start), np.int64)
     for j in range(n):
-        keys = keys * 1_000_003 + windows_BC[:, start - j: C - j].astype(np.int64)
+        keys = keys * 1_000_003 + windows_BS[:, start - j: S - j].astype(np.int64)
     return keys
 
 
-def ngram_r2(windows_BC: np.ndarray, f_BCF: np.ndarray, max_order: int, train_rows: np.ndarray) -> np.ndarray:
+def ngram_r2(windows_BS: np.ndarray, f_BSF: np.ndarray, max_order: int, train_rows: np.ndarray) -> np.ndarray:
     """[max_order, F] held-out R^2 of E[f | last n tokens], n = 1..max_order.
 
     Positions before max_order - 1 are skipped so every order sees the same tokens; rows of
     `train_rows` (window indices) fit the group means, the other windows are scored.
     """
     start = max_order - 1
-    f = f_BCF[:, start:].astype(np.float64)
-    is_train = np.zeros(len(windows_BC), bool)
+    f = f_BSF[:, start:].astype(np.float64)
+    is_train = np.zeros(len(windows_BS), bool)
     is_train[train_rows] = True
     f_tr, f_te = f[is_train].reshape(-1, f.shape[-1]), f[~is_train].reshape(-1, f.shape[-1])
     mean = f_tr.mean(0)
     sst = ((f_te - mean) ** 2).sum(0)
     out = np.zeros((max_order, f.shape[-1]))
     for n in range(1, max_order + 1):
-        keys = context_ids(windows_BC, n, start)
+        keys = context_ids(windows_BS, n, start)
         uniq, inv = np.unique(keys, return_inverse=True)
         inv = inv.reshape(keys.shape)
         g_tr, g_te = inv[is_train].ravel(), inv[~is_train].ravel()

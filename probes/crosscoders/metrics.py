@@ -1,14 +1,12 @@
 """The crosscoder metrics of Ge et al. (arXiv 2509.17196), each for one snapshot where it can be
 (lifted over the snapshots by `map_stack` or computed on stacked arrays).
 
-Axis letters: N tokens, C snapshots (checkpoints; `probes.crosscoders.model` writes this axis S, as in
-x_NSD), D width, F features, B windows/sequences, S positions, V vocabulary.
+Axis letters: N tokens, C snapshots (checkpoints), D width, F features, B windows/sequences, S positions, V vocabulary.
 
 - quality per snapshot: `explained_variance`, `l0`, `dead_fraction`, `fire_counts`
   (`evaluate` all at once), `loss_recovered` from the clean / spliced / ablated cross-entropy
   and the KL to corpus unigram and bigram statistics (`ce_fn` for one snapshot, `loss_and_kl`);
-- decoder geometry: `emergence` (first snapshot at >= frac x the feature's maximum decoder
-  norm), initialisation features, `consecutive_cosines` (direction turns): `decoder_features`;
+- decoder geometry and emergence: `probes.crosscoders.emergence`;
 - attribution of an induction metric and top-vs-random ablation: `induction_ablation`;
 - n-gram complexity against emergence: `complexity`;
 - intervals: `window_intervals` (bootstrap over held-out windows), `feature_intervals`.
@@ -161,28 +159,6 @@ def loss_and_kl(model_config, layer: int, ablation: str, stacked, hat_CBSD, raw_
                    {"model": stacked, "hat": hat_CBSD, "mean": raw_CBSD.mean(axis=(1, 2))}, tokens_BS, targets_BS,
                    jnp.asarray(log_uni, jnp.float32), jnp.asarray(log_bi, jnp.float32), rows)
     return ce, loss_recovered(ce["clean"], ce["spliced"], ce["ablated"])
-
-
-# ---------------------------------------------------------------------------- decoder geometry
-def emergence(norms_FC: np.ndarray, frac: float) -> np.ndarray:
-    """[F] index of the first snapshot at >= frac x the feature's maximum decoder norm."""
-    return (norms_FC >= frac * norms_FC.max(1, keepdims=True)).argmax(1)
-
-
-def consecutive_cosines(w_dec_FCD: np.ndarray) -> np.ndarray:
-    """[F, C-1] cosine of each feature's decoder vectors at consecutive snapshots."""
-    w = w_dec_FCD / np.maximum(np.linalg.norm(w_dec_FCD, axis=-1, keepdims=True), 1e-12)
-    return np.sum(w[:, 1:] * w[:, :-1], axis=-1)
-
-
-def decoder_features(w_dec_FCD, alive_F, steps_C, emergence_frac: float, init_fade: float) -> dict:
-    """Decoder norms [F, C], emergence index and step [F], initialisation features (emerged at
-    snapshot 0, alive, ending below `init_fade` x their maximum norm) and direction cosines."""
-    norms = np.linalg.norm(w_dec_FCD, axis=-1)
-    emerge_idx = emergence(norms, emergence_frac)
-    return {"norms": norms, "emerge_idx": emerge_idx, "emerge_step": np.asarray(steps_C)[emerge_idx],
-            "init_feature": (emerge_idx == 0) & (norms[:, -1] <= init_fade * norms.max(1)) & alive_F,
-            "cos": consecutive_cosines(w_dec_FCD)}
 
 
 # ------------------------------------------------------------------- attribution and ablation

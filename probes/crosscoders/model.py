@@ -1,24 +1,24 @@
-"""Crosscoders across training snapshots: one sparse dictionary shared by S snapshots of one site.
+"""Crosscoders across training snapshots: one sparse dictionary shared by C snapshots of one site.
 
-Shapes: N tokens, S snapshots, D width, F features. Activations x_NSD are normalised per
+Shapes: N tokens, C snapshots (checkpoints), D width, F features. Activations x_NCD are normalised per
 snapshot to mean norm sqrt(D) (`normaliser`). Parameters are a plain dict:
 
-    W_enc [S, D, F]   b_enc [F]   W_dec [F, S, D]   b_dec [S, D]   (+ log_threshold [F], JumpReLU)
+    W_enc [C, D, F]   b_enc [F]   W_dec [F, C, D]   b_dec [C, D]   (+ log_threshold [F], JumpReLU)
 
-    h_NF   = sum_s (x_s - b_dec_s) W_enc_s + b_enc          (one shared pre-activation)
-    x_hat_s = f_s W_dec_s + b_dec_s
+    h_NF   = sum_c (x_c - b_dec_c) W_enc_c + b_enc          (one shared pre-activation)
+    x_hat_c = f_c W_dec_c + b_dec_c
 
 Subtracting b_dec before encoding is our choice (standard SAE practice) [reconstructed].
 Architectures (`arch`):
-  relu       f = ReLU(h); penalty l1 * sum_i f_i sum_s ||W_dec_is||           (Anthropic)
-  jumprelu   f_is = h_i H(h_i ||W_dec_is|| - exp(tau_i)), gated per snapshot; the threshold
+  relu       f = ReLU(h); penalty l1 * sum_i f_i sum_c ||W_dec_ic||           (Anthropic)
+  jumprelu   f_ic = h_i H(h_i ||W_dec_ic|| - exp(tau_i)), gated per snapshot; the threshold
              gets the straight-through (rectangle-kernel, bandwidth `jump_eps`) gradient;
              penalty l1 * sum_i p_i (1 + p_i / freq_scale),
-             p_i = mean_{tokens,s} tanh(tanh_c f_is ||W_dec_is||)                (Ge et al.)
-  batchtopk  keep the k*N largest scores h_i sum_s ||W_dec_is|| of the batch (ReLU'd h); at
+             p_i = mean_{tokens,c} tanh(tanh_c f_ic ||W_dec_ic||)                (Ge et al.)
+  batchtopk  keep the k*N largest scores h_i sum_c ||W_dec_ic|| of the batch (ReLU'd h); at
              inference a threshold (running mean of the smallest kept score) replaces the batch
              selection, so tokens are encoded independently                  (Minder et al.)
-Shared archs return f_NF, JumpReLU returns f_NFS.
+Shared archs return f_NF, JumpReLU returns f_NFC.
 
 Training: init W_enc = W_dec^T with random unit directions scaled by the decoder norm (of
 `init_norms`) that gives the lowest initial reconstruction error; b_dec = data mean; the
@@ -50,7 +50,7 @@ ARCHS = ("relu", "jumprelu", "batchtopk")
 
 @dataclasses.dataclass(frozen=True)
 class CrosscoderConfig:
-    n_snapshots: int = 16         # snapshots the dictionary spans, spread evenly over the series (0 and last included)
+    n_snapshots: int = 16         # snapshots the dictionary spans, spread evenly over the series (0 = all, at most 16)
     d_model: int = 128            # width of the activations read (a study sets it from the run)
     n_features: int = 512         # dictionary size (features shared by all snapshots)
     arch: str = "batchtopk"       # relu | jumprelu (Ge et al.'s) | batchtopk
@@ -88,7 +88,9 @@ class CrosscoderConfig:
 
     def __post_init__(self):
         require(self.arch in ARCHS, f"crosscoder arch={self.arch!r}; choose one of {', '.join(ARCHS)}")
-        for name in ("n_snapshots", "d_model", "n_features", "steps", "batch_size"):
+        # n_snapshots = 0 is left for a caller to set from its series (`init_state` checks the count)
+        require(self.n_snapshots >= 0, f"crosscoder n_snapshots={self.n_snapshots} must be >= 0 (0 = the series' count)")
+        for name in ("d_model", "n_features", "steps", "batch_size"):
             require(getattr(self, name) >= 1, f"crosscoder {name}={getattr(self, name)} must be positive")
         require(self.lr > 0 and 0 <= self.warmup < 1 and 0 <= self.decay < 1 and self.warmup + self.decay <= 1,
                 "crosscoder lr must be > 0 and warmup + decay fractions must lie in [0, 1]")
@@ -100,9 +102,9 @@ class CrosscoderConfig:
 
 
 # ----------------------------------------------------------------------------- data scaling
-def normaliser(x_NSD) -> np.ndarray:
-    """[S] factors that bring each snapshot to mean token norm sqrt(D)."""
-    x = np.asarray(x_NSD, np.float64)
+def normaliser(x_NCD) -> np.ndarray:
+    """[C] factors that bring each snapshot to mean token norm sqrt(D)."""
+    x = np.asarray(x_NCD, np.float64)
     return (math.sqrt(x.shape[-1]) / np.linalg.norm(x, axis=-1).mean(0)).astype(np.float32)
 
 
@@ -133,12 +135,12 @@ step_ste.defvjp(_step_fwd, _step_bwd)
 
 # ----------------------------------------------------------------------------- forward
 def decoder_norms(params) -> jax.Array:
-    """[F, S] norm of every feature's decoder vector at every snapshot."""
+    """[F, C] norm of every feature's decoder vector at every snapshot."""
     return jnp.linalg.norm(params["W_dec"], axis=-1)
 
 
-def preacts(params, x_NSD):
-    return jnp.einsum("nsd,sdf->nf", x_NSD - params["b_dec"], params["W_enc"]) + params["b_enc"]
+def preacts(params, x_NCD):
+    return jnp.einsum("ncd,cdf->nf", x_NCD - params["b_dec"], params["W_enc"]) + params["b_enc"]
 
 
 def largest_mask(score, count, axis=None):
@@ -169,12 +171,12 @@ def batch_topk_mask(score_NF, k):
     return largest_mask(score_NF, k * score_NF.shape[0])
 
 
-def encode(params, x_NSD, config: CrosscoderConfig, hp=None, threshold=None):
-    """Latents: f_NF (relu, batchtopk) or f_NFS (jumprelu).
+def encode(params, x_NCD, config: CrosscoderConfig, hp=None, threshold=None):
+    """Latents: f_NF (relu, batchtopk) or f_NFC (jumprelu).
 
     batchtopk: batch selection with hp["k"] when `threshold` is None, else score > threshold.
     """
-    h = preacts(params, x_NSD)
+    h = preacts(params, x_NCD)
     norms = decoder_norms(params)
     if config.arch == "relu":
         return jax.nn.relu(h)
@@ -189,13 +191,13 @@ def encode(params, x_NSD, config: CrosscoderConfig, hp=None, threshold=None):
 
 
 def decode(params, f):
-    """x_hat_NSD from f_NF (shared) or f_NFS (per snapshot)."""
+    """x_hat_NCD from f_NF (shared) or f_NFC (per snapshot)."""
     if f.ndim == 2:
-        return jnp.einsum("nf,fsd->nsd", f, params["W_dec"]) + params["b_dec"]
-    return jnp.einsum("nfs,fsd->nsd", f, params["W_dec"]) + params["b_dec"]
+        return jnp.einsum("nf,fcd->ncd", f, params["W_dec"]) + params["b_dec"]
+    return jnp.einsum("nfc,fcd->ncd", f, params["W_dec"]) + params["b_dec"]
 
 
-def active_NFS(f, n_snapshots: int):
+def active_NFC(f, n_snapshots: int):
     """Boolean activity per snapshot (shared latents count as active in every snapshot)."""
     f = f if f.ndim == 3 else jnp.broadcast_to(f[:, :, None], f.shape + (n_snapshots,))
     return f > 0
@@ -207,43 +209,43 @@ def _unit_directions(config: CrosscoderConfig, key):
     return u / jnp.linalg.norm(u, axis=-1, keepdims=True)
 
 
-def params_with_norm(config: CrosscoderConfig, key, x_NSD, norm):
+def params_with_norm(config: CrosscoderConfig, key, x_NCD, norm):
     """W_dec = norm * unit directions, W_enc = W_dec^T, b_dec = data mean."""
-    return _params_from_units(config, _unit_directions(config, key), x_NSD, norm)
+    return _params_from_units(config, _unit_directions(config, key), x_NCD, norm)
 
 
-def _params_from_units(config: CrosscoderConfig, unit_FSD, x_NSD, norm):
-    w_dec = norm * unit_FSD
+def _params_from_units(config: CrosscoderConfig, unit_FCD, x_NCD, norm):
+    w_dec = norm * unit_FCD
     params = {"W_enc": jnp.transpose(w_dec, (1, 2, 0)), "b_enc": jnp.zeros(config.n_features),
-              "W_dec": w_dec, "b_dec": x_NSD.mean(0)}
+              "W_dec": w_dec, "b_dec": x_NCD.mean(0)}
     if config.arch == "jumprelu":
         params["log_threshold"] = jnp.full(config.n_features, math.log(config.jump_init_threshold))
     return params
 
 
-def reconstruction_error(params, x_NSD, config, hp):
-    """Mean over tokens of sum_s ||x_s - x_hat_s||^2."""
-    x_hat = decode(params, encode(params, x_NSD, config, hp))
-    return jnp.sum((x_NSD - x_hat) ** 2, axis=(1, 2)).mean()
+def reconstruction_error(params, x_NCD, config, hp):
+    """Mean over tokens of sum_c ||x_c - x_hat_c||^2."""
+    x_hat = decode(params, encode(params, x_NCD, config, hp))
+    return jnp.sum((x_NCD - x_hat) ** 2, axis=(1, 2)).mean()
 
 
-def init_errors(config: CrosscoderConfig, key, x_NSD, hp, norms=None):
+def init_errors(config: CrosscoderConfig, key, x_NCD, hp, norms=None):
     """[len(norms)] initial reconstruction error for each candidate decoder norm.
 
     The candidates run one after another (`lax.map`), not vmapped: a vmap held all of them at
-    once, 21 copies of the dictionary and its [N, F, S] latents, which took 5 GB at F = 1024
+    once, 21 copies of the dictionary and its [N, F, C] latents, which took 5 GB at F = 1024
     over 32 snapshots and would take ~28 GB at F = 4096."""
     norms = jnp.asarray(config.init_norms if norms is None else norms)
-    unit_FSD = _unit_directions(config, key)
-    error = lambda n: reconstruction_error(_params_from_units(config, unit_FSD, x_NSD, n), x_NSD, config, hp)
+    unit_FCD = _unit_directions(config, key)
+    error = lambda n: reconstruction_error(_params_from_units(config, unit_FCD, x_NCD, n), x_NCD, config, hp)
     return jax.lax.map(error, norms)
 
 
-def init_params(config: CrosscoderConfig, key, x_NSD, hp):
+def init_params(config: CrosscoderConfig, key, x_NCD, hp):
     """Parameters with the candidate decoder norm of lowest initial reconstruction error."""
-    errors = init_errors(config, key, x_NSD, hp)
+    errors = init_errors(config, key, x_NCD, hp)
     best = jnp.asarray(config.init_norms)[jnp.argmin(errors)]
-    return params_with_norm(config, key, x_NSD, best)
+    return params_with_norm(config, key, x_NCD, best)
 
 
 # ----------------------------------------------------------------------------- training
@@ -262,8 +264,10 @@ def make_optimizer(config: CrosscoderConfig):
     return optax.adam(lr_schedule(config), b1=0.9, b2=0.999)
 
 
-def init_state(config: CrosscoderConfig, key, x_NSD, hp) -> dict:
-    params = init_params(config, key, x_NSD, hp)
+def init_state(config: CrosscoderConfig, key, x_NCD, hp) -> dict:
+    require(config.n_snapshots == x_NCD.shape[1], f"crosscoder n_snapshots={config.n_snapshots} but the activations "
+                                                  f"hold {x_NCD.shape[1]} snapshots; set it to the series' count")
+    params = init_params(config, key, x_NCD, hp)
     return {"params": params, "opt_state": make_optimizer(config).init(params), "step": jnp.zeros((), jnp.int32),
             "since_fired": jnp.zeros(config.n_features, jnp.int32), "threshold": jnp.zeros(())}
 
@@ -278,39 +282,39 @@ def sparsity_penalty(params, f, config: CrosscoderConfig):
     return jnp.zeros(())
 
 
-def aux_loss(params, x_NSD, x_hat_NSD, h_NF, dead_F, config: CrosscoderConfig):
+def aux_loss(params, x_NCD, x_hat_NCD, h_NF, dead_F, config: CrosscoderConfig):
     """AuxK: the top-aux_k dead latents reconstruct the residual x - x_hat."""
-    err = jax.lax.stop_gradient(x_NSD - x_hat_NSD)
+    err = jax.lax.stop_gradient(x_NCD - x_hat_NCD)
     dead_h = jnp.where(dead_F[None], jax.nn.relu(h_NF), 0.0)
     f_aux = jnp.where(largest_mask(dead_h, config.aux_k, axis=1), dead_h, 0.0)
-    err_hat = jnp.einsum("nf,fsd->nsd", f_aux, params["W_dec"])
+    err_hat = jnp.einsum("nf,fcd->ncd", f_aux, params["W_dec"])
     # same units as the reconstruction loss (sum over snapshots and width, mean over tokens), so
     # aux_coef is relative to it as in Gao et al. (whose losses are both MSE)
     loss = jnp.sum((err - err_hat) ** 2, axis=(1, 2)).mean()
     return jnp.where(dead_F.any(), loss, 0.0)
 
 
-def loss_fn(params, state, x_NSD, hp, config: CrosscoderConfig):
-    h = preacts(params, x_NSD)
-    f = encode(params, x_NSD, config, hp)
+def loss_fn(params, state, x_NCD, hp, config: CrosscoderConfig):
+    h = preacts(params, x_NCD)
+    f = encode(params, x_NCD, config, hp)
     x_hat = decode(params, f)
-    recon = jnp.sum((x_NSD - x_hat) ** 2, axis=(1, 2)).mean()
+    recon = jnp.sum((x_NCD - x_hat) ** 2, axis=(1, 2)).mean()
     ramp = jnp.minimum(1.0, (state["step"] + 1) / max(1, config.l1_ramp * config.steps))
     loss = recon + ramp * hp["l1"] * sparsity_penalty(params, f, config)
     if config.aux_k > 0:
-        loss = loss + config.aux_coef * aux_loss(params, x_NSD, x_hat, h, state["since_fired"] >= config.dead_tokens,
+        loss = loss + config.aux_coef * aux_loss(params, x_NCD, x_hat, h, state["since_fired"] >= config.dead_tokens,
                                                  config)
     return loss, (f, h, recon)
 
 
-def train_step(state, x_NSD, hp, config: CrosscoderConfig):
+def train_step(state, x_NCD, hp, config: CrosscoderConfig):
     """One Adam step on a batch; returns (state, metrics)."""
-    (loss, (f, h, recon)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state, x_NSD, hp, config)
+    (loss, (f, h, recon)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state, x_NCD, hp, config)
     updates, opt_state = make_optimizer(config).update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    active = active_NFS(f, config.n_snapshots)
+    active = active_NFC(f, config.n_snapshots)
     fired = active.any(axis=(0, 2))
-    n = x_NSD.shape[0]
+    n = x_NCD.shape[0]
     since = jnp.where(fired, 0, jnp.minimum(state["since_fired"] + n, 2 ** 30))
     threshold = state["threshold"]
     if config.arch == "batchtopk":
@@ -319,7 +323,7 @@ def train_step(state, x_NSD, hp, config: CrosscoderConfig):
         min_kept = jnp.where(jnp.isfinite(min_kept), min_kept, threshold)
         m = config.threshold_momentum
         threshold = jnp.where(state["step"] == 0, min_kept, m * threshold + (1 - m) * min_kept)
-    total = jnp.sum((x_NSD - x_NSD.mean(0)) ** 2)
+    total = jnp.sum((x_NCD - x_NCD.mean(0)) ** 2)
     metrics = {"loss": loss, "explained_variance": 1.0 - recon * n / total,
                "l0": active.sum(1).mean(), "dead_fraction": (since >= config.dead_tokens).mean()}
     new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "since_fired": since,
@@ -329,7 +333,7 @@ def train_step(state, x_NSD, hp, config: CrosscoderConfig):
 
 @functools.lru_cache(maxsize=32)
 def make_train_step(config: CrosscoderConfig, n_members: int | None = None):
-    """Jitted step(state, x_NSD, hp). With n_members, state and hp carry a leading member
+    """Jitted step(state, x_NCD, hp). With n_members, state and hp carry a leading member
     axis and the step is vmapped over it (the batch is shared). Cached per (config, K)."""
     fn = lambda state, x, hp: train_step(state, x, hp, config)
     if n_members is None:
@@ -340,11 +344,11 @@ def make_train_step(config: CrosscoderConfig, n_members: int | None = None):
 def training_bytes(config: CrosscoderConfig, n_members: int = 1) -> int:
     """Host bytes that training `n_members` crosscoders holds, estimated: the parameters with
     Adam's two moments and the gradients (4 copies), and eight latent-sized temporaries of the
-    step ([N, F, S] for jumprelu, [N, F] otherwise). [choice] Eight is what XLA's CPU memory
+    step ([N, F, C] for jumprelu, [N, F] otherwise). [choice] Eight is what XLA's CPU memory
     analysis and the peak RSS showed at 32 snapshots, width 512, 1024 features (1.1 GB)."""
-    S, D, F, N = config.n_snapshots, config.d_model, config.n_features, config.batch_size
-    params = 2 * S * D * F + S * D + 2 * F
-    latents = N * F * (S if config.arch == "jumprelu" else 1)
+    C, D, F, N = config.n_snapshots, config.d_model, config.n_features, config.batch_size
+    params = 2 * C * D * F + C * D + 2 * F
+    latents = N * F * (C if config.arch == "jumprelu" else 1)
     return 4 * n_members * (4 * params + 8 * latents)
 
 

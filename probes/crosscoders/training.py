@@ -4,7 +4,7 @@
 hyperparameters, one compiled program) through `dynamics.loop.run_loop`, so it has the same
 progress bar, NaN stop, signals and orbax resume point as every trainer. `ShuffleBuffer` streams
 activation rows through a shuffled in-memory buffer, so no activation store is ever written.
-Shapes: N tokens, S snapshots, D width, F features, K crosscoders.
+Shapes: N tokens, C snapshots (checkpoints), D width, F features, K crosscoders.
 """
 from __future__ import annotations
 
@@ -32,22 +32,22 @@ def _mask_features(tree: dict, dead_F, value=0.0) -> dict:
     return out
 
 
-def resample_dead(state, x_NSD, key, hp, config: CrosscoderConfig):
+def resample_dead(state, x_NCD, key, hp, config: CrosscoderConfig):
     """Re-initialise dead features on high-error inputs; returns (state, number resampled)."""
     params = state["params"]
     dead = state["since_fired"] >= config.dead_tokens
-    x_hat = decode(params, encode(params, x_NSD, config, hp))
-    err_N = jnp.sum((x_NSD - x_hat) ** 2, axis=(1, 2))
+    x_hat = decode(params, encode(params, x_NCD, config, hp))
+    err_N = jnp.sum((x_NCD - x_hat) ** 2, axis=(1, 2))
     pick_F = jax.random.categorical(key, 2.0 * jnp.log(err_N + 1e-12), shape=(config.n_features,))
-    v_FSD = x_NSD[pick_F] - params["b_dec"]
-    v_FSD = v_FSD / jnp.maximum(jnp.linalg.norm(v_FSD, axis=(1, 2), keepdims=True), 1e-12)
-    alive = (~dead).astype(x_NSD.dtype)
+    v_FCD = x_NCD[pick_F] - params["b_dec"]
+    v_FCD = v_FCD / jnp.maximum(jnp.linalg.norm(v_FCD, axis=(1, 2), keepdims=True), 1e-12)
+    alive = (~dead).astype(x_NCD.dtype)
     n_alive = jnp.maximum(alive.sum(), 1.0)
     dec_norm = jnp.sum(jnp.linalg.norm(params["W_dec"], axis=(1, 2)) * alive) / n_alive
     enc_norm = jnp.sum(jnp.linalg.norm(params["W_enc"], axis=(0, 1)) * alive) / n_alive
     new = dict(params)
-    new["W_dec"] = jnp.where(dead[:, None, None], v_FSD * dec_norm, params["W_dec"])
-    new["W_enc"] = jnp.where(dead[None, None], jnp.transpose(v_FSD, (1, 2, 0)) * enc_norm * config.resample_enc_scale,
+    new["W_dec"] = jnp.where(dead[:, None, None], v_FCD * dec_norm, params["W_dec"])
+    new["W_enc"] = jnp.where(dead[None, None], jnp.transpose(v_FCD, (1, 2, 0)) * enc_norm * config.resample_enc_scale,
                              params["W_enc"])
     new["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
     opt_state = tuple(s._replace(mu=_mask_features(s.mu, dead), nu=_mask_features(s.nu, dead))
@@ -79,7 +79,7 @@ def train(config: CrosscoderConfig, hps: list[dict], seeds: list[int], next_batc
     """Train len(hps) crosscoders together (one vmapped program) on a shared stream, through
     `dynamics.loop.run_loop`.
 
-    `next_batch(i) -> x_NSD` gives batch i (batch 0 also sets the init). Returns the stacked
+    `next_batch(i) -> x_NCD` gives batch i (batch 0 also sets the init). Returns the stacked
     final state (leading member axis) and the list of per-step metrics (numpy, [K] each): every
     50th step, the last, and every step when `callback(i, metrics)` is given; a resampling step
     adds a row {"step", "resampled"}.
@@ -147,9 +147,9 @@ def member(tree, index: int):
 
 # ----------------------------------------------------------------------------- shuffling buffer
 class ShuffleBuffer:
-    """Streams activation rows [S, D] through a shuffled in-memory buffer.
+    """Streams activation rows [C, D] through a shuffled in-memory buffer.
 
-    `source(i) -> rows [n, S, D]` produces fresh activations (e.g. one batch of token windows
+    `source(i) -> rows [n, C, D]` produces fresh activations (e.g. one batch of token windows
     through all snapshots). The buffer holds `size` rows; every `refresh_every` batches the
     oldest `refresh_rows` rows are replaced by fresh ones, so each row is used about
     size / refresh_rows * refresh_every * batch / size times (the reuse factor) and no full
@@ -157,13 +157,13 @@ class ShuffleBuffer:
     """
 
     def __init__(self, source, size: int, batch_size: int, refresh_rows: int, refresh_every: int, seed: int = 0,
-                 scale_S=None):
+                 scale_C=None):
         self.source, self.size, self.batch_size = source, size, batch_size
         self.refresh_rows, self.refresh_every = refresh_rows, refresh_every
         self.rng = np.random.default_rng(seed)
         self.calls = 0
         self.rows = self._fetch(size)
-        self.scale_S = normaliser(self.rows) if scale_S is None else np.asarray(scale_S, np.float32)
+        self.scale_C = normaliser(self.rows) if scale_C is None else np.asarray(scale_C, np.float32)
         self.oldest = 0
 
     def _fetch(self, n: int) -> np.ndarray:
@@ -182,4 +182,4 @@ class ShuffleBuffer:
             self.rows[index] = fresh
             self.oldest = (self.oldest + self.refresh_rows) % self.size
         pick = self.rng.integers(0, self.size, self.batch_size)
-        return self.rows[pick] * self.scale_S[None, :, None]
+        return self.rows[pick] * self.scale_C[None, :, None]

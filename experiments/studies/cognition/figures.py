@@ -108,3 +108,24 @@ def draw(folder, labels, m: dict, pass_ks, fewshot, chance: float, n_questions: 
                  folder.figure("cognitive_vs_expressive"))
     plots.loss_curve([r for r in folder.read_metrics() if r.get("loss") is not None], folder.figure("loss"),
                      title="pretrain / sft / rl loss")
+
+
+def draw_series(folder, m: dict, summary: dict, pass_ks, fewshot) -> None:
+    """Every figure of a run on a checkpoint series (`experiments.studies.cognition.series.measure`)."""
+    labels, n, chance = m["labels"], m["n_test"], summary["chance"]
+    cog, expr = m["cognitive_q"].mean(-1), m["greedy_q"].mean(-1)
+    plot_capabilities(labels, {"cognitive (PCA probe, Yan et al.)": cog,
+                               "cognitive (logistic probe)": m["logistic_q"].mean(-1),
+                               "expressive (greedy answer)": expr,
+                               "expressive (letter likelihood)": m["letter_q"].mean(-1),
+                               "answer rate (an option named)": m["answered_q"].mean(-1)},
+                      chance, folder.figure("capabilities"), n_questions=n,
+                      banded=("cognitive (PCA probe, Yan et al.)", "expressive (greedy answer)"))
+    plot_heatmap(labels, m["pca_test_CL"], folder.figure("probe_layers_pca"), "PCA probe test accuracy per layer")
+    plot_heatmap(labels, m["log_test_CL"], folder.figure("probe_layers_logistic"),
+                 "logistic probe test accuracy per layer")
+    ends = {s: {"pass": summary["pass_at_k"][s], "fewshot": summary[f"fewshot_{s}"]} for s in m["ends"]}
+    plot_sampling(ends, pass_ks, fewshot, chance, folder.figure("passk_fewshot"))
+    undefined = lambda x: float("nan") if x is None else x
+    plot_scatter(labels, cog, expr, undefined(summary["pearson_r"]), undefined(summary["spearman_rho"]),
+                 folder.figure("cognitive_vs_expressive"))

@@ -1,4 +1,11 @@
-"""Cognition vs expression across pretraining, SFT and RL (Yan et al., ICML 2024), at small scale.
+"""Cognition vs expression across pretraining, SFT and RL (Yan et al., ICML 2024), in two settings.
+
+On a checkpoint series of real systems (`--set run=RUN --set tasks=ITEMS.jsonl`, or
+`--set stages=pretrain:RUN_A,sft:RUN_B,...`): every checkpoint of every stage of a run of any
+family, on multiple-choice benchmark items in the paper's format (ARC, OpenBookQA, CommonsenseQA,
+RACE, or plain rows; `dynamics.mc_tasks`). See `experiments.studies.cognition.series`; the
+`yan2024` preset is the OLMo-2 1B stage series on ARC-Challenge. Without `run`, the study
+trains and measures its own small world (the `tiny` and `full` presets):
 
 A small GPT is pretrained on the plain-sentence facts of a synthetic knowledge world
 (`dynamics.knowledge`), then fine-tuned on train-split multiple-choice items (SFT), then
@@ -46,13 +53,19 @@ from dynamics import train as train_lib
 from dynamics.checkpoints import load_stages, map_stack
 from dynamics.runlog import RunFolder, write_json
 from . import figures
+from . import findings as statements
+from . import series
+from . import stages as stage_list
 from .training import response_length, train_stages
 from models.errors import require
 from models import gpt
 from probes import cognition as cm
 
-DESCRIPTION = "cognition (probes) vs expression (answers) over pretraining, SFT and RL on a synthetic knowledge world"
+DESCRIPTION = ("cognition (probes) vs expression (answers) over pretraining, SFT and RL: a synthetic knowledge world, "
+               "or any checkpoint series on benchmark items")
 STAGES = ("pretrain", "sft", "rl")
+SERIES_KEYS = ("stages", "tasks", "test_tasks", "test_fraction", "max_items", "max_new_tokens", "batch_size",
+               "chunk_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +95,15 @@ class Config:
     probe_iters: int = 15          # most Newton iterations per logistic probe (it stops once converged)
     answer_format: str = "value"   # "value" (option text) or "letter": see dynamics.knowledge
     seed: int = 0                  # seeds every stage (init, batches, rollouts: seed, +1, +2, ...) and the items
+    run: str = ""                  # a run folder of any family with one or more stage series; "" = train the world's stages
+    stages: str = ""               # "" = every series of run; "pretrain,sft" = those of run; "pretrain:RUN_A,sft:RUN_B" = one run each
+    tasks: str = ""                # JSONL of multiple-choice items (ARC, OpenBookQA, CommonsenseQA, RACE, plain); "" = the world's
+    test_tasks: str = ""           # JSONL of the held-out items; "" = a seeded split of tasks
+    test_fraction: float = 0.5     # share of tasks held out when test_tasks is empty
+    max_items: int = 0             # items read from each tasks file (0 = all; else a seeded sample)
+    max_new_tokens: int = 2        # tokens decoded after "Answer:" to read the answer letter
+    batch_size: int = 16           # texts per forward pass inside one checkpoint
+    chunk_size: int = 0            # checkpoints per vmapped chunk (0: from the memory budget)
 
     def __post_init__(self):
         require(self.n_samples >= max(self.pass_ks, default=1) and min(self.pass_ks, default=1) >= 1,
@@ -97,9 +119,41 @@ class Config:
         require(need <= self.model.context, f"{max(self.fewshot)}-shot prompts need {need} positions but "
                                             f"model.context={self.model.context}; raise it or lower fewshot")
         require(len(world.train) >= max(self.fewshot), "fewer train questions than few-shot examples")
+        require(0 < self.test_fraction < 1, f"test_fraction={self.test_fraction} must lie in (0, 1)")
+        require(self.max_items >= 0 and self.chunk_size >= 0, "max_items and chunk_size must be >= 0")
+        require(self.max_new_tokens >= 1 and self.batch_size >= 1, "max_new_tokens and batch_size must be >= 1")
+
+    @property
+    def on_series(self) -> bool:
+        """Measure existing checkpoint series (`run` / `stages`) instead of training the world's stages."""
+        return bool(self.run) or stage_list.is_paired(self.stages)
 
     def unused(self) -> dict[str, str]:
-        """Keys of the embedded configs this study never reads: setting one is refused."""
+        """Keys this study never reads with the other settings: setting one is refused."""
+        if self.on_series:
+            return self._unused_on_series()
+        keys = {k: "it applies to checkpoint series; set run=RUN (or stages=LABEL:RUN,...) to measure one"
+                for k in SERIES_KEYS}
+        return {**keys, **self._unused_training()}
+
+    def _unused_on_series(self) -> dict[str, str]:
+        trained = "run= measures existing checkpoints, so nothing is trained"
+        keys = {f"{group}.{f.name}": trained for group in ("model", *STAGES, "grpo")
+                for f in dataclasses.fields(getattr(self, group))}
+        keys.update({k: trained for k in ("pretrain_chars", "sft_replay_rows", "probe_contexts", "context_facts")})
+        keys["answer_format"] = "items on a series are answered with letters"
+        if stage_list.is_paired(self.stages):
+            keys["run"] = "stages names a run folder for every stage"
+        if self.tasks:
+            keys.update({f"world.{f.name}": "tasks gives the items" for f in dataclasses.fields(self.world)})
+        else:
+            why = "without tasks the knowledge world's items and its own split are used"
+            keys.update({k: why for k in ("test_tasks", "test_fraction", "max_items")})
+        if self.test_tasks:
+            keys["test_fraction"] = "test_tasks gives the held-out items"
+        return keys
+
+    def _unused_training(self) -> dict[str, str]:
         after = "cognition measures its checkpoints after training, with no validation loss during it"
         why = {"seed": "cognition seeds every stage from the top-level key seed; set seed=N instead",
                "eval_every": after, "eval_batches": after}
@@ -123,6 +177,17 @@ PRESETS = {
         grpo=posttrain.GRPOConfig(group_size=16, prompts_per_step=32, max_new_tokens=1, temperature=1.0,
                                   clip_eps=0.2, kl_beta=0.02),
         pretrain_chars=2_000_000),
+    # The OLMo-2 1B stage series on ARC-Challenge: pretraining branches, then SFT, DPO and RLVR, imported with
+    #   python -m experiments import --model allenai/OLMo-2-0425-1B --steps olmo2-1b-stage1 --out runs/olmo2-1b
+    #   python -m experiments import --model allenai/OLMo-2-0425-1B-SFT --steps 0=main --stage sft --out runs/olmo2-1b
+    #   (the same for -DPO with --stage dpo and -RLVR1 with --stage rl)
+    # and the items exported with the `datasets` package:
+    #   d = load_dataset("allenai/ai2_arc", "ARC-Challenge"); d["train"].to_json("data/arc-challenge-train.jsonl")
+    #   d["test"].to_json("data/arc-challenge-test.jsonl")
+    # [choice] temperature 0.8 for pass@k, inside the paper's 0.7-1.0.
+    "yan2024": Config(run="runs/olmo2-1b", tasks="data/arc-challenge-train.jsonl",
+                      test_tasks="data/arc-challenge-test.jsonl", fewshot=(0, 1, 3, 5), pass_ks=(1, 2, 4, 8, 16),
+                      n_samples=16, sample_temperature=0.8, probe_iters=15, max_new_tokens=2, batch_size=8),
 }
 
 
@@ -130,7 +195,11 @@ def resolve(config: Config) -> dict:
     """What `run` runs: the world, the model (vocabulary from the world's tokenizer), per stage the
     settings `dynamics.train` reads (optimizer, loop) and the batch size this module's batch
     functions read (RL batches are prompts x group), GRPO, and the study's own keys. Keys that
-    `Config.unused` names appear nowhere here (tests/test_config_contract.py checks both ways)."""
+    `Config.unused` names appear nowhere here (tests/test_config_contract.py checks both ways).
+    On a checkpoint series: the stages (each checked), the items and their split
+    (`experiments.studies.cognition.series.resolve`)."""
+    if config.on_series:
+        return series.resolve(config)
     world = kw.make_world(config.world)
     model = dataclasses.replace(config.model, vocab_size=kw.tokenizer(world).vocab_size)
     sft_length = kw.prompt_length(world, 0) + response_length(world, config.answer_format) - 1
@@ -141,7 +210,9 @@ def resolve(config: Config) -> dict:
     for s in ("pretrain", "sft"):
         stages[s]["batch_size"] = getattr(config, s).batch_size
     nested = ("world", "model", "grpo", *STAGES)
-    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in nested}
+    unused = config.unused()
+    study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+             if f.name not in nested and f.name not in unused}
     return {"world": config.world, "model": model, "stages": stages, "grpo": config.grpo, "study": study}
 
 
@@ -219,7 +290,9 @@ def log_checkpoints(folder: RunFolder, labels, m: dict, pass_ks) -> None:
 def summarize(config: Config, world: kw.World, m: dict) -> dict:
     """The headline numbers: per stage end, the correlations, few-shot gains, pass@k, intervals."""
     vprobe, probes, top = m["vprobe"], m["probes"], max(config.pass_ks)
-    summary = {"chance": world.chance, "n_train_questions": len(world.train), "n_test_questions": len(world.test),
+    summary = {"text_source": f"the knowledge world's {len(world.test)} held-out questions (world seed "
+                               f"{world.config.seed}, items seed {config.seed})",
+               "chance": world.chance, "n_train_questions": len(world.train), "n_test_questions": len(world.test),
                "n_checkpoints": len(m["cognitive"]),
                # every (checkpoint, layer) probe's Newton fits, value and option-logistic alike
                "probes_converged": int(vprobe["value_converged"].sum() + probes["logistic_converged"].sum()),
@@ -245,7 +318,10 @@ def summarize(config: Config, world: kw.World, m: dict) -> dict:
 
 
 def run(config: Config, folder: RunFolder) -> dict:
-    """Train the three stages, measure every checkpoint, log, draw, summarise."""
+    """Train the three stages, measure every checkpoint, log, draw, summarise (on a checkpoint
+    series: `experiments.studies.cognition.series.run`)."""
+    if config.on_series:
+        return series.run(config, folder)
     cpu0, wall0 = os.times(), time.perf_counter()
     world = kw.make_world(config.world)
     tok = kw.tokenizer(world)
@@ -267,39 +343,6 @@ def run(config: Config, folder: RunFolder) -> dict:
     return summary
 
 
-# ------------------------------------------------------------------------------ findings
-def _verdict(summary: dict, key: str, yes: str, no: str) -> str:
-    """'+0.46 [+0.31, +0.60]: <yes>' if the interval excludes 0, else the interval and <no>."""
-    ci = summary.get(f"{key}_ci")
-    text = dstats.ci_text(summary, key, signed=True)
-    return f"{text}: {yes}" if ci is not None and dstats.excludes(ci) else f"{text}, which includes 0: {no}"
-
-
 def findings(summary: dict) -> list[str]:
     """The conclusions of a cognition summary, with intervals and verdicts."""
-    s, n = summary, summary.get("n_test_questions", "?")
-    gap = _verdict(s, "cognitive_minus_expressive_pretrain", "cognition precedes expression",
-                   "no gap between cognition and expression is shown")
-    rl = _verdict(s, "expressive_rl_minus_pretrain", "post-training taught the model to answer",
-                  "no gain from post-training is shown")
-    sft_rl = _verdict(s, "expressive_rl_minus_sft", "RL changed what SFT reached", "RL did not measurably change it")
-    r_ci = s.get("pearson_r_ci")
-    corr = ("they rise together" if r_ci and r_ci[0] > 0 else "no correlation is shown") if r_ci else "no interval"
-    if s.get("pearson_r") is None or not np.isfinite(s["pearson_r"]):   # NaN is written to JSON as null
-        corr_line = (f"Across {s.get('n_checkpoints', '?')} checkpoints the correlation of cognitive and expressive "
-                     f"accuracy is undefined (one of them never changes).")
-    else:
-        corr_line = (f"Across {s.get('n_checkpoints', '?')} checkpoints cognitive and expressive accuracy correlate "
-                     f"with Pearson r = {dstats.ci_text(s, 'pearson_r')} and Spearman "
-                     f"{dstats.ci_text(s, 'spearman_rho')} (bootstrap over checkpoints): {corr}.")
-    ci = s.get("cognitive_pretrain_ci")
-    above = ("" if not ci else "; the probe's interval lies above chance" if ci[0] > s["chance"]
-             else "; the probe's interval does not exclude chance, so reading above chance is not shown")
-    return [
-        f"After pretraining the value probe reads {dstats.ci_text(s, 'cognitive_pretrain')} of {n} held-out questions "
-        f"while the model answers {dstats.ci_text(s, 'expressive_pretrain')} (chance {s['chance']:.2f}){above}; the "
-        f"paired difference is {gap}.",
-        f"The model answers {dstats.ci_text(s, 'expressive_sft')} after SFT and {dstats.ci_text(s, 'expressive_rl')} "
-        f"after RL; RL minus pretraining is {rl}; RL minus SFT is {sft_rl}.",
-        f"{corr_line} Intervals are over questions and checkpoints of one training seed.",
-    ]
+    return statements.series(summary) if summary.get("mode") == "series" else statements.toy(summary)

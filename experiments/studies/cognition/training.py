@@ -37,7 +37,7 @@ def random_items(world: kw.World, tok, config, s: int, n: int, stream: int):
 def pretrain_stage(config, folder: RunFolder, ids, model_config: gpt.GPTConfig) -> dict:
     """Plain next-character loss on the fact sentences `ids`; returns the final train state."""
     pc = config.pretrain
-    opt = train_lib.make_optimizer(pc)
+    opt = train_lib.scheduled_adamw(pc)
     state = train_lib.init_state(gpt.init_params(model_config, jax.random.PRNGKey(config.seed)), opt, config.seed)
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), opt, dropout=model_config.dropout > 0)
 
@@ -56,7 +56,7 @@ def sft_stage(config, folder: RunFolder, state, ids, world: kw.World, tok, model
     of InstructGPT is meant to prevent."""
     sc, P0 = config.sft, kw.prompt_length(world, 0)
     R = response_length(world, config.answer_format)
-    opt = train_lib.make_optimizer(sc)
+    opt = train_lib.scheduled_adamw(sc)
     state = train_lib.init_state(distributed.to_host(state["params"]), opt, config.seed + 1)
     step = train_lib.make_train_step(train_lib.lm_loss(model_config), opt, dropout=model_config.dropout > 0)
 
@@ -77,7 +77,7 @@ def rl_stage(config, folder: RunFolder, state, world: kw.World, tok, model_confi
     """GRPO against the SFT model, reward 1 when the first answer character is the right one."""
     rc, g = config.rl, config.grpo
     ref = jax.tree.map(jnp.asarray, distributed.to_host(state["params"]))  # this process's copy
-    opt = train_lib.make_optimizer(rc)
+    opt = train_lib.scheduled_adamw(rc)
     state = train_lib.init_state(distributed.to_host(state["params"]), opt, config.seed + 2)
     step = train_lib.make_train_step(posttrain.grpo_loss(model_config, g), opt, dropout=False)
 

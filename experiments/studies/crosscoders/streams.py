@@ -71,7 +71,7 @@ class DirectStream:
         self.sweep, self.steps = max(1, int(sweep)), config.crosscoder.steps
         self.seconds, self.passes, self.tokens = 0.0, 0, 0
         self._block, self._acts = -1, None
-        self.scale_S = cc.normaliser(self._rows(0))
+        self.scale_C = cc.normaliser(self._rows(0))
 
     def _fill(self, block: int) -> None:
         C, D, S, N = self.shape
@@ -93,7 +93,7 @@ class DirectStream:
         return np.moveaxis(self._acts[:, i % self.sweep], 0, 1)                  # [N, C, D]
 
     def __call__(self, i: int) -> np.ndarray:
-        return self._rows(i) * self.scale_S[None, :, None]
+        return self._rows(i) * self.scale_C[None, :, None]
 
 
 def direct_sweep(config, n_snapshots: int, d_model: int, budget_bytes: int) -> int:

@@ -14,7 +14,6 @@ Without `text`, a run trained here is scored on its own corpus's validation text
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics import data as data_lib
-from models.errors import OntogenyError, require
+from dynamics import jsonl
+from models.errors import require
 from dynamics.runlog import RunFolder
 from experiments.studies import run_inputs as suite
 
@@ -66,8 +66,11 @@ def resolve(config: Config) -> dict:
     for key in ("text", "tasks"):
         path = getattr(config, key)
         require(not path or Path(path).is_file(), f"{key}={path} is not a file; give an existing path")
-    if config.tasks:
-        read_tasks(Path(config.tasks))
+    if config.tasks:  # read and tokenized now: a file the run cannot score is refused before any folder
+        from dynamics import run_tokenizer
+
+        seq_len = min(config.seq_len or model.context, config.max_seq_len, model.context)  # as `run` cuts them
+        choice_batch(read_tasks(Path(config.tasks)), run_tokenizer.load_tokenizer(config.run), seq_len)
     if not config.text:
         require((Path(config.run) / "config.json").exists(), f"{config.run} is not a run trained here, so it has "
                 f"no corpus of its own; give a text file with --set text=PATH")
@@ -76,12 +79,7 @@ def resolve(config: Config) -> dict:
 
 
 def _read_text(config: Config, run_dir: Path) -> str:
-    if not config.text:
-        return suite.own_corpus(run_dir).val_text
-    try:
-        return Path(config.text).read_text()
-    except (OSError, UnicodeDecodeError):
-        raise OntogenyError(f"cannot read text file {config.text}; give a UTF-8 file with --set text=PATH") from None
+    return suite.read_text(config.text) if config.text else suite.own_corpus(run_dir).val_text
 
 
 def text_windows(ids: np.ndarray, seq_len: int, n_windows: int):
@@ -94,23 +92,18 @@ def text_windows(ids: np.ndarray, seq_len: int, n_windows: int):
     return windows[:, :-1], windows[:, 1:]
 
 
+TASK_ROW = '{"context": string, "choices": [non-empty string, ...] (two or more), "answer": index of a choice}'
+
+
 def read_tasks(path: Path) -> list[dict]:
+    """Multiple-choice items of a JSONL file, every problem one line."""
     items = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        raise OntogenyError(f"cannot read tasks file {path}; give a JSONL file with --set tasks=PATH") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            ok = (isinstance(item["context"], str) and len(item["choices"]) >= 2
-                  and 0 <= int(item["answer"]) < len(item["choices"]))
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        require(ok, f"{path}:{n} is not an item like {{\"context\": str, \"choices\": [str, str, ...], "
-                    f"\"answer\": index}}")
+    for n, item in jsonl.rows(path, "multiple-choice items (--set tasks=PATH)"):
+        choices = item.get("choices") if isinstance(item, dict) else None
+        ok = (isinstance(item, dict) and isinstance(item.get("context"), str) and isinstance(choices, list)
+              and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)
+              and jsonl.plain_int(item.get("answer")) and 0 <= item["answer"] < len(choices))
+        require(ok, f"{path}:{n} is not an item like {TASK_ROW}")
         items.append(item)
     require(items, f"{path} holds no items")
     return items
@@ -126,6 +119,8 @@ def choice_batch(items, tokenizer, context: int):
             require(ans, f"a choice of item {i} encodes to no tokens; give non-empty choices")
             seq = (ctx + ans)[-(context + 1):]
             n_ans = min(len(ans), len(seq) - 1)
+            require(n_ans >= 1, f"item {i} has an empty context and a one-token choice, which leaves no token to "
+                                f"score; give the item a context")
             rows.append((seq, n_ans))
             owner.append(i)
     P = max(len(seq) - 1 for seq, _ in rows)
@@ -230,6 +225,7 @@ def run(config: Config, folder: RunFolder) -> dict:
     _figure(rows, folder.figure("evaluate"), chance)
     best = min(rows, key=lambda r: r["loss"])
     summary = {"run": str(run_dir), "stage": config.stage, "n_checkpoints": len(rows), "seq_len": seq_len,
+               "text_source": suite.text_source(run_dir, config.text),
                "tokens_per_checkpoint": n_tok, "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
                "accuracy_last": rows[-1]["accuracy"], "best_step": best["step"], "best_loss": best["loss"],
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -240,7 +236,8 @@ def run(config: Config, folder: RunFolder) -> dict:
 
 
 def findings(summary: dict) -> list[str]:
-    out = [f"{summary['n_checkpoints']} checkpoints on {summary['tokens_per_checkpoint']} tokens: loss "
+    text = f" of {summary['text_source']}" if "text_source" in summary else ""
+    out = [f"{summary['n_checkpoints']} checkpoints on {summary['tokens_per_checkpoint']} tokens{text}: loss "
            f"{summary['loss_first']:.3f} -> {summary['loss_last']:.3f} nats/token (best at step {summary['best_step']}), "
            f"final next-token accuracy {summary['accuracy_last']:.3f}."]
     if "mc_accuracy_last" in summary:

@@ -54,6 +54,39 @@ def plot_gpt(result: dict, path) -> None:
     save(fig, path)
 
 
+# ----------------------------------------------------------------------------- word pairs on a run
+def plot_pairs_over_training(steps, curves: dict, names, path) -> None:
+    """Per inner product: every concept's within-concept cosine (thin), their mean, the shuffled-
+    and random-pair baselines and the cross-concept |cos|, over the checkpoints."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    for ax, (inner, title) in zip(axes, (("euclid", "Euclidean"), ("causal", "causal (Cov^-1/2)"))):
+        c = curves[inner]
+        for k, name in enumerate(names):
+            ax.plot(steps, c["within_per_concept"][:, k], lw=0.7, alpha=0.5, color=f"C{k % 10}", label=name)
+        ax.plot(steps, c["within"], "k-o", ms=3, lw=2, label="within-concept cos (mean)")
+        ax.plot(steps, c["shuffled"], "k--", lw=1.5, label="shuffled pairs (mean)")
+        ax.plot(steps, c["random"], "k:", lw=1.5, label="random pairs |cos|")
+        ax.plot(steps, c["cross"], "-.", color="C3", lw=1.5, label="cross-concept |cos|")
+        ax.set_xscale("symlog", linthresh=max(1, int(steps[1]) if len(steps) > 1 else 1))
+        ax.set_xlabel("step")
+        ax.set_title(f"unembedding word pairs: {title}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("cosine")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    save(fig, path)
+
+
+def plot_concept_matrices(names, euclid_KK, causal_KK, step: int, path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.55 * len(names) * 2, 1.5 + 0.45 * len(names)))
+    for ax, M, title in ((axes[0], euclid_KK, "Euclidean"), (axes[1], causal_KK, "causal")):
+        im = ax.imshow(np.asarray(M), vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_title(f"concept directions, {title} cos (step {step})", fontsize=9)
+    fig.colorbar(im, ax=axes[1])
+    save(fig, path)
+
+
 # ----------------------------------------------------------------------------- figures
 def plot_histograms(G_YD, F_XD, m: int, config, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -236,17 +236,17 @@ def seeds_and_table(config, folder, final: dict, preds: list[dict]) -> dict:
     return out
 
 
-def require_finite(summary: dict, path: str = "") -> None:
+def require_finite(summary: dict, path: str = "", fix: str = "lower lr, strength or edge_density") -> None:
     """A non-finite headline number stops the run (exit 2) naming it; it is never printed."""
     for key, value in summary.items():
         name = f"{path}{key}"
         if isinstance(value, dict):
-            require_finite(value, f"{name}.")
+            require_finite(value, f"{name}.", fix)
         elif isinstance(value, (list, tuple)):
-            require_finite({f"[{i}]": v for i, v in enumerate(value)}, name)
+            require_finite({f"[{i}]": v for i, v in enumerate(value)}, name, fix)
         elif isinstance(value, (float, np.floating)) and not np.isfinite(value):
             raise OntogenyError(f"linear-origins: {name} is {value}; this configuration leaves it undefined "
-                                f"(lower lr, strength or edge_density)")
+                                f"({fix})")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -8,6 +8,10 @@ grid over (m, d, dependence strength, optimizer, weight decay, lr, seed) runs wi
 compiled, vmapped training call per shape group (m, d, optimizer); results go to sweep.csv and
 heatmaps. With `gpt_run`, the same unembedding check runs on a character GPT's series, with
 lower/upper-case letter pairs as the concept (our analogue of the paper's LLaMA-2 check).
+With `run` (a run of any family: an imported Pythia / GPT-2 / LLaMA series or a run trained here)
+the latent learner is not trained: concepts given as counterfactual word pairs (`pairs`, default
+the built-in English set) are measured on the run's unembedding at every checkpoint, under the
+Euclidean and the causal inner product, against shuffled and random pairs (`on_run.py`).
 
 Predictions (each with a threshold, and judged against two baselines measured in the same run at
 the same d, the untrained step-0 model and random directions, with a bootstrap interval over
@@ -32,14 +36,16 @@ from dynamics import distributed, latent_training
 from dynamics.checkpoints import Series, load_stack
 from dynamics.runlog import RunFolder, write_json
 from dynamics.schedule import checkpoint_steps
+from . import on_run
 from . import verdicts as lv
+from experiments.studies import run_inputs as suite
 from models.errors import require
 from .figures import (gpt_case_check, plot_concept_matrix, plot_gpt, plot_histograms,
                                         plot_over_training, plot_sweep)
 from .scenarios import (dependent_problem, headline_intervals, require_finite, run_sweep,
                                           seeds_and_table, sweep_grid)
 from models import latent
-from probes import geometry
+from probes import geometry, word_pairs
 
 DESCRIPTION = "Origins of linear representations (Jiang et al. 2024): latent-concept model, theory checks, sweeps"
 STAGE = "latent"
@@ -53,7 +59,7 @@ class Config:
     train: latent_training.TrainConfig = latent_training.TrainConfig()  # checkpoints at 0, 1, 2, 4, ..., steps
     # measures
     within_mode: str = "pairwise"  # within-concept cosine: pairwise or to_mean
-    n_random_pairs: int = 64  # random item pairs of the concept-specific check's random-pair |cos|
+    n_random_pairs: int = 64  # random item pairs of the random-pair |cos| baseline (the learner's items, or a run's tokens)
     # predictions
     within_threshold: float = 0.9  # linearity passes when the within-concept cosine mean >= this
     cross_threshold: float = 0.2  # orthogonality: cross-concept |cos| mean <= this
@@ -87,6 +93,16 @@ class Config:
     sweep_seeds: tuple[int, ...] = (0, 1)  # sweep: seeds (each also draws the DAG)
     # character GPT run folder for the case-pair check ("" = skip)
     gpt_run: str = ""  # character GPT run folder for the case-pair check (empty = skip)
+    # word pairs on a run of any family: the latent learner is not trained (experiments/studies/linear_origins/on_run.py)
+    run: str = ""  # run folder of any family (imported or trained here): word-pair geometry of its unembedding
+    pairs: str = ""  # run=...: JSONL of concepts {"concept": name, "pairs": [[w0, w1], ...]} ("" = built-in English)
+    multi_token: str = "drop"  # run=...: a word of several tokens: drop its pair, or use its first token or their mean
+    leading_space: str = "prefer"  # run=...: " word" (always), "word" (never) or per pair the form that is one token
+    n_shuffles: int = 8  # run=...: draws of the shuffled-pair baseline (pairs re-matched within each concept)
+    causal_floor: float = 1e-6  # run=...: floor on Cov(unembedding)'s eigenvalues, relative to the largest
+    pairs_seed: int = 0  # run=...: draws the random and the shuffled pairs
+    max_checkpoints: int = 0  # run=...: 0 = every checkpoint, else this many spread over the series
+    memory_budget_gb: float = 0.0  # run=...: host memory for streamed checkpoint chunks (0 = a quarter of free memory)
 
     def __post_init__(self):
         m, d = self.problem.n_concepts, self.learner.d
@@ -95,6 +111,14 @@ class Config:
         require(self.within_mode in ("pairwise", "to_mean"),
                 f"within_mode={self.within_mode!r} must be pairwise or to_mean")
         require(self.n_random_pairs >= 2, f"n_random_pairs={self.n_random_pairs} must be >= 2")
+        require(self.multi_token in word_pairs.MULTI_TOKEN,
+                f"multi_token={self.multi_token!r} must be one of {', '.join(word_pairs.MULTI_TOKEN)}")
+        require(self.leading_space in word_pairs.LEADING_SPACE,
+                f"leading_space={self.leading_space!r} must be one of {', '.join(word_pairs.LEADING_SPACE)}")
+        require(self.n_shuffles >= 1 and 0 < self.causal_floor < 1 and self.memory_budget_gb >= 0,
+                "n_shuffles must be >= 1, causal_floor in (0, 1) and memory_budget_gb >= 0")
+        require(self.max_checkpoints == 0 or self.max_checkpoints >= 2,
+                f"max_checkpoints={self.max_checkpoints} must be 0 (all) or >= 2")
         require(self.sweep_steps >= 1, f"sweep_steps={self.sweep_steps} must be >= 1")
         require(self.margin_cos >= 0 and self.margin_logodds >= 0, "margin_cos and margin_logodds must be >= 0")
         require(self.n_random_draws >= 1 and self.n_seeds >= 1, "n_random_draws and n_seeds must be >= 1")
@@ -126,7 +150,14 @@ class Config:
 
     def unused(self) -> dict[str, str]:
         """Keys the other settings leave without effect (setting one is refused); `resolve` lists the rest."""
-        keys = {}
+        if self.run:
+            why = "run=... measures word pairs on the run's unembedding; the latent learner is not trained"
+            keys = {k: why for k in suite.leaf_keys(self) if k not in on_run.KEYS}
+            return {**keys, "run": "give run or gpt_run, not both"} if self.gpt_run else keys
+        keys = {k: "read on run=... only (word pairs on a run's unembedding)" for k in on_run.KEYS
+                if k not in ("run", "within_mode", "n_random_pairs", "margin_cos")}
+        if self.gpt_run:
+            keys["run"] = "gpt_run=... adds the case check to the latent learner; give run alone for a run's word pairs"
         if not self.sweep:
             keys.update({f.name: "sweep=false; add --sweep" for f in dataclasses.fields(self)
                          if f.name.startswith("sweep_")})
@@ -162,6 +193,8 @@ def resolve(config: Config) -> dict:
     """What `run` runs, references checked before anything is created: the main run's generator,
     learner and training settings (only the fields they read), the sweep grid and the verdict
     table when on, the measures, and the GPT run of the case check (its tokenizer checked)."""
+    if config.run:
+        return on_run.plan(config)
     unused = config.unused()
     read = lambda group: {k: v for k, v in dataclasses.asdict(getattr(config, group)).items()
                           if f"{group}.{k}" not in unused}
@@ -241,6 +274,8 @@ def run_default(config: Config, folder: RunFolder) -> dict:
 
 # ----------------------------------------------------------------------------- the study
 def run(config: Config, folder: RunFolder) -> dict:
+    if config.run:
+        return on_run.run(config, folder)
     gpt = gpt_case_check(config.gpt_run, config.n_random_pairs) if config.gpt_run else None  # bad input fails fast
     main = run_default(config, folder)
     final = main["final"]
@@ -292,6 +327,8 @@ def run(config: Config, folder: RunFolder) -> dict:
 def findings(summary: dict) -> list[str]:
     """One to three sentences: the headline numbers with their intervals and the verdicts
     against the two baselines (the report opens with them)."""
+    if summary.get("mode") == "run":
+        return on_run.findings(summary)
     s, ci = summary, lambda k: f"[{summary[k + '_ci'][0]:.3f}, {summary[k + '_ci'][1]:.3f}]"
     seeds = ""
     if "within_concept_cos_mean_seed_ci" in s:

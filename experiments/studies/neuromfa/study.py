@@ -59,24 +59,39 @@ class Config:
     control_draws: int = 3      # Gaussian-control draws per checkpoint (averaged with the samples)
     pretrain_run: str = ""      # optional: an existing pretrain run, analysed as one more size
     run: str = ""               # a run folder of any family (imported suite or trained here) analysed alone, streamed
+    text: str = ""              # on run=...: text file or folder scored whole ("" = a run trained here's val split, else Shakespeare's held-out works)
     memory_budget_gb: float = 0.0  # host memory for streamed checkpoint chunks (0 = a quarter of free memory)
 
     def __post_init__(self):
         require(self.memory_budget_gb >= 0, f"memory_budget_gb={self.memory_budget_gb} must be >= 0 (0 = automatic)")
-        require(not (self.run and self.pretrain_run), "give run (analysed alone) or pretrain_run (one more size), "
-                                                      "not both")
-        require(bool(self.run) or len(self.widths) + bool(self.pretrain_run) >= 3,
-                f"widths={self.widths}: NeuroMFA compares at least 3 model sizes; give 3 or more widths")
-        require(list(self.widths) == sorted(set(self.widths)), f"widths={self.widths} must be distinct and increasing")
-        require(all(w % self.n_head == 0 for w in self.widths),
-                f"every width in {self.widths} must be a multiple of n_head={self.n_head}")
-        require(1 <= self.n_resid <= min(self.widths),
-                f"n_resid={self.n_resid} must be between 1 and the smallest width {min(self.widths)}")
-        require(1 <= self.n_mlp <= 4 * min(self.widths), f"n_mlp={self.n_mlp} must be in 1..4 x the smallest width")
+        require(self.n_resid >= 1 and self.n_mlp >= 1, "n_resid and n_mlp must be >= 1")
+        if not self.run:  # the models trained here; a run's own widths are checked by `resolve`
+            require(len(self.widths) + bool(self.pretrain_run) >= 3,
+                    f"widths={self.widths}: NeuroMFA compares at least 3 model sizes; give 3 or more widths")
+            require(list(self.widths) == sorted(set(self.widths)),
+                    f"widths={self.widths} must be distinct and increasing")
+            require(all(w % self.n_head == 0 for w in self.widths),
+                    f"every width in {self.widths} must be a multiple of n_head={self.n_head}")
+            require(self.n_resid <= min(self.widths),
+                    f"n_resid={self.n_resid} must be between 1 and the smallest width {min(self.widths)}")
+            require(self.n_mlp <= 4 * min(self.widths), f"n_mlp={self.n_mlp} must be in 1..4 x the smallest width")
         require(self.n_samples >= 1 and self.eval_windows >= 1 and self.control_draws >= 1,
                 "n_samples, eval_windows and control_draws must be positive")
         require(self.mfa.min_degree < min(self.n_resid, self.n_mlp),
                 f"mfa.min_degree={self.mfa.min_degree} leaves no usable node with n_resid={self.n_resid}; lower it")
+
+    def unused(self) -> dict[str, str]:
+        """Keys the chosen mode leaves without effect (setting one is refused): on `run` the
+        models trained here (widths, their shape, training and corpus); otherwise `text`."""
+        if not self.run:
+            keys = {"text": "text is read on run=...; the models trained here are scored on data's held-out split"}
+            if self.pretrain_run:
+                keys["run"] = "pretrain_run adds one more size to the models trained here; give run alone instead"
+            return keys
+        why = "run=... analyses that run alone; no model is trained here"
+        keys = {k: why for k in suite.leaf_keys(self) if k.split(".")[0] in ("widths", "n_layer", "n_head", "train",
+                                                                                "data", "pretrain_run")}
+        return {**keys, "run": "give run or pretrain_run, not both"} if self.pretrain_run else keys
 
 
 def _train(steps, batch_size, lr, log_until, every):
@@ -108,14 +123,20 @@ def resolve(config: Config) -> dict:
     optional extra run (checked: model, tokenizer, a step-0 checkpoint, width >= n_resid), the
     multifractal settings and the study's own keys."""
     if config.run:
+        require(not config.pretrain_run, "give run (analysed alone) or pretrain_run (one more size), not both")
         ref = suite.run_reference(config.run)
         require(ref["steps"][0] == 0, f"run={config.run!r} has no step-0 checkpoint; E(t) is defined relative to "
                                       f"initialisation (import step 0 too)")
         require(config.n_resid <= ref["model"].d_model and config.n_mlp <= ref["model"].d_mlp,
                 f"n_resid={config.n_resid} / n_mlp={config.n_mlp} exceed the run's d_model / d_mlp")
-        folded = ("widths", "n_layer", "n_head", "train", "run", "mfa")
+        require(config.context <= ref["model"].context, f"context={config.context} exceeds the run's context of "
+                                                        f"{ref['model'].context}; lower context")
+        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
+                                                               f"file or a folder of .txt files")
+        folded = ("widths", "n_layer", "n_head", "train", "data", "run", "mfa")
         study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
-        return {"runs": {"run": {k: v for k, v in ref.items() if k != "steps"}}, "mfa": config.mfa, "study": study}
+        return {"runs": {"run": {k: v for k, v in ref.items() if k != "steps"}}, "mfa": config.mfa, "study": study,
+                "text_source": suite.text_source(config.run, config.text)}
     runs = {f"d{w}": pretrain.resolve(_pretrain_config(config, w)) for w in config.widths}
     if config.pretrain_run:
         ref = pretrain.pretrain_reference(config.pretrain_run, "")
@@ -124,7 +145,7 @@ def resolve(config: Config) -> dict:
         require(config.n_resid <= ref["model"].d_model,
                 f"n_resid={config.n_resid} exceeds d_model={ref['model'].d_model} of pretrain_run")
         runs["pretrain_run"] = {k: v for k, v in ref.items() if k != "steps"}
-    folded = ("widths", "n_layer", "n_head", "context", "train", "data", "mfa", "pretrain_run")
+    folded = ("widths", "n_layer", "n_head", "context", "train", "data", "mfa", "pretrain_run", "text")
     study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
     return {"runs": runs, "mfa": config.mfa, "study": study}
 
@@ -206,7 +227,11 @@ def _suite_eval_fn(model_config):
 def word_accuracy(right_CBS: np.ndarray, starts_BS: np.ndarray) -> np.ndarray:
     """[C]: the fraction of words whose every token is predicted right. [choice] A word starts at a
     target token that begins with a non-alphanumeric character (BPE's leading space, a space
-    character); each window's first, possibly cut, word is dropped."""
+    character); each window's first, possibly cut, word is dropped. A tokenizer that drops spaces
+    (a `Whitespace` pre-tokenizer) marks no start at all: then every token is a word ([choice]),
+    and the measure is the token accuracy rather than undefined."""
+    if not starts_BS.any():
+        starts_BS = np.ones_like(starts_BS)
     B, S = starts_BS.shape
     word_BS = np.cumsum(starts_BS, axis=1) + (np.arange(B) * (S + 1))[:, None]
     keep = (np.cumsum(starts_BS, axis=1) > 0).reshape(-1)
@@ -267,16 +292,23 @@ def run(config: Config, folder: RunFolder) -> dict:
     """Train (or reuse) every size, analyse each, log per checkpoint, draw, summarise."""
     t0 = time.perf_counter()
     checkpoints.set_memory_budget(int(config.memory_budget_gb * 2**30))
-    corpus = data_lib.load_corpus(config.data)
+    if config.run:  # [choice] a user's text is scored whole; a run's own corpus and Shakespeare, held out
+        val_text, source = suite.held_out_text(config.run, config.text), suite.text_source(config.run, config.text)
+    else:
+        val_text, source = data_lib.load_corpus(config.data).val_text, f"the data's validation split ({_data_name(config.data)})"
     results = {}
     logged = {(r.get("model"), r.get("step")) for r in folder.read_metrics()}  # a rerun does not log twice
     for label, run_dir in tqdm(_models(config, folder), desc="neuromfa analysis", unit="model", leave=False):
         analyse = analyse_run if label == "run" else analyse_model
-        results[label] = analyse(run_dir, config, corpus.val_text)
+        results[label] = analyse(run_dir, config, val_text)
         _log_model(folder, label, results[label], logged)
     order = sorted(results, key=lambda k: results[k]["n_params"])
     figures.plot_all(results, order, folder)
-    return {**measures.summary_numbers(results, order), "wall_s": time.perf_counter() - t0}
+    return {**measures.summary_numbers(results, order), "text_source": source, "wall_s": time.perf_counter() - t0}
+
+
+def _data_name(data: data_lib.DataConfig) -> str:
+    return data.path or data.corpus
 
 
 def findings(summary: dict) -> list[str]:
@@ -290,11 +322,12 @@ def findings(summary: dict) -> list[str]:
             return "no interval for the change"
         return (rises_word if ci[0] > 0 else falls_word) if stats.excludes(ci) else "the change is within the noise"
 
+    text = f"; losses and accuracies scored on {summary['text_source']}" if "text_source" in summary else ""
     out = [f"In {model}, alpha0 went {stats.ci_text(summary, 'alpha0_first', 3)} -> "
            f"{stats.ci_text(summary, 'alpha0_last', 3)} ({change('alpha0', 'it rose', 'it fell: more regular')}) and "
            f"the spectrum width {stats.ci_text(summary, 'width_first', 3)} -> {stats.ci_text(summary, 'width_last', 3)} "
            f"({change('width', 'it widened: more heterogeneous', 'it narrowed')}); bootstrap over {n} network "
-           f"samples of one training seed per size, so the intervals are coarse."]
+           f"samples of one training seed per size, so the intervals are coarse{text}."]
     d = summary.get("emergence_minus_control_last_ci")
     if d is None:
         verdict = "no interval for the difference"

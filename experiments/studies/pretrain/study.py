@@ -109,7 +109,7 @@ def run(config: PretrainConfig, folder: RunFolder) -> dict:
     rows = distributed.local_batch(tc.batch_size) if jax.process_count() > 1 else None  # read only our rows
 
     mesh = train_lib.training_mesh(tc)  # every device of every process; each keeps its own rows
-    optimizer = train_lib.make_optimizer(tc)
+    optimizer = train_lib.scheduled_adamw(tc)
     params = gpt.init_params(model_config, jax.random.PRNGKey(tc.seed))
     state = train_lib.init_state(params, optimizer, tc.seed)
     loss_fn = train_lib.lm_loss(model_config)
@@ -283,8 +283,8 @@ def ensure_pretrain(path: str | os.PathLike | RunFolder, config: PretrainConfig 
     """Train (or resume, or reuse if finished) a pretrain run at `path`; return its path."""
     root = Path(path.root if isinstance(path, RunFolder) else path)
     config = config or PRESETS[preset]
-    claim_folder(root, "pretrain", preset, config)
-    folder = RunFolder(root)
-    if folder.read_summary() is None:
-        folder.write_summary(run(config, folder))
+    with claim_folder(root, "pretrain", preset, config):  # one writer: another process on it exits 2
+        folder = RunFolder(root)
+        if folder.read_summary() is None:
+            folder.write_summary(run(config, folder))
     return root

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamics import run_tokenizer
+from dynamics import jsonl, run_tokenizer
 from dynamics import stats
 from dynamics.checkpoints import load_model_config, map_stack, open_stack, set_memory_budget
 from dynamics.runlog import RunFolder
 from experiments.studies.pretrain import study as pretrain
 from experiments.studies import run_inputs as suite
 from . import figures
-from models.errors import require
+from models.errors import OntogenyError, require
 from probes import layer_probes as lp
 from probes.waves.on_run import token_strings
 
@@ -86,13 +86,7 @@ def read_labels(path: str) -> tuple[list[str], list, list]:
     p = Path(path)
     require(p.is_file(), f"labels={path!r} is not a file; give a JSONL file of {{\"text\": ..., \"label\": ...}} rows")
     texts, labels = [], []
-    for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
+    for i, row in jsonl.rows(p, '{"text", "label"} rows'):
         ok = isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"] != "" and \
             isinstance(row.get("label"), (str, int)) and not isinstance(row.get("label"), bool)
         require(ok, f"{path} line {i} is not a row {{\"text\": non-empty string, \"label\": string or int}}; fix it")
@@ -113,10 +107,15 @@ def resolve(config: Config) -> dict:
                                                f"{model['context']}; lower window")
     if config.labels:
         texts, labels, classes = read_labels(config.labels)
+        if config.run:  # tokenized and split now: a file the run cannot probe is refused before any folder
+            tokens, lengths, y, _, _ = labelled_examples(config, run_tokenizer.load_tokenizer(config.run))
+            probe_data(config, tokens, lengths, y)
         digest = hashlib.sha256(Path(config.labels).read_bytes()).hexdigest()
         task = {"labels": str(Path(config.labels).resolve()), "sha256": digest, "rows": len(texts),
                 "classes": [str(c) for c in classes]}
     else:
+        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
+                                                               f"file or a folder of .txt files")
         task = {"builtin": "word_end", "text": config.text or "the run's corpus"}
     folded = {"run", "pretrain_preset", "labels"} | set(config.unused())
     study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
@@ -126,7 +125,7 @@ def resolve(config: Config) -> dict:
 def _heldout_ids(config: Config, run_dir: Path, tokenizer) -> np.ndarray:
     """Token ids of the built-in task's text: `text`, else the held-out split of the run's own
     corpus (a run trained here), else Shakespeare's held-out works."""
-    if not config.text and (run_dir / "config.json").exists():
+    if not config.text and suite.trained_here(run_dir):
         return tokenizer.encode(suite.own_corpus(run_dir).val_text)
     return suite.text_corpus(str(run_dir), config.text).val_ids
 
@@ -136,14 +135,7 @@ def examples(config: Config, run_dir: Path, tokenizer, model, folder: RunFolder)
     from the labels file or the built-in task (written to OUT/labels.jsonl to be read and reused;
     its balanced pairs are split groups)."""
     if config.labels:
-        texts, labels, classes = read_labels(config.labels)
-        ids = [tokenizer.encode(t) for t in texts]
-        empty = [i + 1 for i, x in enumerate(ids) if len(x) == 0]
-        require(not empty, f"{config.labels}: row {empty[:1]} encodes to no token with the run's tokenizer; "
-                           f"drop it or give text the tokenizer can read")
-        index = {c: k for k, c in enumerate(classes)}
-        tokens, lengths = lp.pad_tokens(ids, config.window)
-        return tokens, lengths, np.array([index[v] for v in labels], np.int32), [str(c) for c in classes], None
+        return labelled_examples(config, tokenizer)
     windows, y = lp.word_end_task(_heldout_ids(config, run_dir, tokenizer), token_strings(tokenizer, model.vocab_size),
                                   config.n_examples, config.window, config.seed)
     require(len(y) >= 16, f"the text yields only {len(y)} balanced word-end examples; give a longer text "
@@ -153,6 +145,23 @@ def examples(config: Config, run_dir: Path, tokenizer, model, folder: RunFolder)
             f.write(json.dumps({"text": tokenizer.decode(w), "label": int(label)}) + "\n")
     return (windows, np.full(len(y), config.window, np.int32), y.astype(np.int32), ["word goes on", "word ends"],
             np.arange(len(y)) // 2)
+
+
+def labelled_examples(config: Config, tokenizer):
+    """`examples` of a labels file: (tokens [N, S], lengths [N], y [N], class names, None)."""
+    texts, labels, classes = read_labels(config.labels)
+    ids = []
+    for row, text in enumerate(texts, 1):
+        try:
+            ids.append(tokenizer.encode(text))
+        except OntogenyError as e:
+            raise OntogenyError(f"{config.labels}: row {row} cannot be read with the run's tokenizer ({e})") from None
+    empty = [i + 1 for i, x in enumerate(ids) if len(x) == 0]
+    require(not empty, f"{config.labels}: row {empty[:1]} encodes to no token with the run's tokenizer; "
+                       f"drop it or give text the tokenizer can read")
+    index = {c: k for k, c in enumerate(classes)}
+    tokens, lengths = lp.pad_tokens(ids, config.window)
+    return tokens, lengths, np.array([index[v] for v in labels], np.int32), [str(c) for c in classes], None
 
 
 def probe_data(config: Config, tokens, lengths, y, groups=None) -> dict:
@@ -191,6 +200,8 @@ def run(config: Config, folder: RunFolder) -> dict:
             folder.log({"step": int(step), "acc_test": acc_test[c, :, 0], "acc_val": acc_val[c, :, 0],
                         "control_test": acc_test[c, :, 1], "converged": int(res["converged"][c].sum())})
     summary = summarize(config, res, data, classes)
+    summary["text_source"] = str(Path(config.labels).resolve()) if config.labels else \
+        f"word-end task on {suite.text_source(run_dir, config.text)}"
     figures.plot_all(folder, res["steps"], acc_test, summary, res["right_test"].shape[-1], config.ci_level)
     summary.update({"wall_s": time.perf_counter() - t0, "max_resident_checkpoints": int(res["max_resident"])})
     return summary
@@ -229,7 +240,8 @@ def findings(summary: dict) -> list[str]:
     emerged = summary["emergence_step"]
     return [
         f"At step {last} a linear probe on {layer} (layer chosen on validation) reads the label with held-out "
-        f"accuracy {stats.ci_text(summary, 'acc_last', 3)} (Wilson, {n} test examples), against "
+        f"accuracy {stats.ci_text(summary, 'acc_last', 3)} (Wilson, {n} test examples"
+        + (f" from {summary['text_source']}" if "text_source" in summary else "") + "), against "
         f"{stats.ci_text(summary, 'control_last', 3)} for shuffled labels and a majority rate of "
         f"{summary['majority_rate']:.3f}.",
         f"Against the first checkpoint ({stats.ci_text(summary, 'acc_first', 3)}) the change is "

@@ -49,14 +49,14 @@ def load(config) -> dict:
     tokenizer, model = run_tokenizer.load_tokenizer(run_dir), load_model_config(run_dir)
     steps = np.asarray(Series(run_dir, "pretrain", create=False).steps())
     steps, disk = open_stack(run_dir, steps[spread(len(steps), config.max_checkpoints)])
-    if not config.text and (run_dir / "config.json").exists():  # [choice] a run trained here: its own corpus
+    if not config.text and suite.trained_here(run_dir):  # [choice] a run trained here: its own corpus
         text = suite.own_corpus(run_dir).train_text
     else:
         text = tokenizer.decode(suite.text_corpus(str(run_dir), config.text).train_ids)
     vocab = spelling.build_vocabulary(text, config.case_sensitive)
     tables = waves_any.token_class_tables(waves_any.token_strings(tokenizer, model.vocab_size))
     return {"tokenizer": tokenizer, "steps": steps, "stacked": disk, "model": model, "vocab": vocab,
-            "tables": tables, "run_dir": run_dir}
+            "tables": tables, "run_dir": run_dir, "text_source": suite.text_source(run_dir, config.text)}
 
 
 def wave_pass(config, run: dict) -> tuple[dict, float]:

@@ -13,7 +13,7 @@ positions 0..S-2 so that every position has a next character for the class indic
 coherence, autocorrelation, coherence time and period; channels are clustered (average
 linkage on 1 - |C| of the passage-mean C) and clusters labelled by class; repeatability
 compares the P passages. The dominant period is the peak of the spectrum averaged over
-channels and passages, searched over word-scale periods [min_period, max_period]
+channels and passages, searched over word-scale periods from min_period to max_period
 [reconstructed]: passages all start at position 0, so the positional embedding adds a
 slow drift shared by every passage that would otherwise always win.
 
@@ -94,7 +94,6 @@ class Config:
     seed: int = 0                               # sampling seed of passages and spelling samples
 
     def __post_init__(self):
-        require(not (self.run and self.pretrain_run), "give run (any family, streamed) or pretrain_run, not both")
         require(self.memory_budget_gb >= 0, f"memory_budget_gb={self.memory_budget_gb} must be >= 0 (0 = automatic)")
         require(len(self.prompts) >= 1 and all(len(p) >= 1 for p in self.prompts),
                 "prompts must hold at least one non-empty prompt, e.g. --set prompts=KING")
@@ -124,6 +123,8 @@ class Config:
         keys = {"pretrain_preset": "a run is given, so no pretrain preset is trained"} if self.pretrain_run or self.run else {}
         if not self.run:
             keys["text"] = "text is read on run=...; a pretrain run's spelling vocabulary is its own corpus"
+        if self.run and self.pretrain_run:
+            keys["run"] = keys["pretrain_run"] = "give run (any family, streamed) or pretrain_run, not both"
         return keys
 
 
@@ -132,6 +133,9 @@ def resolve(config: Config) -> dict:
     given run, or the preset trained into OUT/pretrain; or `run` of any family), the layer read,
     and the study's keys. On `run` the passages and samples must fit the model's context."""
     if config.run:
+        require(not config.pretrain_run, "give run (any family, streamed) or pretrain_run, not both")
+        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
+                                                               f"file or a folder of .txt files")
         ref = suite.run_reference(config.run)
         waves_suite.check_run_shapes(config, ref["model"], run_tokenizer.load_tokenizer(config.run))
     else:
@@ -179,7 +183,8 @@ def _load(config: Config, folder: RunFolder) -> dict:
         raise OntogenyError(f"sample_length+1={config.sample_length + 1} exceeds the model context {model.context}, "
                             f"where generation would recompute a sliding window per character; lower sample_length")
     vocab = spelling.build_vocabulary(suite.own_corpus(run_dir).train_text, config.case_sensitive)
-    return {"tokenizer": tokenizer, "steps": steps, "stacked": stacked, "model": model, "vocab": vocab}
+    return {"tokenizer": tokenizer, "steps": steps, "stacked": stacked, "model": model, "vocab": vocab,
+            "text_source": suite.text_source(run_dir)}
 
 
 def _wave_pass(config: Config, run: dict) -> tuple[dict, float]:
@@ -251,6 +256,7 @@ def run(config: Config, folder: RunFolder) -> dict:
     summary.update({"claim_survives_baseline": bool(verdict), "claim_checkpoints": [int(steps[i0]), int(steps[i1])],
                     "claim_checks": checks, "wave_pass_s": wave_s, "sample_pass_s": sample_s,
                     "wall_s": time.perf_counter() - t_start})
+    summary["text_source"] = loaded["text_source"]
     if config.run:
         summary["max_resident_checkpoints"] = int(loaded["max_resident"])
     spell, C = per["spell"], len(steps)
@@ -333,5 +339,6 @@ def findings(summary: dict) -> list[str]:
         f"Mandel Q of correct-word counts is {stats.ci_text(summary, 'q_correct_last', 3)} against the binomial "
         f"baseline {_fmt(summary['q_correct_baseline_last'])} (excess {excess}), so the sub-Poisson claim "
         f"{'survives' if survives else 'does not survive'} the baseline; intervals are over units of one "
-        f"training seed.",
+        f"training seed" + (f"; words spelled against {summary['text_source']}" if "text_source" in summary else "")
+        + ".",
     ]
