@@ -158,6 +158,15 @@ def ci_text(summary: dict, key: str, digits: int = 2, signed: bool = False) -> s
     return format_ci(x, ci, digits, signed) if ci is not None else f"{x:{'+' if signed else ''}.{digits}f} (no interval)"
 
 
+def verdict_above_zero(summary: dict, key: str, above: str, otherwise: str, missing: str) -> str:
+    """The sentence a finding states about a difference: `above` when summary[key + '_ci'] lies
+    wholly above 0, `missing` when there is no interval, else `otherwise`."""
+    ci = summary.get(f"{key}_ci")
+    if ci is None:
+        return missing
+    return above if ci[0] > 0 else otherwise
+
+
 def defined(x):
     """A statistic as a summary value: float when defined, None (JSON null) when the data leave
     it undefined (a rank correlation of a constant series). Only for statistics that can be

@@ -301,15 +301,13 @@ def findings(summary: dict) -> list[str]:
     s = summary
     if s.get("series") == "planted":
         return planted_mode.findings(s)
-    d = s.get("ablation_top_minus_random_ci")
     diff = stats.ci_text(s, "ablation_top_minus_random", 3, signed=True) if "ablation_top_minus_random" in s else ""
-    if d is None:
-        verdict = "no interval for top minus random"
-    elif d[0] > 0:
-        verdict = f"ablating the features attribution picks hurts induction more than random ones ({diff})"
-    else:
-        verdict = (f"top minus random, {diff}, does not exclude 0: attribution is not shown to pick the features "
-                   f"induction needs")
+    verdict = stats.verdict_above_zero(
+        s, "ablation_top_minus_random",
+        above=f"ablating the features attribution picks hurts induction more than random ones ({diff})",
+        otherwise=f"top minus random, {diff}, does not exclude 0: attribution is not shown to pick the features "
+                  f"induction needs",
+        missing="no interval for top minus random")
     out = [f"One {s.get('arch', '')} crosscoder of {s.get('n_features', '?')} features over {s.get('n_snapshots', '?')} "
            f"snapshots, scored on {s.get('text', '?')} text, explains at least "
            f"{stats.ci_text(s, 'explained_variance_min', 3)} of the variance on every "

@@ -328,14 +328,12 @@ def findings(summary: dict) -> list[str]:
            f"the spectrum width {stats.ci_text(summary, 'width_first', 3)} -> {stats.ci_text(summary, 'width_last', 3)} "
            f"({change('width', 'it widened: more heterogeneous', 'it narrowed')}); bootstrap over {n} network "
            f"samples of one training seed per size, so the intervals are coarse{text}."]
-    d = summary.get("emergence_minus_control_last_ci")
-    if d is None:
-        verdict = "no interval for the difference"
-    elif d[0] > 0:
-        verdict = f"E exceeds the control by {summary['emergence_minus_control_last']:.3f} [{d[0]:.3f}, {d[1]:.3f}]"
-    else:
-        verdict = (f"the difference {summary['emergence_minus_control_last']:.3f} [{d[0]:.3f}, {d[1]:.3f}] does not "
-                   f"exclude 0: weight-scale growth alone (what the control has) may explain E")
+    diff = stats.ci_text(summary, "emergence_minus_control_last", 3) if "emergence_minus_control_last" in summary else ""
+    verdict = stats.verdict_above_zero(
+        summary, "emergence_minus_control_last", above=f"E exceeds the control by {diff}",
+        otherwise=f"the difference {diff} does not exclude 0: weight-scale growth alone (what the control has) "
+                  f"may explain E",
+        missing="no interval for the difference")
     out.append(f"Degree of emergence E = {stats.ci_text(summary, 'emergence_last', 3)} against "
                f"{stats.ci_text(summary, 'emergence_control_last', 3)} for Gaussian weights of the same scales: {verdict}.")
     rho = summary.get("spearman_emergence_vs_val_loss")
