@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from dynamics import distributed
 from dynamics import faults
 from dynamics import integrity
+from dynamics.runlog import write_json
 from models.errors import OntogenyError
 from dynamics.budget import (device_budget_bytes, memory_budget_bytes, outputs_budget_bytes,  # noqa: F401
                              reserve_memory, set_memory_budget)
@@ -191,8 +192,6 @@ def _record_stage(run_dir: Path, stage: str) -> None:
     order = _stage_order(run_dir)
     if stage.startswith("_") or stage in order:
         return
-    from dynamics.runlog import write_json
-
     (Path(run_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_json(Path(run_dir) / "checkpoints" / STAGE_FILE, {"order": order + [stage]})
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dynamics import faults, locks
 from models.errors import OntogenyError
 from models.errors import require
 
@@ -78,8 +79,6 @@ def cache_lock(folder: Path):
     """The writer lock of a token-cache entry, `tokens/KEY.lock` beside it (`dynamics.locks`): a
     second process that needs the same entry waits for the first (up to CACHE_WAIT_S, or until it
     dies, when the lock is taken over) and then reuses what it wrote, instead of tokenizing twice."""
-    from dynamics import faults, locks
-
     return locks.FileLock(folder.with_name(folder.name + ".lock"), f"the token cache {folder}", wait_s=CACHE_WAIT_S,
                           active=True, fix=faults.CACHE_FIX)
 

@@ -38,8 +38,10 @@ import errno
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -168,13 +170,17 @@ def atomic_path(path, fix: tuple[str, str] = RUN_FIX):
             tmp.unlink()
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to the open file `fd` (`os.write` may write fewer at a time)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def remove_partials(directory: Path, step: int, settle_s: float = 0.0) -> None:
     """Remove orbax's temporary folders of checkpoint `step` in `directory` (never a complete
     checkpoint); after a failed save, again until tensorstore's last pending writes have landed
     (for `settle_s` seconds)."""
-    import shutil
-    import time
-
     deadline = time.monotonic() + settle_s
     while True:
         for partial in Path(directory).glob(f"{int(step)}.orbax-checkpoint-tmp*"):

@@ -35,6 +35,7 @@ at run time):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -145,8 +146,6 @@ def cached_snapshot(cache_dir: Path, repo_id: str, revision: str) -> Path | None
 def complete_snapshot(snapshot: Path) -> bool:
     """Whether a snapshot holds config.json and every weight file (a download interrupted midway
     leaves some out; such a snapshot counts as not cached, so it is downloaded again)."""
-    import json
-
     if not (snapshot / "config.json").is_file():
         return False
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from dynamics.hf_import import checksum
 from models.errors import OntogenyError
 
 
@@ -24,15 +25,11 @@ def with_checksum(meta: dict, params) -> dict:
     """`meta` with the params' checksum added (unless it has one, or the params are not plain)."""
     if "checksum" in meta or not plain(params):
         return meta
-    from dynamics.hf_import import checksum
-
     return {**meta, "checksum": checksum(params)}
 
 
 def verify(series, step: int, params) -> None:
     """Refuse checkpoint `step` of `series` when its params' sha256 differs from the one recorded."""
-    from dynamics.hf_import import checksum
-
     recorded = series.meta(step).get("checksum")
     where = series.directory / str(step)
     if recorded is None:

@@ -213,9 +213,7 @@ class FileLock:
             raise faults.as_write_failed(e, self.path, self.fix or faults.RUN_FIX) or e from None
         try:
             with faults.guarded(self.path, fix=self.fix or faults.RUN_FIX):
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                faults.write_all(fd, data)
         except BaseException:
             os.close(fd)
             self.path.unlink(missing_ok=True)

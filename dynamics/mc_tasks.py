@@ -43,7 +43,6 @@ from dynamics import jsonl
 from models.errors import OntogenyError, require
 
 LETTERS = "ABCDEFGHIJ"
-FORMATS = ("arc", "openbookqa", "commonsenseqa", "race", "ai2", "plain")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -139,9 +139,7 @@ class RunFolder:
             try:
                 size = os.fstat(fd).st_size
                 try:
-                    view = memoryview(line)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    faults.write_all(fd, line)
                 except BaseException:
                     os.ftruncate(fd, size)  # truncating needs no space
                     raise

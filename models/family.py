@@ -18,6 +18,8 @@ Forward members (every family, `Family`):
                          refuse a key
     logits_from_resid(params, resid_BSD, layer, config) -> logits_BSV
                          the rest of the pass from the residual stream after block `layer`
+    final_norm(params, x_BSD, config) -> [B, S, D]
+                         the final normalisation, what the unembedding reads (the logit lens)
     unembedding_matrix(params, config) -> [V, D]: row y is the output embedding of token y,
                          exactly as the logits use it (normalised rows for a NormHead)
     weight_matrices(params, config) -> {"blocks": {"attn": {"w_qkv": [L, D, 3*H*E],

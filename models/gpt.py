@@ -242,9 +242,7 @@ def final_norm(params, x_BSD, config: GPTConfig | None = None):
     return layer_norm(x_BSD, params["ln_f"])
 
 
-def unembedding_matrix(params, config: GPTConfig | None = None) -> jax.Array:
-    """[V, D]: row y is g(y), the output embedding of token y."""
-    return params["lm_head"].T if "lm_head" in params else params["wte"]
+unembedding_matrix = layers.unembedding_matrix  # [V, D]: row y is g(y), the output embedding of token y
 
 
 def layer_slice(blocks, start: int, stop: int):
@@ -301,7 +299,7 @@ def weight_matrices(params, config: GPTConfig | None = None) -> dict:
 def logits_from_resid(params, resid_BSD, layer: int, config: GPTConfig):
     """Finish the forward pass from the residual stream after block `layer` (for splicing)."""
     x, _ = run_blocks(layer_slice(params["blocks"], layer + 1, config.n_layer), resid_BSD, config)
-    return unembed(params, layer_norm(x, params["ln_f"]))
+    return unembed(params, final_norm(params, x))
 
 
 def cross_entropy(logits_BSV, targets_BS, mask_BS=None):

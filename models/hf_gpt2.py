@@ -83,8 +83,7 @@ def final_norm(params, x_BSD, config: HFGPT2Config):
     return layers.layer_norm(x_BSD, params["ln_f"], config.layer_norm_eps)
 
 
-def unembedding_matrix(params, config=None) -> jnp.ndarray:
-    return params["lm_head"].T if "lm_head" in params else params["wte"]
+unembedding_matrix = layers.unembedding_matrix  # the untied head, else the tied embedding
 
 
 def apply(params, tokens_BS, config: HFGPT2Config, *, capture: Iterable[str] = (), dropout_key=None):

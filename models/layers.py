@@ -158,6 +158,12 @@ def token_embedding_forward(name: str, run_blocks, final_norm, unembedding_matri
     return apply, logits_from_resid
 
 
+def unembedding_matrix(params, config=None) -> jax.Array:
+    """[V, D]: row y is the output embedding of token y: the untied head `lm_head` [D, V]
+    transposed, else (tied embeddings) the token embedding `wte` itself."""
+    return params["lm_head"].T if "lm_head" in params else params["wte"]
+
+
 def fused_weight_matrices(params) -> dict:
     """The family-neutral weight description of a model that stores `models.gpt`'s layout
     (w_qkv [L, D, 3D] as [Q | K | V], w_out, MLP w_in / w_out): those very arrays."""

@@ -124,8 +124,7 @@ def final_norm(params, x_BSD, config: LlamaConfig):
     return layers.rms_norm(x_BSD, params["ln_f"], config.rms_eps)
 
 
-def unembedding_matrix(params, config=None) -> jnp.ndarray:
-    return params["lm_head"].T if "lm_head" in params else params["wte"]
+unembedding_matrix = layers.unembedding_matrix  # the untied head, else the tied embedding
 
 
 apply, logits_from_resid = layers.token_embedding_forward(NAME, run_blocks, final_norm, unembedding_matrix)
