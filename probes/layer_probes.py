@@ -39,28 +39,36 @@ def pad_tokens(ids_list, window: int) -> tuple[np.ndarray, np.ndarray]:
     return tokens, np.array([len(k) for k in kept], np.int32)
 
 
-def hidden_features(params, tokens_NS, lengths_N, config, feature: str = "last", batch_size: int = 64):
-    """[L+1, N, D]: the embedding output and every block's residual, at the last token of each
-    text (`feature="last"`) or averaged over its tokens ("mean"); forward passes of
-    `batch_size` texts at a time (lax.map), so activations stay [L+1, batch, S, D]."""
-    N, S = tokens_NS.shape
+def map_rows(fn, arrays, batch_size: int):
+    """fn(*batch) over `arrays` (leading axis N) in batches of `batch_size` rows, by lax.map, so
+    memory holds one batch's activations; the outputs (leading axis the batch's rows) concatenated
+    back to N rows (the last batch padded with copies of row 0)."""
+    N = arrays[0].shape[0]
     B = min(batch_size, N)
     n_batches = -(-N // B)
     pad = n_batches * B - N
-    tokens = jnp.concatenate([tokens_NS, jnp.repeat(tokens_NS[:1], pad, 0)]).reshape(n_batches, B, S)
-    lengths = jnp.concatenate([lengths_N, jnp.repeat(lengths_N[:1], pad, 0)]).reshape(n_batches, B)
+    stacked = [jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]).reshape(n_batches, B, *a.shape[1:]) for a in arrays]
+    out = jax.lax.map(lambda xs: fn(*xs), tuple(stacked))
+    return jax.tree.map(lambda y: y.reshape(n_batches * B, *y.shape[2:])[:N], out)
 
-    def one(batch):
-        tok_BS, len_B = batch
+
+def hidden_features(params, tokens_NS, lengths_N, config, feature: str = "last", batch_size: int = 64):
+    """[L+1, N, D]: the embedding output and every block's residual, at the last token of each
+    text (`feature="last"`) or averaged over its tokens ("mean"); forward passes of
+    `batch_size` texts at a time (`map_rows`), so activations stay [L+1, batch, S, D]."""
+    S = tokens_NS.shape[1]
+
+    def one(tok_BS, len_B):
         _, acts = models.apply(params, tok_BS, config, capture=("embed", "resid"))
         h_LBSD = jnp.concatenate([acts["embed"][None], acts["resid"]], axis=0)
         if feature == "last":
-            return h_LBSD[:, jnp.arange(B), len_B - 1]
-        mask_BS = (jnp.arange(S)[None, :] < len_B[:, None]).astype(h_LBSD.dtype)
-        return jnp.einsum("lbsd,bs->lbd", h_LBSD, mask_BS) / len_B[None, :, None]
+            h_LBD = h_LBSD[:, jnp.arange(tok_BS.shape[0]), len_B - 1]
+        else:
+            mask_BS = (jnp.arange(S)[None, :] < len_B[:, None]).astype(h_LBSD.dtype)
+            h_LBD = jnp.einsum("lbsd,bs->lbd", h_LBSD, mask_BS) / len_B[None, :, None]
+        return jnp.moveaxis(h_LBD, 1, 0)                                            # [B, L+1, D]
 
-    X_nLBD = jax.lax.map(one, (tokens, lengths))
-    return jnp.moveaxis(X_nLBD, 0, 1).reshape(X_nLBD.shape[1], n_batches * B, -1)[:, :N]
+    return jnp.moveaxis(map_rows(one, (tokens_NS, lengths_N), batch_size), 1, 0)
 
 
 def fit_and_score(X_fit, y_fit, X_eval, y_eval, n_classes: int, C: float, n_iter: int):

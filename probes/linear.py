@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probes import newton
-from probes.newton import gauge_basis, with_intercept  # noqa: F401  (part of this module's API)
+from probes.newton import gauge_basis, with_intercept
 
 
 def full_precision(fn):

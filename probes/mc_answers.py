@@ -3,9 +3,9 @@ answers to a lettered multiple-choice prompt.
 
 Rows are right-padded token arrays [N, S] with their lengths [N] (causal attention keeps the
 padding out of every real position, so no attention mask is needed, for learned and rotary
-positions alike). Texts are processed `batch_size` rows at a time (`lax.map`), and logits are
-formed only at the positions read (the final hidden state times the unembedding), never [S, V]
-for every position.
+positions alike). Texts are processed `batch_size` rows at a time
+(`probes.layer_probes.map_rows`), and logits are formed only at the positions read (the final
+hidden state times the unembedding), never [S, V] for every position.
 
 - `letter_logprobs`: log p(letter | prompt) of each answer letter in one forward per prompt
   (the letters' shared prefix, " " for a character tokenizer, is part of the row). This is the
@@ -28,18 +28,7 @@ import numpy as np
 import models
 from models.errors import require
 from models.families import unembedding_matrix
-
-
-def _batched(fn, arrays, batch_size: int):
-    """fn(*batch) over `arrays` (leading axis N) in batches of `batch_size` rows, by lax.map;
-    outputs concatenated back to N rows (the last batch padded with copies of row 0)."""
-    N = arrays[0].shape[0]
-    B = min(batch_size, N)
-    n_batches = -(-N // B)
-    pad = n_batches * B - N
-    stacked = [jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]).reshape(n_batches, B, *a.shape[1:]) for a in arrays]
-    out = jax.lax.map(lambda xs: fn(*xs), tuple(stacked))
-    return jax.tree.map(lambda y: y.reshape(n_batches * B, *y.shape[2:])[:N], out)
+from probes.layer_probes import map_rows
 
 
 def logits_at(params, tokens_BS, positions_B, config):
@@ -56,7 +45,7 @@ def letter_logprobs(params, tokens_NS, lengths_N, letter_ids_K, config, batch_si
     def one(tokens_BS, lengths_B):
         logp_BV = jax.nn.log_softmax(logits_at(params, tokens_BS, lengths_B - 1, config), axis=-1)
         return logp_BV[:, letter_ids_K]
-    return _batched(one, (tokens_NS, lengths_N), batch_size)
+    return map_rows(one, (tokens_NS, lengths_N), batch_size)
 
 
 def draw(logits_BV, keys_B, temperature_B):
@@ -91,7 +80,7 @@ def decode_rows(params, tokens_NS, lengths_N, config, n_new: int, key, temperatu
         buf = jax.lax.fori_loop(0, n_new, step, buf_BS)
         return buf[rows[:, None], lengths_B[:, None] + jnp.arange(n_new)[None, :]]
 
-    return _batched(one, (buffer_NS, lengths_N, keys_N, temperature_N), batch_size)
+    return map_rows(one, (buffer_NS, lengths_N, keys_N, temperature_N), batch_size)
 
 
 # --------------------------------------------------------------------------- host side

@@ -16,9 +16,9 @@ Two probes per layer, both fitted on train items and scored on others:
 
 The layer is chosen without the test items ([choice]): the PCA probe's mean accuracy on two
 folds of the train items (fit on one half, score the other, and back) picks it; the test
-accuracies come from the fits on every train item. Items may have different numbers of options: the host-side
-`layout` lists which rows to difference, fit and score (static index arrays, so the probes of
-all layers and checkpoints run in one program).
+accuracies come from the fits on every train item. Items may have different numbers of options:
+the host-side `layout` lists which rows to difference, fit and score (static index arrays, so
+the probes of all layers and checkpoints run in one program).
 
 Axis letters: L layers (embedding + blocks), R option rows, D width, I items, K options (the
 largest count; shorter items are masked), P differences, M fit rows, E scored items, C checkpoints.

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.families import unembedding_matrix
 from probes import geometry
 
 _TINY = 1e-30  # [choice] the scale floor of a covariance that is zero (all rows equal): no NaN, differences 0
@@ -121,8 +122,6 @@ def unembedding_fn(model_config, n_vocab: int, floor: float, mode: str):
     """fn(params, data) -> `checkpoint_measures` of a checkpoint's first `n_vocab` unembedding
     rows ([choice] the tokenizer's tokens: padded rows, e.g. Pythia's 50277 -> 50304, are never
     a target and stay out of Cov), any family. One object per setting, so `map_stack` compiles once."""
-    from models.families import unembedding_matrix
-
     def fn(params, data):
         return checkpoint_measures(unembedding_matrix(params, model_config)[:n_vocab], data, floor=floor, mode=mode)
     return fn

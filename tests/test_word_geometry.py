@@ -1,7 +1,6 @@
 """Word pairs on a language model's unembedding: the causal inner product against a float64
 inverse square root, every measure against numpy loops, the pairs file and its tokenisation."""
 import itertools
-import json
 
 import jax
 import jax.numpy as jnp

@@ -97,7 +97,9 @@ def similarity_to_first(x_NCD) -> np.ndarray:
     """[C] linear CKA between each snapshot's activations and the first's on the same tokens
     (Kornblith et al. 2019): ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on centred X = x_0,
     Y = x_c. 1 = the same representation up to rotation and scale; a random one of the same
-    width gives about D / N."""
+    width gives about D / N. The value of `probes.development.cka.cka`, computed here in the
+    feature form ([D, D] products, float64) rather than from [N, N] Gram matrices: the held-out
+    tokens number ~10^4 against a width of ~10^2 (a float32 Gram of 16384 tokens takes 1 GiB)."""
     x = np.asarray(x_NCD, np.float64)
     x = x - x.mean(0)
     first = x[:, 0]

@@ -20,7 +20,8 @@ its onset is the first snapshot with s_jc > 0. Groups (in this order of j):
 Before its onset a feature is not absent from the tokens it fires on: an untrained network
 already maps those tokens somewhere (its random token lookup), so each feature with a later
 onset carries, at the snapshots before it, a random direction r_j orthogonal to u_j (as random
-directions nearly are in a wide model [choice]) with strength `lookup` (0 = truly absent). A decoder norm alone cannot tell that from the feature.
+directions nearly are in a wide model [choice]) with strength `lookup` (0 = truly absent). A
+decoder norm alone cannot tell that from the feature.
 
 On a token, feature j fires with probability `per_token` / P (a nested feature with probability
 `nested_given_parent` when its parent fires) with amplitude a = 0.5 + Exponential(1), the same
@@ -35,8 +36,8 @@ token, shared by the snapshots) whose basis B_c [D, R] turns by `dense_drift_deg
 snapshot and whose power relative to the planted features' falls linearly from `dense_start`
 to `dense_end` (a step-0 model is dense noise), isotropic noise of relative power `noise`, and a
 mean m_c drifting as a random walk of step `offset_drift` x g_c x the planted features' rms
-norm. [choice] every
-number here is ours: a series with the shape the real ones have, not a fit to one.
+norm. [choice] every number here is ours: a series with the shape the real ones have, not a fit
+to one.
 
 `all_at_zero` is the control: every group switches on at snapshot 0 (same directions, same
 tokens), so a method that reports late emergence regardless of the data fails it.
@@ -145,9 +146,10 @@ def _rotation_step(rng, D: int, degrees: float) -> np.ndarray:
 
 def truth(config: PlantedConfig) -> dict:
     """The series' ground truth: directions [P, C, D] (unit; the lookup direction before the
-    onset), strength [P, C] (`lookup` before the onset), onset [P], group [P] (names), parent [P] (-1 or the init feature a nested one
-    fires inside), scale [C], dense basis [C, D, R] (scaled to its power), mean [C, D], and the
-    per-token power of the planted features at full strength."""
+    onset), strength [P, C] (`lookup` before the onset), onset [P], group [P] (names), parent [P]
+    (-1 or the init feature a nested one fires inside), scale [C], dense basis [C, D, R] (scaled
+    to its power), mean [C, D], and the per-token power of the planted features at full
+    strength."""
     C, D = config.n_snapshots, config.d_model
     rng = np.random.default_rng(config.seed)
     sizes = dict(zip(GROUPS, (config.n_init, config.n_fading, config.n_turning, config.n_middle, config.n_late,
@@ -231,9 +233,9 @@ def recovery(planted: dict, w_dec_FCD, scale_C, alive_F, emerge_idx_F, min_cos: 
     Each planted feature j is matched to the alive learned feature f of highest cosine between
     the planted vectors and f's decoder vectors over the snapshots from j's onset on (its
     support: a decoder that is strong before the onset, on the lookup direction or any other,
-    still matches, and its emergence is then judged wrong, not hidden). j is recovered when that cosine is >= `min_cos`. Returns
-    per planted feature: match [P], cos [P], recovered [P], estimated onset [P], error [P]
-    (estimate - truth); and `within_one` (fraction of recovered features whose emergence is
+    still matches, and its emergence is then judged wrong, not hidden). j is recovered when that
+    cosine is >= `min_cos`. Returns per planted feature: match [P], cos [P], recovered [P],
+    estimated onset [P], error [P] (estimate - truth); and `within_one` (fraction of recovered features whose emergence is
     within one snapshot of the truth, None if none), `late_as_init` (recovered features with
     onset >= 2 reported at snapshot 0), `recovered_fraction` and the same per group."""
     support = (np.arange(planted["strength"].shape[1])[None] >= planted["onset"][:, None]).astype(float)   # [P, C]

@@ -23,15 +23,15 @@ def token_nll(logits_BSV: jax.Array, targets_BS: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(logp, targets_BS[..., None], axis=-1)[..., 0]
 
 
-def lens_nll(params, config, tokens_BS1: jax.Array, extra_captures: tuple[str, ...] = ()) -> tuple[jax.Array, dict]:
+def lens_nll(params, config, tokens_BS1: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token lens losses [L+1, B, S] of one checkpoint, any family, on windows of S + 1
-    tokens (positions 0..S-1 predict 1..S), and the captures asked for in `extra_captures`
-    (one forward pass serves both). One layer's logits [B, S, V] are held at a time."""
+    tokens (positions 0..S-1 predict 1..S), and the residual stream they read [L+1, B, S, D]
+    (the embedding output and every block's), which other measures of the same forward pass
+    reuse. One layer's logits [B, S, V] are held at a time."""
     inputs, targets = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
-    capture = tuple(dict.fromkeys(("embed", "resid") + tuple(extra_captures)))
-    _, caps = models.apply(params, inputs, config, capture=capture)
+    _, caps = models.apply(params, inputs, config, capture=("embed", "resid"))
     resid_LBSD = jnp.concatenate([caps["embed"][None], caps["resid"]], axis=0)
     unembed_VD = families.unembedding_matrix(params, config).astype(jnp.float32)
     nll = jax.lax.map(lambda r: token_nll(families.final_norm(params, r, config) @ unembed_VD.T, targets),
                       resid_LBSD)
-    return nll, {k: caps[k] for k in extra_captures}
+    return nll, resid_LBSD

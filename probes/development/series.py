@@ -15,6 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from dynamics import stats
 from models.errors import require
@@ -34,8 +35,7 @@ def forward_measures_fn(model_config, batch_size: int):
     SVD's LAPACK call (every thread idle), while each program alone runs."""
 
     def one_batch(params, windows_BS1, positions_BM):
-        nll, caps = lens.lens_nll(params, model_config, windows_BS1, extra_captures=("embed", "resid"))
-        resid = jnp.concatenate([caps["embed"][None], caps["resid"]], axis=0)      # [L+1, B, S, D]
+        nll, resid = lens.lens_nll(params, model_config, windows_BS1)                 # resid [L+1, B, S, D]
         picked = jax.vmap(lambda r_BSD: jnp.take_along_axis(r_BSD, positions_BM[..., None], axis=1))(resid)
         return nll, picked                                                             # [L+1, B, S], [L+1, B, M, D]
 
@@ -81,9 +81,7 @@ def cka_series(gram_CLMM, groups_M, debiased: bool, level: float = 0.95) -> dict
     jack = np.asarray(jax.lax.map(jax.jit(leave_out), keeps), np.float64)             # [G, C-1, L]
     G = len(ids)
     se = np.sqrt((G - 1) / G * ((jack - jack.mean(0)) ** 2).sum(0))
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + level / 2))
+    z = float(scipy.stats.norm.ppf(0.5 + level / 2))
     adj = np.asarray(adjacent, np.float64)
     ci = np.clip(np.stack([adj - z * se, adj + z * se], -1), -1.0, 1.0)
     last = flat[-1]

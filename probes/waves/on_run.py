@@ -19,7 +19,6 @@ M samples.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
