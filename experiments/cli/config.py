@@ -12,8 +12,8 @@ import json
 import typing
 from typing import Any
 
-from models.errors import OntogenyError, require
-from dynamics.runlog import field_types, from_dict  # noqa: F401
+from models.errors import OntogenyError
+from dynamics.runlog import field_types
 
 
 class ArgumentParser(argparse.ArgumentParser):
