@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.errors import OntogenyError
-from experiments.bench.timing import comparison_shapes, matmul_peak_gflops, timeit, train_flops_per_token
+from experiments.bench.timing import CompileMeter, comparison_shapes, matmul_peak_gflops, timeit, train_flops_per_token
 
 
 def train_throughput(model_config, batch_size: int, steps: int = 5) -> dict:
@@ -83,7 +83,6 @@ def _stacked_child(mode: str, n_checkpoints: int, n_windows: int) -> None:
     from dynamics.checkpoints import auto_chunk_size, map_stack
     from dynamics.stacks import stack_trees, unstack_tree
     from experiments.studies.pretrain.study import PRESETS
-    from experiments.tools.quickstart import CompileMeter
     from models import gpt
 
     cfg = PRESETS["tiny"].model.__class__(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 84})

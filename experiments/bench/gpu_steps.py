@@ -133,18 +133,22 @@ def suite(size: str, work: Path) -> dict:
     return {"checkpoints": len(steps), "make_s": made, "import_s": time.perf_counter() - t0, "rc": rc}
 
 
-def _study(name: str, preset: str, out: Path, sets: dict, keys: tuple[str, ...]) -> dict:
-    """`python -m experiments NAME --preset PRESET --out OUT --set K=V ...`, in this process (the
-    CLI's own `cli`): its exit status, wall time and the summary figures `keys`."""
-    from experiments.__main__ import cli
+def _study(module, preset: str, out: Path, sets: dict, keys: tuple[str, ...]) -> dict:
+    """One study run as the CLI runs it (preset, `--set` overrides, `run_into`), in this
+    process: its wall time and summary figures; rc 2 with the one-line error where the CLI
+    would exit 2."""
+    from experiments.cli.config import override, run_into
+    from models.errors import OntogenyError
 
     t0 = time.perf_counter()
-    rc = cli([name, "--preset", preset, "--out", str(out), *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
-    wall = time.perf_counter() - t0
-    if rc != 0:
-        return {"rc": rc, "wall_s": wall}
+    try:
+        config = override(module.PRESETS[preset], [f"{k}={v}" for k, v in sets.items()])
+        run_into(out, module.__name__.split(".")[-2], preset, module, config)
+    except OntogenyError as e:
+        print(f"error: {e}", flush=True)
+        return {"rc": 2, "wall_s": time.perf_counter() - t0}
     summary = json.loads((out / "summary.json").read_text())
-    return {"rc": 0, "wall_s": wall, **{k: summary.get(k) for k in keys}}
+    return {"rc": 0, "wall_s": time.perf_counter() - t0, **{k: summary.get(k) for k in keys}}
 
 
 def suite_crosscoders(size: str, work: Path) -> dict:
@@ -157,18 +161,22 @@ def suite_crosscoders(size: str, work: Path) -> dict:
             "crosscoder.steps": 200 if full else 4, "crosscoder.dead_tokens": 20000, "context": 128 if full else 32,
             "eval_windows": 16 if full else 4, "n_induction": 16 if full else 4, "n_ablate": 16 if full else 2,
             "n_random": 2 if full else 1}
-    return _study("crosscoders", "ge2025", work / "suite_crosscoders", sets,
+    from experiments.studies.crosscoders import study
+
+    return _study(study, "ge2025", work / "suite_crosscoders", sets,
                   ("explained_variance_min", "l0_mean", "train_tokens_per_s", "forward_s_per_token",
                    "memory_budget_gib", "crosscoder_training_gib"))
 
 
 def suite_neuromfa(size: str, work: Path) -> dict:
     """Xiao et al.'s preset on the suite (micro: 2 samples of 16 / 32 neurons, short windows)."""
+    from experiments.studies.neuromfa import study
+
     sets = {"run": work / "run"}
     if size == "micro":
         sets.update(n_resid=16, n_mlp=32, n_samples=2, context=16, eval_windows=4, control_draws=2,
                     **{"mfa.min_degree": 4})
-    return _study("neuromfa", "xiao2025", work / "suite_neuromfa", sets,
+    return _study(study, "xiao2025", work / "suite_neuromfa", sets,
                   ("alpha0_first", "alpha0_last", "emergence_last", "emergence_minus_control_last"))
 
 
