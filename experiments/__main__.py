@@ -36,8 +36,8 @@ def list_experiments() -> int:
 def run_study(name: str, module, argv: list[str]) -> int:
     import argparse
 
-    from dynamics.runlog import RunFolder, require_finite_summary, to_jsonable
-    from experiments.cli.config import ArgumentParser, claim_folder, help_text, override
+    from dynamics.runlog import to_jsonable
+    from experiments.cli.config import ArgumentParser, help_text, override, run_into
 
     parser = ArgumentParser(prog=f"python -m experiments {name}", description=module.DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,12 +55,7 @@ def run_study(name: str, module, argv: list[str]) -> int:
     config = override(module.PRESETS[args.preset], assignments)
     out = args.out or os.path.join("runs", f"{name}-{args.preset}")
 
-    module.resolve(config)  # every key and reference (pretrain_run, pretrain_preset, ...) checked before any folder
-    with claim_folder(out, name, args.preset, config):  # one writer: a second process exits 2 naming this one
-        folder = RunFolder(out)
-        summary = module.run(config, folder)
-        require_finite_summary(summary, out)  # a NaN headline stops the run (exit 2) before summary.json
-        folder.write_summary(summary)
+    summary = run_into(out, name, args.preset, module, config)
     print(json.dumps(to_jsonable(summary), indent=2))
     print(f"results in {os.path.abspath(out)} (summary.json, metrics.jsonl, figures/)")
     return 0

@@ -11,13 +11,12 @@ from dynamics import latent_training
 from dynamics.checkpoints import Series
 from dynamics.data import CharTokenizer
 from models.errors import OntogenyError
-from dynamics.runlog import RunFolder
+from dynamics.runlog import RunFolder, from_dict
 from dynamics.stats import bootstrap_ci, paired_bootstrap_ci
 from experiments.studies.linear_origins import study as lo
 from experiments.studies.linear_origins import scenarios as ls
 from experiments.studies.linear_origins import verdicts as lv
 from experiments.__main__ import cli, main
-from experiments.cli.config import from_dict
 from models import gpt, latent
 from scipy.special import gammaln
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.errors import OntogenyError
-from experiments.bench.timing import comparison_shapes, matmul_peak_gflops, timeit, train_flops_per_token
+from experiments.bench.timing import CompileMeter, comparison_shapes, matmul_peak_gflops, timeit, train_flops_per_token
 
 
 def train_throughput(model_config, batch_size: int, steps: int = 5) -> dict:
@@ -93,7 +93,7 @@ def _stacked_child(mode: str, n_checkpoints: int, n_windows: int) -> None:
         _, acts = gpt.apply(params, tokens, cfg, capture=("embed", "resid"))
         return jnp.concatenate([acts["embed"][None], acts["resid"]], axis=0)        # [L+1, B, C, D]
 
-    counter = CompileCounter()
+    meter = CompileMeter.start()  # XLA compilations from here on (this process is fresh)
     t0 = time.perf_counter()
     if mode == "vmap":
         chunk = auto_chunk_size(every_layer, stacked, tokens)
@@ -104,7 +104,7 @@ def _stacked_child(mode: str, n_checkpoints: int, n_windows: int) -> None:
         out = np.stack([np.asarray(one(unstack_tree(stacked, t), tokens)) for t in range(n_checkpoints)])
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30      # ru_maxrss is KiB on Linux
-    print(json.dumps({"wall_s": wall, "peak_rss_gib": peak, "compiles": counter.count, "chunk": chunk,
+    print(json.dumps({"wall_s": wall, "peak_rss_gib": peak, "compiles": meter.counts["compiles"], "chunk": chunk,
                       "output_gib": out.nbytes / 2**30, "shape": list(out.shape)}))
 
 

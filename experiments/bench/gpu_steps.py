@@ -134,22 +134,16 @@ def suite(size: str, work: Path) -> dict:
 
 
 def _study(module, preset: str, out: Path, sets: dict, keys: tuple[str, ...]) -> dict:
-    """One study run as the CLI runs it (preset, `--set` overrides, resolve, claim, run,
-    summary), in this process: its wall time and summary figures; rc 2 with the one-line error
-    where the CLI would exit 2."""
-    from dynamics.runlog import RunFolder, require_finite_summary
-    from experiments.cli.config import claim_folder, override
+    """One study run as the CLI runs it (preset, `--set` overrides, `run_into`), in this
+    process: its wall time and summary figures; rc 2 with the one-line error where the CLI
+    would exit 2."""
+    from experiments.cli.config import override, run_into
     from models.errors import OntogenyError
 
     t0 = time.perf_counter()
     try:
         config = override(module.PRESETS[preset], [f"{k}={v}" for k, v in sets.items()])
-        module.resolve(config)
-        claim_folder(out, module.__name__.split(".")[-2], preset, config)
-        folder = RunFolder(out)
-        summary = module.run(config, folder)
-        require_finite_summary(summary, str(out))
-        folder.write_summary(summary)
+        run_into(out, module.__name__.split(".")[-2], preset, module, config)
     except OntogenyError as e:
         print(f"error: {e}", flush=True)
         return {"rc": 2, "wall_s": time.perf_counter() - t0}

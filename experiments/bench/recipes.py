@@ -149,7 +149,6 @@ def quality(quick: bool = False) -> dict:
     from experiments.bench import torch_reference as bench_torch
     from experiments.studies.pretrain import study as pretrain
     from dynamics.checkpoints import Series, load_model_config
-    from models import gpt
 
     if not bench_torch.available():
         print("quality: skipped (torch is not importable; pip install -e '.[torch]')", flush=True)

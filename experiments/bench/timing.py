@@ -1,8 +1,9 @@
-"""What every benchmark section shares: a wall-clock timer, the measured matmul peak, the training
-FLOP count of a GPT shape, and the model shapes compared with PyTorch. No section imports another;
-each imports this."""
+"""What every benchmark section shares: a wall-clock timer, a count of XLA compilations, the
+measured matmul peak, the training FLOP count of a GPT shape, and the model shapes compared with
+PyTorch. No section imports another; each imports this (and quickstart its compile count)."""
 from __future__ import annotations
 
+import collections
 import time
 
 import jax
@@ -20,6 +21,40 @@ def timeit(fn, *, repeats: int = 3, number: int = 1) -> float:
         jax.block_until_ready(out)
         best = min(best, (time.perf_counter() - t0) / number)
     return best
+
+
+class CompileMeter:
+    """XLA programs built in this process, from jax.monitoring: how many (compiled, or loaded from
+    the persistent cache), the seconds that took, and the cache's hits. One set of listeners per
+    process (jax keeps them for its life)."""
+    counts: collections.Counter = collections.Counter()
+    _listening = False
+
+    @classmethod
+    def start(cls) -> "CompileMeter":
+        if not cls._listening:
+            jax.monitoring.register_event_duration_secs_listener(cls._on_duration)
+            jax.monitoring.register_event_listener(cls._on_event)
+            CompileMeter._listening = True
+        return cls()
+
+    @classmethod
+    def _on_duration(cls, event: str, duration: float, **kwargs) -> None:
+        if event.endswith("backend_compile_duration"):
+            cls.counts["compiles"] += 1
+            cls.counts["compile_s"] += duration
+
+    @classmethod
+    def _on_event(cls, event: str, **kwargs) -> None:
+        if event.endswith("cache_hits"):
+            cls.counts["cache_hits"] += 1
+
+    def since(self, before: dict) -> str:
+        d = {k: self.counts[k] - before.get(k, 0) for k in ("compiles", "compile_s", "cache_hits")}
+        return f"{d['compiles']} programs, {d['compile_s']:.0f} s compiling, {d['cache_hits']} of them from the cache"
+
+    def snapshot(self) -> dict:
+        return dict(self.counts)
 
 
 def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, precision: str | None = None) -> float:

@@ -12,8 +12,8 @@ import json
 import typing
 from typing import Any
 
-from models.errors import OntogenyError, require
-from dynamics.runlog import field_types, from_dict  # noqa: F401
+from models.errors import OntogenyError
+from dynamics.runlog import field_types
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -207,6 +207,25 @@ def claim_folder(out, experiment: str, preset: str, config):
         lock.release()
         raise
     return lock
+
+
+def run_into(out, name: str, preset: str, module, config, keep_finished: bool = False) -> dict:
+    """Run study `module` (registered as `name`) with `config` into the run folder OUT, as every
+    command does: every reference checked before any folder (`module.resolve`), OUT claimed
+    (`claim_folder`: one writer), the run, a non-finite headline refused before summary.json
+    (`require_finite_summary`), summary.json written. Returns the summary; with `keep_finished`
+    a folder that already holds one is left as it is."""
+    from dynamics.runlog import RunFolder, require_finite_summary
+
+    module.resolve(config)
+    with claim_folder(out, name, preset, config):
+        folder = RunFolder(out)
+        summary = folder.read_summary() if keep_finished else None
+        if summary is None:
+            summary = module.run(config, folder)
+            require_finite_summary(summary, str(out))
+            folder.write_summary(summary)
+    return summary
 
 
 def _check_or_write(out, experiment: str, preset: str, config) -> None:

@@ -1,9 +1,8 @@
 """What the studies share on a run of any family (an imported suite or a run trained here):
 checking the run folder, naming an activation site, the text a study scores (read with the run's
-own tokenizer, and named in every summary as `text_source`), and the leaf keys of a config."""
+own tokenizer, and named in every summary as `text_source`)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -28,15 +27,6 @@ def run_reference(run: str, key: str = "run") -> dict:
     return {"run": str(Path(run).resolve()), "model": model, "steps": steps}
 
 
-def leaf_keys(config, prefix: str = "") -> list[str]:
-    """Every settable key of a (nested) config dataclass, nested keys dotted (`train.lr`)."""
-    out = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        out += leaf_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
-    return out
-
-
 def trained_here(run: str | Path) -> bool:
     """A run trained here keeps its config.json (with the data it was trained on); an import does not."""
     return (Path(run) / "config.json").exists()
@@ -57,10 +47,15 @@ def text_source(run: str | Path, text: str = "") -> str:
     return BUILTIN_TEXT
 
 
+def check_text(text: str) -> None:
+    """Refuse a `text` key that names nothing (an empty one means the study's default text)."""
+    require(not text or Path(text).exists(), f"text={text!r} does not exist; give a text file or a folder of .txt files")
+
+
 def read_text(text: str) -> str:
     """A text file, or the .txt files of a folder joined by blank lines, as one string."""
     path = Path(text)
-    require(path.exists(), f"text={text!r} does not exist; give a text file or a folder of .txt files")
+    check_text(text)
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     require(files, f"text={text!r} holds no .txt file")
     try:

@@ -23,7 +23,6 @@ built, the seconds that took and how many came from the cache.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import os
 import subprocess
@@ -37,9 +36,9 @@ from tqdm.auto import tqdm
 
 from dynamics import distributed
 from models.errors import OntogenyError
-from dynamics.runlog import RunFolder, require_finite_summary
+from experiments.bench.timing import CompileMeter
 from experiments.cli import registry
-from experiments.cli.config import ArgumentParser, claim_folder
+from experiments.cli.config import ArgumentParser, run_into
 from experiments.tools.report import write_report
 
 DESCRIPTION = "run every study's tiny preset (one shared pretrain run), then write DIR/report.html"
@@ -53,39 +52,6 @@ def compile_cache(out: Path) -> str:
     when the user set it, else OUT/xla-cache. [choice] jax's default threshold stands (programs
     that took a second or more to compile are kept), so the small ones cost no disk."""
     return os.environ.get(CACHE_ENV) or str(Path(out).absolute() / "xla-cache")
-
-
-class CompileMeter:
-    """XLA programs built in this process, from jax.monitoring: how many (compiled, or loaded from
-    the persistent cache), the seconds that took, and the cache's hits. One set of listeners per process (jax keeps them for its life)."""
-    counts: collections.Counter = collections.Counter()
-    _listening = False
-
-    @classmethod
-    def start(cls) -> "CompileMeter":
-        if not cls._listening:
-            jax.monitoring.register_event_duration_secs_listener(cls._on_duration)
-            jax.monitoring.register_event_listener(cls._on_event)
-            CompileMeter._listening = True
-        return cls()
-
-    @classmethod
-    def _on_duration(cls, event: str, duration: float, **kwargs) -> None:
-        if event.endswith("backend_compile_duration"):
-            cls.counts["compiles"] += 1
-            cls.counts["compile_s"] += duration
-
-    @classmethod
-    def _on_event(cls, event: str, **kwargs) -> None:
-        if event.endswith("cache_hits"):
-            cls.counts["cache_hits"] += 1
-
-    def since(self, before: dict) -> str:
-        d = {k: self.counts[k] - before.get(k, 0) for k in ("compiles", "compile_s", "cache_hits")}
-        return f"{d['compiles']} programs, {d['compile_s']:.0f} s compiling, {d['cache_hits']} of them from the cache"
-
-    def snapshot(self) -> dict:
-        return dict(self.counts)
 
 
 def study_config(name: str, module, pretrain_dir: Path):
@@ -208,13 +174,8 @@ def main(argv: list[str]) -> int:
         folder_path = out / name
         t0, compiled = time.perf_counter(), meter.snapshot()
         try:
-            module.resolve(config)  # the shared pretrain run exists by now (it is trained first)
-            with claim_folder(folder_path, name, "tiny", config):  # one writer per study folder
-                folder = RunFolder(folder_path)
-                if folder.read_summary() is None:
-                    summary = module.run(config, folder)
-                    require_finite_summary(summary, str(folder_path))
-                    folder.write_summary(summary)
+            # the shared pretrain run exists by now (it is trained first); a finished study is kept
+            run_into(folder_path, name, "tiny", module, config, keep_finished=True)
         except OntogenyError as e:
             failed[name] = str(e)
         except Exception:  # one study's crash is reported; the others still run

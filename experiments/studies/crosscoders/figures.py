@@ -46,7 +46,6 @@ def draw(folder, steps, norms, emerge_idx, alive, cos, ce, drop_top, drop_rand, 
     save(fig, folder.figure("decoder_norms"))
 
     fig, axes = plt.subplots(4, 1, figsize=(7, 10), sharex=True)
-    x = np.maximum(steps, 0.5)
     counts = np.bincount(emerge_idx[alive & ~init_feature], minlength=len(steps))
     axes[0].bar(range(len(steps)), counts)
     axes[0].bar(0, int(init_feature.sum()), color="tab:red", label="init features")

@@ -32,8 +32,6 @@ def evaluate_members(state, hps: list[dict], ccfg: cc.CrosscoderConfig, x_eval, 
     return members
 
 
-
-
 def feature_geometry(config, w_dec_FCD, f, alive, steps) -> dict:
     """`probes.crosscoders.emergence.decoder_features` with the strength `config.emergence_strength`
     names, plus each feature's fire rate and mean activation per snapshot."""
@@ -71,11 +69,11 @@ def measure(config, folder: RunFolder, model_config, layer: int, steps, stacked,
     # why features look present early: the snapshots' CKA to the first, the current token's share
     similarity = em.similarity_to_first(x_eval)
     tok_r2 = em.token_r2(eval_tokens, np.moveaxis(np.asarray(raw), 0, 2))
-    purity = em.token_purity(eval_tokens, cm.per_snapshot_f(f, C)[-1])
+    f_last_NF = cm.per_snapshot_f(f, C)[-1]
+    purity = em.token_purity(eval_tokens, f_last_NF)
     logits_fn = lambda p, resid: logits_from_resid(p, resid, layer, model_config)
     abl = cm.induction_ablation(stacked, site, logits_fn, params, main["threshold"], ccfg, scale_C, counts, alive, S,
                                 config.seed, config.n_induction, config.n_ablate, config.n_random)
-    f_last_NF = cm.per_snapshot_f(f, C)[-1]
     cx = cm.complexity(eval_tokens, f_last_NF.reshape(config.eval_windows, S, -1), config.max_order, alive,
                        geo["init_feature"], geo["emerge_idx"])
     return {"eval_tokens": eval_tokens, "x_eval": x_eval, "members": members, "f": f, "x_hat": x_hat,

@@ -5,8 +5,8 @@ activations whose features switch on at known snapshots, and scored against that
 The check PASSES when the recovered features' emergence lies within one snapshot of the truth
 for at least `WITHIN_ONE` of them, no feature planted at snapshot >= 2 is reported at snapshot 0,
 and at least `RECOVERED` of the planted features are recovered at all (else the first two are
-vacuous). [choice] the thresholds: 90% is the criterion the check was asked to meet; 75%
-recovered leaves room for the few features that share a latent at this dictionary size.
+vacuous). [choice] the thresholds: 90% within one snapshot; 75% recovered leaves room for the
+few features that share a latent at this dictionary size.
 Its baseline, printed beside it: the answer "every feature at the first snapshot".
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ import numpy as np
 
 from dynamics import data as data_lib
 from dynamics import run_tokenizer
-from dynamics.checkpoints import auto_chunk_size, load_model_config, map_stack, open_stack
+from dynamics.checkpoints import Series, auto_chunk_size, load_model_config, map_stack, open_stack
 from dynamics.runlog import RunFolder
 from experiments.studies import run_inputs as suite
 from models.errors import require
@@ -42,7 +42,7 @@ def shapes(config, context: int) -> dict:
 def token_splits(config, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(train ids, held-out ids): `text` when given (on run=...), else the run's own corpus (a run
     trained here), else Shakespeare, read with the run's tokenizer."""
-    if not config.text and (run_dir / "config.json").exists():
+    if not config.text and suite.trained_here(run_dir):
         corpus = suite.own_corpus(run_dir)
     else:
         corpus = suite.text_corpus(str(run_dir), config.text)
@@ -79,8 +79,6 @@ def inputs(config, run_dir: Path) -> dict:
 
 def chosen_steps(config, run_dir: Path) -> list[int]:
     """The checkpoints analysed: all, or `max_checkpoints` spread over the series."""
-    from dynamics.checkpoints import Series
-
     steps = Series(run_dir, "pretrain", create=False).steps()
     return [steps[i] for i in data_lib.spread(len(steps), config.max_checkpoints)]
 
@@ -98,7 +96,6 @@ def forward_pass(config, run_dir: Path, data: dict) -> dict:
     out["weights"] = map_stack(lambda params: weight_stats(params, model), disk, chunk_size=config.chunk_size or None)
     return {"steps": np.asarray(steps), **out, "seconds": seconds, "weights_seconds": time.perf_counter() - t0 - seconds,
             "max_resident": max(resident, disk.max_resident)}
-
 
 
 def llc_fn(model_config, sgld):

@@ -110,8 +110,7 @@ def resolve(config: Config) -> dict:
     the windows' and sequences' lengths against its context, and the study's keys."""
     if config.run:
         ref = suite.run_reference(config.run)
-        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
-                                                               f"file or a folder of .txt files")
+        suite.check_text(config.text)
     else:
         ref = pretrain.pretrain_reference(config.pretrain_run, config.pretrain_preset)
     model = ref["model"] if isinstance(ref["model"], dict) else dataclasses.asdict(ref["model"])

@@ -38,7 +38,7 @@ from dynamics.runlog import RunFolder, write_json
 from dynamics.schedule import checkpoint_steps
 from . import on_run
 from . import verdicts as lv
-from experiments.studies import run_inputs as suite
+from experiments.cli.config import all_keys
 from models.errors import require
 from .figures import (gpt_case_check, plot_concept_matrix, plot_gpt, plot_histograms,
                                         plot_over_training, plot_sweep)
@@ -152,7 +152,7 @@ class Config:
         """Keys the other settings leave without effect (setting one is refused); `resolve` lists the rest."""
         if self.run:
             why = "run=... measures word pairs on the run's unembedding; the latent learner is not trained"
-            keys = {k: why for k in suite.leaf_keys(self) if k not in on_run.KEYS}
+            keys = {k: why for k in all_keys(self) if k not in on_run.KEYS}
             return {**keys, "run": "give run or gpt_run, not both"} if self.gpt_run else keys
         keys = {k: "read on run=... only (word pairs on a run's unembedding)" for k in on_run.KEYS
                 if k not in ("run", "within_mode", "n_random_pairs", "margin_cos")}

@@ -33,6 +33,7 @@ from models.errors import OntogenyError
 from dynamics.runlog import RunFolder
 from . import figures
 from experiments.studies.pretrain import study as pretrain
+from experiments.cli.config import all_keys
 from experiments.studies import run_inputs as suite
 from models.errors import require
 from models import gpt
@@ -89,8 +90,8 @@ class Config:
                 keys["run"] = "pretrain_run adds one more size to the models trained here; give run alone instead"
             return keys
         why = "run=... analyses that run alone; no model is trained here"
-        keys = {k: why for k in suite.leaf_keys(self) if k.split(".")[0] in ("widths", "n_layer", "n_head", "train",
-                                                                                "data", "pretrain_run")}
+        keys = {k: why for k in all_keys(self) if k.split(".")[0] in ("widths", "n_layer", "n_head", "train",
+                                                                          "data", "pretrain_run")}
         return {**keys, "run": "give run or pretrain_run, not both"} if self.pretrain_run else keys
 
 
@@ -131,8 +132,7 @@ def resolve(config: Config) -> dict:
                 f"n_resid={config.n_resid} / n_mlp={config.n_mlp} exceed the run's d_model / d_mlp")
         require(config.context <= ref["model"].context, f"context={config.context} exceeds the run's context of "
                                                         f"{ref['model'].context}; lower context")
-        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
-                                                               f"file or a folder of .txt files")
+        suite.check_text(config.text)
         folded = ("widths", "n_layer", "n_head", "train", "data", "run", "mfa")
         study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}
         return {"runs": {"run": {k: v for k, v in ref.items() if k != "steps"}}, "mfa": config.mfa, "study": study,

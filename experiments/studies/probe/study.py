@@ -114,8 +114,7 @@ def resolve(config: Config) -> dict:
         task = {"labels": str(Path(config.labels).resolve()), "sha256": digest, "rows": len(texts),
                 "classes": [str(c) for c in classes]}
     else:
-        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
-                                                               f"file or a folder of .txt files")
+        suite.check_text(config.text)
         task = {"builtin": "word_end", "text": config.text or "the run's corpus"}
     folded = {"run", "pretrain_preset", "labels"} | set(config.unused())
     study = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in folded}

@@ -134,8 +134,7 @@ def resolve(config: Config) -> dict:
     and the study's keys. On `run` the passages and samples must fit the model's context."""
     if config.run:
         require(not config.pretrain_run, "give run (any family, streamed) or pretrain_run, not both")
-        require(not config.text or Path(config.text).exists(), f"text={config.text!r} does not exist; give a text "
-                                                               f"file or a folder of .txt files")
+        suite.check_text(config.text)
         ref = suite.run_reference(config.run)
         waves_suite.check_run_shapes(config, ref["model"], run_tokenizer.load_tokenizer(config.run))
     else:
