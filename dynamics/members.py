@@ -24,6 +24,7 @@ from dynamics import sharding
 from dynamics import train as train_lib
 from dynamics.loop import Checkpoints, Diverged, evaluate_and_save, run_loop
 from dynamics.runlog import RunFolder
+from models import gpt
 from models.errors import require
 
 VMAP_KEYS = ("train.seed", "train.lr", "train.min_lr", "train.weight_decay")
@@ -78,7 +79,8 @@ def make_step(loss_fn, config: train_lib.TrainConfig, *, dropout: bool):
         lr = cosine_lr(state["step"], hp["lr"], hp["min_lr"], config.warmup, config.steps)
         opt_state = _set_hyperparams(state["opt_state"], learning_rate=lr, weight_decay=hp["weight_decay"])
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"]) if dropout else None
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+        with gpt.recomputing_backward():  # as dynamics.train's step
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
         updates, opt_state = optimizer.update(grads, opt_state, state["params"])
         params = optax.apply_updates(state["params"], updates)
         return ({**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1},

@@ -152,11 +152,15 @@ def lm_loss(model_config: gpt.GPTConfig):
     return loss
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, dropout: bool = True):
-    """Pure `train_step(state, batch) -> (state, metrics)`, jitted, state donated."""
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, dropout: bool = True,
+                    recompute_backward: bool = True):
+    """Pure `train_step(state, batch) -> (state, metrics)`, jitted, state donated. The gradients
+    are traced with the model's recomputing layer-norm and GELU backward unless
+    `recompute_backward` is False (`models.gpt.recomputing_backward`)."""
     def train_step(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"]) if dropout else None
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+        with gpt.recomputing_backward(recompute_backward):
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}

@@ -17,6 +17,7 @@ intermediates analyses need (names in `CAPTURES`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -109,10 +110,24 @@ def dense(x, w):
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*lead, w.shape[-1])
 
 
-# [choice] Off by default: the recomputing backward passes below round differently from
-# autodiff's (gradients agree to ~1e-6 relative, tests/test_fused_backward.py), so turning it on
-# moves trained runs at rounding level; `bench torch` times the training step both ways.
+# [choice] Read when a function is traced; off outside the training steps, which trace their
+# gradients under `recomputing_backward` (dynamics.train, dynamics.members): the recomputing
+# backward passes below are 4-10% faster per step (`bench torch`) and agree with autodiff's to
+# ~1e-6 relative (tests/test_fused_backward.py), but a custom_vjp has no forward-mode rule, so
+# analyses that take jvps or Hessians through the model need the plain functions.
 RECOMPUTE_BACKWARD = False  # layer norm and GELU through their one-pass custom_vjp backward
+
+
+@contextlib.contextmanager
+def recomputing_backward(on: bool = True):
+    """Trace the model's layer norms and GELUs with (or without) their recomputing backward
+    inside this block: `with gpt.recomputing_backward(): jax.grad(loss)(...)` in a jitted step."""
+    global RECOMPUTE_BACKWARD
+    previous, RECOMPUTE_BACKWARD = RECOMPUTE_BACKWARD, on
+    try:
+        yield
+    finally:
+        RECOMPUTE_BACKWARD = previous
 
 
 def layer_norm(x, p, eps: float = 1e-5):

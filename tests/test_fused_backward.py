@@ -116,19 +116,37 @@ def test_flat_adamw_updates_equal_optax_adamw(params_and_batch, clip):
     assert int(s1.count) == 8
 
 
-def test_training_with_every_faster_piece_follows_the_plain_run(params_and_batch, monkeypatch):
+def test_training_with_every_faster_piece_follows_the_plain_run(params_and_batch):
     """Six steps of the jitted train step with the recomputed backward and the flat AdamW: the
     losses equal the plain step's to 1e-5 relative."""
     params, batch = params_and_batch
     tc = train_lib.TrainConfig(steps=10, batch_size=4, lr=3e-3, warmup=3)
     losses = {}
     for faster in (False, True):
-        monkeypatch.setattr(gpt, "RECOMPUTE_BACKWARD", faster)
         optimizer = train_lib.flat_adamw(tc) if faster else train_lib.scheduled_adamw(tc)
-        step = train_lib.make_train_step(train_lib.lm_loss(CONFIG), optimizer, dropout=False)
+        step = train_lib.make_train_step(train_lib.lm_loss(CONFIG), optimizer, dropout=False,
+                                         recompute_backward=faster)
         state, losses[faster] = train_lib.init_state(params, optimizer, 0), []
         for _ in range(6):
             state, metrics = step(state, batch)
             losses[faster].append(float(metrics["loss"]))
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     assert losses[True][-1] < losses[True][0]
+
+
+def test_the_train_step_recomputes_while_analyses_keep_forward_mode(params_and_batch):
+    """The training step traces its gradients through the recomputing backward; outside it the
+    model is plain autodiff, so forward-mode derivatives (jvp, Hessian-vector products) work."""
+    params, batch = params_and_batch
+    tc = train_lib.TrainConfig(steps=10, batch_size=4, warmup=3)
+    optimizer = train_lib.scheduled_adamw(tc)
+    state = train_lib.init_state(params, optimizer, 0)
+    for recompute in (True, False):
+        step = train_lib.make_train_step(train_lib.lm_loss(CONFIG), optimizer, dropout=False,
+                                         recompute_backward=recompute)
+        assert ("custom_vjp" in str(jax.make_jaxpr(step)(state, batch))) == recompute
+    assert gpt.RECOMPUTE_BACKWARD is False
+    loss = train_lib.lm_loss(CONFIG)
+    tangent = jax.tree.map(jnp.ones_like, params)
+    _, directional = jax.jvp(lambda p: loss(p, batch, None), (params,), (tangent,))
+    assert np.isfinite(float(directional))

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,6 +197,22 @@ def test_grid_fit_equals_a_loop_over_checkpoints_and_layers():
     for c in range(3):
         for l in range(2):
             np.testing.assert_allclose(grid[c, l], fit(X_CLND[c, l], jnp.asarray(y)), rtol=2e-3, atol=2e-4)
+
+
+def test_grid_fit_in_chunks_equals_the_whole_grid_at_once():
+    X, y = data(n=200, d=6)
+    rng = np.random.default_rng(2)
+    X_CLND = jnp.asarray(np.stack([np.stack([X + rng.normal(size=X.shape) * (c + l) for l in range(3)])
+                                   for c in range(3)]), jnp.float32)  # 9 cells: chunks of 4, 4 and 1
+    fit = functools.partial(_fit_weights, n_iter=15)
+    whole = np.asarray(linear.fit_grid(fit, X_CLND, jnp.asarray(y)))
+    chunked = np.asarray(linear.fit_grid(fit, X_CLND, jnp.asarray(y), chunk=4))
+    assert chunked.shape == whole.shape == (3, 3, 7, 2)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-5)
+
+
+def _fit_weights(X_ND, y_N, n_iter):
+    return linear.fit_logistic(X_ND, y_N, 2, 1.0, n_iter).W
 
 
 def test_control_task_and_selectivity():

@@ -20,6 +20,7 @@ from probes import linear
 from experiments.bench.timing import matmul_peak_gflops
 
 SKETCH = 8  # [choice] rows 1 in SKETCH estimate the first Hessian (the Newton-sketch variant)
+CHUNK = 4  # [choice] fits at a time in the chunked variant (the fastest of 1-16 at the full shape)
 
 
 def logistic_objective_np(W, X, y, inv_l2: float) -> float:
@@ -52,10 +53,20 @@ def sklearn_logistic_loop(X_CLND, y_CLN, inv_l2: float):
     return w_sk, time.perf_counter() - t0
 
 
-def timed_grid_fit(X_CLND, y_CLN, n_classes: int, inv_l2: float, n_iter: int, sketch: int = 1):
-    """Every (checkpoint, layer) probe in one compiled call: (fits, compile s, run s after it)."""
-    fit = jax.jit(jax.vmap(jax.vmap(lambda X_, y_: linear.fit_logistic(X_, y_, n_classes, inv_l2, n_iter,
-                                                                       sketch=sketch))))
+def timed_grid_fit(X_CLND, y_CLN, n_classes: int, inv_l2: float, n_iter: int, sketch: int = 1,
+                   chunk: int | None = None):
+    """Every (checkpoint, layer) probe in one compiled call: (fits, compile s, run s after it).
+    `chunk`: that many fits at a time (`probes.linear.fit_grid`'s option), else all at once."""
+    one = lambda X_, y_: linear.fit_logistic(X_, y_, n_classes, inv_l2, n_iter, sketch=sketch)
+    if chunk is None:
+        fit = jax.jit(jax.vmap(jax.vmap(one)))
+    else:
+        def fit(X_, y_):
+            C, L = y_.shape[:2]
+            flat = jax.lax.map(lambda a: one(*a), (X_.reshape(C * L, *X_.shape[2:]), y_.reshape(C * L, -1)),
+                               batch_size=chunk)
+            return jax.tree.map(lambda o: o.reshape(C, L, *o.shape[1:]), flat)
+        fit = jax.jit(fit)
     Xj, yj = jnp.asarray(X_CLND), jnp.asarray(y_CLN)
     t0 = time.perf_counter()
     jax.block_until_ready(fit(Xj, yj))
@@ -84,13 +95,15 @@ def logistic_fit_flops(N: int, D: int, n_classes: int, hessians: int, reuse: int
 
 
 def grid_figures(prefix: str, fits, seconds: float, shape: tuple, n_classes: int, peak_gflops: float,
-                 sketch: int = 1) -> dict:
+                 sketch: int = 1, chunk: int | None = None) -> dict:
     """The fits' floating-point work (matmul FLOPs) over their wall time, as GFLOP/s and as a
-    fraction of the matmul peak measured in the same run. Vmapped fits all run as many
-    iterations as the slowest one, so that is the work counted."""
+    fraction of the matmul peak measured in the same run. Fits vmapped together (all of them, or
+    each `chunk`) run as many iterations as the slowest among them, so that is the work counted."""
     C, L, N, D = shape
-    executed = int(np.asarray(fits.n_iter).max())
-    flops = C * L * logistic_fit_flops(N, D, n_classes, executed, sketch=sketch)
+    iters = np.asarray(fits.n_iter).reshape(-1)
+    size = chunk or len(iters)
+    flops = sum(len(group) * logistic_fit_flops(N, D, n_classes, int(group.max()), sketch=sketch)
+                for group in np.split(iters, range(size, len(iters), size)))
     return {f"{prefix}_gflop": flops / 1e9, f"{prefix}_gflops_per_s": flops / seconds / 1e9,
             f"{prefix}_peak_fraction": flops / seconds / 1e9 / peak_gflops}
 
@@ -116,6 +129,7 @@ def bench_probes(quick: bool = False) -> dict:
     peak = matmul_peak_gflops(512 if quick else 2048, precision="highest")  # the fits' precision
     fits, compile_s, ours_s = timed_grid_fit(X, y, 2, inv_l2, n_iter)
     sketched, _, sketch_s = timed_grid_fit(X, y, 2, inv_l2, n_iter, sketch=SKETCH)
+    best, _, best_s = timed_grid_fit(X, y, 2, inv_l2, n_iter, sketch=SKETCH, chunk=CHUNK)
     log_odds = lambda f: np.asarray(f.W)[..., 1] - np.asarray(f.W)[..., 0]  # binary: logit 1 - logit 0
     w_sk, sklearn_s = sklearn_logistic_loop(X, y, inv_l2)
 
@@ -123,6 +137,7 @@ def bench_probes(quick: bool = False) -> dict:
                                     for c in range(C)])
     obj_sk = objective(w_sk)
     gap, gap_sketch = objective(log_odds(fits)) - obj_sk, objective(log_odds(sketched)) - obj_sk
+    gap_best = objective(log_odds(best)) - obj_sk
     result = {"probes_shape": [C, L, N, D], "probes_newton_iters": n_iter, "probes_compile_s": compile_s,
               "probes_ours_s": ours_s, "probes_sklearn_s": sklearn_s, "probes_speedup": sklearn_s / ours_s,
               "probes_objective_gap_max": float(gap.max()), "probes_objective_gap_rel_max": float((gap / obj_sk).max()),
@@ -134,14 +149,22 @@ def bench_probes(quick: bool = False) -> dict:
               "probes_sketch_objective_gap_rel_max": float((gap_sketch / obj_sk).max()),
               "probes_sketch_converged": int(np.asarray(sketched.converged).sum()),
               "probes_sketch_newton_iters_max": int(np.asarray(sketched.n_iter).max()),
-              **grid_figures("probes_sketch", sketched, sketch_s, (C, L, N, D), 2, peak, SKETCH)}
+              **grid_figures("probes_sketch", sketched, sketch_s, (C, L, N, D), 2, peak, SKETCH),
+              "probes_chunk": CHUNK, "probes_chunked_sketch_s": best_s,
+              "probes_chunked_sketch_speedup": sklearn_s / best_s,
+              "probes_chunked_sketch_objective_gap_rel_max": float((gap_best / obj_sk).max()),
+              "probes_chunked_sketch_converged": int(np.asarray(best.converged).sum()),
+              **grid_figures("probes_chunked_sketch", best, best_s, (C, L, N, D), 2, peak, SKETCH, CHUNK)}
     print(f"probes: C={C} checkpoints x L={L} logistic fits, N={N}, D={D}: ours {ours_s:.2f} s (compile "
           f"{compile_s:.1f} s), scikit-learn loop {sklearn_s:.2f} s, speed-up {result['probes_speedup']:.1f}x; "
           f"{result['probes_gflops_per_s']:.0f} GFLOP/s = {result['probes_peak_fraction']:.2f} of the {peak:.0f} "
           f"GFLOP/s matmul peak; objective gap (ours - sklearn) max {gap.max():.3g} (relative "
           f"{result['probes_objective_gap_rel_max']:.2g}); first Hessian sketched from 1/{SKETCH} of the rows: "
           f"{sketch_s:.2f} s ({result['probes_sketch_speedup']:.1f}x, {result['probes_sketch_peak_fraction']:.2f} of "
-          f"the peak, {result['probes_sketch_newton_iters_max']} exact Hessians at most)", flush=True)
+          f"the peak, {result['probes_sketch_newton_iters_max']} exact Hessians at most); and {CHUNK} fits at a "
+          f"time: {best_s:.2f} s ({result['probes_chunked_sketch_speedup']:.1f}x, "
+          f"{result['probes_chunked_sketch_peak_fraction']:.2f} of the peak, objective gap relative max "
+          f"{result['probes_chunked_sketch_objective_gap_rel_max']:.2g})", flush=True)
     return {**result, **bench_probes_multinomial(quick, peak)}
 
 

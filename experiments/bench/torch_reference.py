@@ -168,8 +168,8 @@ def interleaved(fns: dict, steps: int, windows: int = 3, warm: int = 1) -> dict:
 def ontogeny_step(model_config, batch_size: int, mesh=None, faster: bool = False):
     """Ontogeny's jitted train step with the CLI's default optimizer settings on a fixed batch
     (waits for the result, as the torch step does); data parallel over `mesh` when given.
-    `faster`: layer norm and GELU through their recomputing backward (`gpt.RECOMPUTE_BACKWARD`)
-    and AdamW over one flat buffer (`train.flat_adamw`), the step traced here under that flag."""
+    The step's layer norms and GELUs use their recomputing backward (the default of
+    `train.make_train_step`). `faster`: AdamW over one flat buffer too (`train.flat_adamw`)."""
     import jax
     from dynamics import sharding
     from dynamics import train as train_lib
@@ -187,12 +187,6 @@ def ontogeny_step(model_config, batch_size: int, mesh=None, faster: bool = False
     def run():
         state[0], metrics = step(state[0], batch)
         return float(metrics["loss"])
-    if faster:  # the flag is read when the step is traced: trace it now
-        previous, gpt.RECOMPUTE_BACKWARD = gpt.RECOMPUTE_BACKWARD, True
-        try:
-            run()
-        finally:
-            gpt.RECOMPUTE_BACKWARD = previous
     return run
 
 
@@ -315,7 +309,7 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
                      f"({ratios[0]:.2f}-{ratios[-1]:.2f} over {windows} interleaved windows)")
             ratios = sorted(a / b for a, b in zip(times["torch"], times["ontogeny_faster"]))
             results[f"ratio_vs_torch_{key}_faster"] = float(np.median(ratios))
-            line += f"; recomputed norms/GELU + flat AdamW {results[f'ratio_vs_torch_{key}_faster']:.2f}x torch"
+            line += f"; flat AdamW {results[f'ratio_vs_torch_{key}_faster']:.2f}x torch"
             if "ontogeny_2dev" in times:
                 ratios = sorted(a / b for a, b in zip(times["torch"], times["ontogeny_2dev"]))
                 results[f"ratio_vs_torch_{key}_2dev"] = float(np.median(ratios))
@@ -324,7 +318,7 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
             line += (f"; on 2 host devices {results[f'tokens_per_s_{key}_2dev']:,.0f} tokens/s, "
                      f"{results[f'ratio_2dev_over_1dev_{key}']:.2f}x one device"
                      + (f", {results[f'ratio_vs_torch_{key}_2dev']:.2f}x torch" if have_torch else ""))
-        line += (f"; recomputed norms/GELU + flat AdamW {results[f'tokens_per_s_{key}_faster']:,.0f} tokens/s, "
+        line += (f"; flat AdamW {results[f'tokens_per_s_{key}_faster']:,.0f} tokens/s, "
                  f"{results[f'ratio_faster_over_plain_{key}']:.2f}x the plain step")
         faults = results[f"page_faults_per_step_{key}"]
         if faults is not None:
