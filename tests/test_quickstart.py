@@ -56,87 +56,69 @@ def test_only_adds_the_pretrain_it_needs_and_rejects_unknown_studies(fake_studie
     assert "'wavez' is not a study" in capsys.readouterr().err
 
 
-def test_the_studies_that_reuse_the_pretrain_run_wait_for_it():
-    from experiments.tools.quickstart import chosen_studies, inputs
+def test_lanes_keep_the_pretrain_chain_together_and_deal_the_rest():
+    from experiments.tools.quickstart import lanes
 
     names = registry.quickstart_studies()
-    for name in names:
-        want = ["pretrain"] if registry.ENTRIES[name].reuses_pretrain else []
-        assert inputs(name, names) == want
-    assert inputs("crosscoders", ["crosscoders"]) == []  # an existing pretrain run given by the user
-    assert chosen_studies("waves") == ["pretrain", "waves"]
-    assert chosen_studies("waves", add_pretrain=False) == ["waves"]  # one study of a scheduled run
+    assert lanes(names, 1) == [names]
+    two = lanes(names, 2)
+    chain = [n for n in names if n == "pretrain" or registry.ENTRIES[n].reuses_pretrain]
+    assert two[0] == chain and sorted(two[1]) == sorted(set(names) - set(chain))
+    assert sorted(n for lane in lanes(names, 9) for n in lane) == sorted(names)  # no study lost or doubled
+    assert lanes(["cognition", "neuromfa"], 2) == [["cognition"], ["neuromfa"]]
 
 
-STAND_IN = ("import json, os, pathlib, sys, time\n"
-            "from experiments.cli import host_devices\n"
-            "host_devices.pin_cpus()  # as the CLI does first\n"
-            "out, n = pathlib.Path(sys.argv[1]), sys.argv[2]\n"
-            "(out / n).mkdir(exist_ok=True)\n"
-            "start = time.time(); time.sleep(float(os.environ.get('NAP_' + n, '0.05')))\n"
-            "if n.startswith('bad'):\n"
-            "    (out / n / 'error.txt').write_text('Traceback\\nRuntimeError: ' + n + ' broke')\n"
-            "    print(n, 'failed here')\n"
-            "else:\n"
-            "    (out / n / 'summary.json').write_text(json.dumps({'start': start, 'end': time.time(),\n"
-            "        'cpus': sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []}))\n")
-
-
-def run_stand_ins(tmp_path, names, jobs, needs, naps=None):
-    import os
+def test_run_lanes_starts_one_process_a_lane_and_reports_the_studies_left_without_a_summary(tmp_path, capsys):
+    """Each lane is a real process (here a stand-in writing the summaries); a study whose lane
+    wrote no summary is reported with its error line and its lane's log."""
     import sys
 
-    from experiments.tools.quickstart import run_scheduled
+    from experiments.tools.quickstart import run_lanes
 
-    env = {f"NAP_{n}": str(t) for n, t in (naps or {}).items()}
-    os.environ.update(env)
-    try:
-        return run_scheduled(names, jobs, tmp_path, lambda n: [sys.executable, "-c", STAND_IN, str(tmp_path), n],
-                             needs=needs)
-    finally:
-        for k in env:
-            os.environ.pop(k)
-
-
-def test_a_free_slot_takes_the_next_ready_study_and_failures_are_reported(tmp_path, capsys):
-    """Real processes (stand-ins writing the summaries): a study starts only after its input
-    finished, a free slot does not wait for a slow one, a study whose input failed is not
-    started, and each failure names its error line and its slot's log."""
-    needs = {"after": ["first"], "orphan": ["bad"]}.get
-    failed = run_stand_ins(tmp_path, ["first", "slow", "after", "bad", "orphan"], 2, lambda n: needs(n) or [],
-                           naps={"first": 0.3, "slow": 2.5})
-    assert set(failed) == {"bad", "orphan"}
-    assert failed["bad"].startswith("RuntimeError: bad broke (log: ") and "quickstart-lane-" in failed["bad"]
-    assert failed["orphan"] == "not run: it needs bad, which did not finish"
-    assert not (tmp_path / "orphan").exists()
-    read = lambda n: json.loads((tmp_path / n / "summary.json").read_text())
-    assert read("after")["start"] >= read("first")["end"]
-    assert read("after")["end"] <= read("slow")["end"]  # ran beside the slow one, in the freed slot
-    logs = "".join((tmp_path / f"quickstart-lane-{k}.log").read_text() for k in range(2))
-    assert "bad failed here" in logs and "== after" in logs
+    code = ("import json, pathlib, sys\n"
+            "out = pathlib.Path(sys.argv[1])\n"
+            "for n in sys.argv[2:]:\n"
+            "    (out / n).mkdir(exist_ok=True)\n"
+            "    if n == 'b':\n"
+            "        (out / n / 'error.txt').write_text('Traceback\\nRuntimeError: b broke')\n"
+            "        print('b failed here')\n"
+            "    else:\n"
+            "        (out / n / 'summary.json').write_text(json.dumps({'value': 1}))\n")
+    failed = run_lanes([["a", "b"], ["c"]], tmp_path, lambda lane: [sys.executable, "-c", code, str(tmp_path), *lane])
+    assert list(failed) == ["b"] and failed["b"].startswith("RuntimeError: b broke (log: ")
+    assert "b failed here" in (tmp_path / "quickstart-lane-0.log").read_text()
+    assert (tmp_path / "c" / "summary.json").exists()
     shown = capsys.readouterr()
-    assert "first: done" in shown.out + shown.err and "bad: done" not in shown.out + shown.err
+    assert "a: done" in shown.out + shown.err and "c: done" in shown.out + shown.err
+    assert "b: done" not in shown.out + shown.err
 
 
 def test_lane_cpus_split_the_cpus_without_overlap():
     from experiments.tools.quickstart import lane_cpus
 
     assert lane_cpus(2, [0, 1]) == [{0}, {1}]
-    assert lane_cpus(2, [0, 1, 2, 3, 4]) == [{0, 1, 2}, {3, 4}]  # the first slot gets the rest
+    assert lane_cpus(2, [0, 1, 2, 3, 4]) == [{0, 1, 2}, {3, 4}]  # the first lane, the longest, gets the rest
     assert lane_cpus(3, [4, 5, 6, 7, 8, 9]) == [{4, 5}, {6, 7}, {8, 9}]
-    assert lane_cpus(3, [0, 1]) is None and lane_cpus(1, [0, 1]) is None  # too few CPUs; one slot: no pinning
+    assert lane_cpus(3, [0, 1]) is None and lane_cpus(1, [0, 1]) is None  # too few CPUs; one lane: no pinning
 
 
-def test_each_slot_runs_on_its_own_cpus(tmp_path):
+def test_each_lane_runs_on_its_own_cpus(tmp_path):
     import os
+    import sys
 
-    from experiments.tools.quickstart import lane_cpus
+    from experiments.tools.quickstart import lane_cpus, run_lanes
 
     if lane_cpus(2) is None:
         pytest.skip("needs two CPUs this process may use")
-    assert run_stand_ins(tmp_path, ["a", "b"], 2, lambda n: [], naps={"a": 1.0, "b": 1.0}) == {}
-    a, b = (set(json.loads((tmp_path / n / "summary.json").read_text())["cpus"]) for n in "ab")
-    assert sorted([a, b], key=min) == lane_cpus(2) and not a & b
+    code = ("import json, os, pathlib, sys\n"
+            "from experiments.cli import host_devices\n"
+            "host_devices.pin_cpus()  # as the CLI does first\n"
+            "out = pathlib.Path(sys.argv[1]); n = sys.argv[2]\n"
+            "(out / n).mkdir(exist_ok=True)\n"
+            "(out / n / 'summary.json').write_text(json.dumps(sorted(os.sched_getaffinity(0))))\n")
+    assert run_lanes([["a"], ["b"]], tmp_path, lambda lane: [sys.executable, "-c", code, str(tmp_path), *lane]) == {}
+    a, b = (set(json.loads((tmp_path / n / "summary.json").read_text())) for n in "ab")
+    assert [a, b] == lane_cpus(2) and not a & b
     assert os.sched_getaffinity(0) >= a | b  # this process keeps every CPU
 
 
@@ -145,8 +127,8 @@ def test_jobs_are_refused_below_one(tmp_path, capsys):
     assert "--jobs 0 must be at least 1" in capsys.readouterr().err
 
 
-def test_the_processes_share_one_compilation_cache_and_count_what_they_build(tmp_path, monkeypatch):
-    """Every study's process gets the same JAX_COMPILATION_CACHE_DIR (the user's, else OUT/xla-cache); a
+def test_the_lanes_share_one_compilation_cache_and_count_what_they_build(tmp_path, monkeypatch):
+    """Every lane gets the same JAX_COMPILATION_CACHE_DIR (the user's, else OUT/xla-cache); a
     program built twice in one cache is loaded the second time, and the meter counts both."""
     import os
     import subprocess
@@ -161,8 +143,8 @@ def test_the_processes_share_one_compilation_cache_and_count_what_they_build(tmp
     code = ("import os, pathlib, sys\n"
             "pathlib.Path(sys.argv[1], sys.argv[2]).mkdir()\n"
             "pathlib.Path(sys.argv[1], sys.argv[2], 'summary.json').write_text(os.environ['JAX_COMPILATION_CACHE_DIR'])\n")
-    qs.run_scheduled(["a", "b"], 2, tmp_path, lambda name: [sys.executable, "-c", code, str(tmp_path), name],
-                     env={qs.CACHE_ENV: "/shared/cache"})
+    qs.run_lanes([["a"], ["b"]], tmp_path, lambda lane: [sys.executable, "-c", code, str(tmp_path), *lane],
+                 env={qs.CACHE_ENV: "/shared/cache"})
     assert (tmp_path / "a" / "summary.json").read_text() == (tmp_path / "b" / "summary.json").read_text() == "/shared/cache"
     build = ("import jax, jax.numpy as jnp\n"
              "from experiments.tools.quickstart import CompileMeter\n"

@@ -8,13 +8,11 @@ Each study writes its own run folder DIR/<study>; DIR/report.html gathers them. 
 command again resumes: finished studies are kept, an interrupted one resumes from its
 checkpoints. A study that fails is reported and the others still run (exit status 1).
 
-`--jobs N` runs up to N studies at a time, each in a process of its own on its own CPUs
-(`lane_cpus`): whenever one finishes, the first study whose inputs are ready starts in its place
-(the studies that reuse the pretrain run wait for it), so no core waits while work is left.
-Slot K logs to DIR/quickstart-lane-K.log while this process shows a bar of finished studies.
-[choice] Most of a tiny study is small XLA programs that keep one core busy, so two processes
-on two cores finish sooner; the results are the same as one process's, each study being
-computed the same way in either.
+`--jobs N` runs the studies in N processes (`lanes`), each on its own CPUs (`lane_cpus`): the
+pretrain run and the studies that reuse it in one, the others dealt over the rest, each process
+logging to DIR/quickstart-lane-K.log while this one shows a bar of finished studies. [choice] Most of a tiny study is small XLA
+programs that keep one core busy, so two processes on two cores finish sooner; the results are
+the same as one process's, each study being computed the same way in either.
 
 Every process of a quickstart shares one persistent XLA compilation cache (`compile_cache`:
 JAX_COMPILATION_CACHE_DIR when set, else DIR/xla-cache), so a program compiled once (in either
@@ -63,9 +61,8 @@ def study_config(name: str, module, pretrain_dir: Path):
     return config
 
 
-def chosen_studies(only: str | None, add_pretrain: bool = True) -> list[str]:
-    """The registry's quickstart studies, or the `--only` subset (plus pretrain when one reuses
-    it, unless `add_pretrain` is False: a study run by `run_scheduled`, whose pretrain is done)."""
+def chosen_studies(only: str | None) -> list[str]:
+    """The registry's quickstart studies, or the `--only` subset (plus pretrain when one reuses it)."""
     studies = registry.quickstart_studies()
     if not only:
         return studies
@@ -73,26 +70,37 @@ def chosen_studies(only: str | None, add_pretrain: bool = True) -> list[str]:
     unknown = [n for n in names if n not in studies]
     if unknown:
         raise OntogenyError(f"--only {unknown[0]!r} is not a study; choose from: {', '.join(studies)}")
-    if add_pretrain and any(registry.ENTRIES[n].reuses_pretrain for n in names) and "pretrain" not in names:
+    if any(registry.ENTRIES[n].reuses_pretrain for n in names) and "pretrain" not in names:
         names.insert(0, "pretrain")
     return names
 
 
-def inputs(name: str, names: list[str]) -> list[str]:
-    """The studies among `names` that `name` must wait for: the shared pretrain run, for the
-    studies that reuse it."""
-    reuses = name != "pretrain" and registry.ENTRIES[name].reuses_pretrain and "pretrain" in names
-    return ["pretrain"] if reuses else []
+def lanes(names: list[str], jobs: int) -> list[list[str]]:
+    """The studies split over `jobs` processes, order kept within each: the pretrain run and the
+    studies that reuse it in the first, the others dealt in turn over the other lanes (over all
+    of them when there is one lane, or no pretrain chain)."""
+    chain = [n for n in names if n == "pretrain" or registry.ENTRIES[n].reuses_pretrain]
+    rest = [n for n in names if n not in chain]
+    if jobs <= 1:
+        return [names]
+    out = [chain] + [[] for _ in range(jobs - 1)] if chain else [[] for _ in range(jobs)]
+    free = range(1, jobs) if chain else range(jobs)
+    for i, name in enumerate(rest):
+        out[free[i % len(free)]].append(name)
+    return [lane for lane in out if lane]
 
 
 def lane_cpus(n_lanes: int, available: list[int] | None = None) -> list[set[int]] | None:
-    """Disjoint CPU sets, one a slot of `run_scheduled` (the first takes any remainder), or None
-    when there are fewer CPUs than slots or the platform cannot pin a process.
+    """Disjoint CPU sets, one a lane (the first lane, the longest, takes any remainder), or None
+    when there are fewer CPUs than lanes or the platform cannot pin a process.
 
-    [choice] Each slot keeps to its own cores: XLA sizes its thread pool from the CPUs a process
+    [choice] Each lane keeps to its own cores: XLA sizes its thread pool from the CPUs a process
     may use, and two processes whose pools each span both cores of a 2-core machine fight over
     them. Two tiny pretrain runs side by side took 70.3-70.5 s free and 61.1-61.2 s pinned to a
-    core each (2-core Intel Xeon, AVX-512, 2026-12-07)."""
+    core each (2-core Intel Xeon, AVX-512, 2026-12-07). A process per study, started on the
+    first free core as its inputs became ready, balanced the lanes but cost 10% more CPU time
+    (imports, and programs a lane's process had compiled once built again): 10.0 min for the
+    quickstart against 9.5 with lanes."""
     if available is None:
         if not hasattr(os, "sched_getaffinity"):
             return None
@@ -104,61 +112,48 @@ def lane_cpus(n_lanes: int, available: list[int] | None = None) -> list[set[int]
     return [set(available[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
-def run_scheduled(names: list[str], jobs: int, out: Path, command, env: dict | None = None,
-                  needs=lambda name: []) -> dict[str, str]:
-    """Run every study in a process of its own (`command(name)`, an argv; `env` added to this
-    process's environment), at most `jobs` at a time, slot K on its own CPUs where there are
-    enough (`lane_cpus`, passed as ONTOGENY_CPUS) and logging to out/quickstart-lane-K.log. A free slot takes the first
-    study in `names` whose `needs(name)` have all finished (written their summary.json); one
-    whose needs failed is not started. Shows the studies as they finish; returns {study: why it
-    failed} for the studies left without a summary."""
+def run_lanes(plan: list[list[str]], out: Path, command, env: dict | None = None) -> dict[str, str]:
+    """Start `command(lane)` (an argv) for every lane, each on its own CPUs where there are
+    enough (`lane_cpus`, passed as ONTOGENY_CPUS), logging to out/quickstart-lane-K.log (`env` added to this process's
+    environment), show the studies as they finish (their summary.json appears) and wait for all;
+    returns {study: why it failed} for the studies left without a summary."""
+    names = [n for lane in plan for n in lane]
     summary = lambda n: out / n / "summary.json"
-    logs = [open(out / f"quickstart-lane-{k}.log", "w") for k in range(jobs)]
+    logs = [open(out / f"quickstart-lane-{k}.log", "w") for k in range(len(plan))]
     env = {**os.environ, **(env or {})}
-    cpus = lane_cpus(jobs)
-    # the child pins itself before jax starts (experiments.cli.host_devices.pin_cpus): no fork here
-    slot_env = lambda k: env if cpus is None else {**env, host_devices.CPUS_ENV: ",".join(map(str, sorted(cpus[k])))}
-    waiting, running, done, failed = list(names), {}, set(), {}
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(names), desc=f"quickstart ({jobs} processes)", unit="study", dynamic_ncols=True)
+    cpus = lane_cpus(len(plan))
+    # each lane pins itself before jax starts (experiments.cli.host_devices.pin_cpus): no fork here
+    lane_env = lambda k: env if cpus is None else {**env, host_devices.CPUS_ENV: ",".join(map(str, sorted(cpus[k])))}
+    procs = [subprocess.Popen(command(lane), stdout=log, stderr=subprocess.STDOUT, env=lane_env(k))
+             for k, (lane, log) in enumerate(zip(plan, logs))]
+    t0, seen = time.perf_counter(), set()
+    bar = tqdm(total=len(names), desc=f"quickstart ({len(plan)} processes)", unit="study", dynamic_ncols=True)
     try:
-        while waiting or running:
-            for k, (name, proc) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[k]
-                if summary(name).exists():
-                    done.add(name)
+        while True:
+            running = any(p.poll() is None for p in procs)
+            for n in names:
+                if n not in seen and summary(n).exists():
+                    seen.add(n)
                     bar.update(1)
-                    bar.write(f"{name}: done ({time.perf_counter() - t0:.0f} s from the start)")
-                else:
-                    error = out / name / "error.txt"
-                    last = error.read_text().strip().splitlines()[-1] if error.exists() else "no summary"
-                    failed[name] = f"{last} (log: {out / f'quickstart-lane-{k}.log'})"
-            for name in list(waiting):
-                lost = [m for m in needs(name) if m in failed or m not in names]
-                if lost:
-                    waiting.remove(name)
-                    failed[name] = f"not run: it needs {lost[0]}, which did not finish"
-            for k in [k for k in range(jobs) if k not in running]:
-                name = next((n for n in waiting if all(m in done for m in needs(n))), None)
-                if name is None:
-                    break
-                waiting.remove(name)
-                logs[k].write(f"== {name}\n")
-                logs[k].flush()
-                running[k] = (name, subprocess.Popen(command(name), stdout=logs[k], stderr=subprocess.STDOUT,
-                                                     env=slot_env(k)))
-            if running:
-                time.sleep(0.5)
-    except KeyboardInterrupt:  # the studies got the same Ctrl-C and save their resume points
-        for _, proc in running.values():
-            proc.wait()
+                    bar.write(f"{n}: done ({time.perf_counter() - t0:.0f} s from the start)")
+            if not running:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:  # the lanes got the same Ctrl-C and save their resume points
+        for p in procs:
+            p.wait()
         raise
     finally:
         bar.close()
         for log in logs:
             log.close()
+    failed = {}
+    for k, lane in enumerate(plan):
+        for n in lane:
+            if not summary(n).exists():
+                error = out / n / "error.txt"
+                last = error.read_text().strip().splitlines()[-1] if error.exists() else "no summary"
+                failed[n] = f"{last} (log: {out / f'quickstart-lane-{k}.log'})"
     return failed
 
 
@@ -171,7 +166,7 @@ def main(argv: list[str]) -> int:
                         help="processes running studies side by side (default 1; 2 on a 2-core machine is faster)")
     parser.add_argument("--lane", action="store_true", help=argparse.SUPPRESS)  # one lane of --jobs: no report
     args = parser.parse_args(argv)
-    names = chosen_studies(args.only, add_pretrain=not args.lane)
+    names = chosen_studies(args.only)
     if args.jobs < 1:
         raise OntogenyError(f"--jobs {args.jobs} must be at least 1")
     if args.jobs > 1 and (jax.process_count() > 1 or args.lane):
@@ -182,18 +177,17 @@ def main(argv: list[str]) -> int:
     cache = compile_cache(out)
     jax.config.update("jax_compilation_cache_dir", cache)
 
-    jobs = min(args.jobs, len(names))
-    if jobs > 1:
+    plan = lanes(names, args.jobs)
+    if len(plan) > 1:
         t0 = time.perf_counter()
-        failed = run_scheduled(names, jobs, out,
-                               lambda name: [sys.executable, "-m", "experiments", "quickstart", "--out", str(out),
-                                             "--only", name, "--jobs", "1", "--lane"],
-                               env={CACHE_ENV: cache}, needs=lambda name: inputs(name, names))
+        failed = run_lanes(plan, out, lambda lane: [sys.executable, "-m", "experiments", "quickstart", "--out", str(out),
+                                                    "--only", ",".join(lane), "--jobs", "1", "--lane"],
+                           env={CACHE_ENV: cache})
         for name, why in failed.items():
             print(f"{name}: FAILED: {why}")
         report = write_report(out)
         print(f"quickstart: {len(names) - len(failed)}/{len(names)} studies in {(time.perf_counter() - t0) / 60:.1f} min "
-              f"on {jobs} processes at a time; report: {report.resolve()}")
+              f"on {len(plan)} processes; report: {report.resolve()}")
         return 1 if failed else 0
 
     timings, failed, meter = {}, {}, CompileMeter.start()
