@@ -214,8 +214,9 @@ def fit_grid(fn, *arrays, grid_axes: int = 2, chunk: int | None = None):
     `chunk`: fit that many grid cells at a time (a `lax.map` over the flattened grid, each step
     vmapped) instead of all at once; results agree to float32 rounding. [choice] Off by default:
     on a CPU a few fits at a time keep each step's data in cache, which measured 1.2-1.5x faster
-    for fits whose Newton passes over the data dominate (N >> D, D <= 128; `bench probes`), but
-    15% slower where the D^2 Hessians dominate (D = 512), and an accelerator wants the whole grid.
+    for fits whose Newton passes over the data dominate (N >> D, D <= 128), but 15% slower where
+    the D^2 Hessians dominate (D = 512) (2-core Intel Xeon, AVX-512, 2026-12-07;
+    docs/benchmarks/2026-12-07-xeon.md), and an accelerator wants the whole grid.
     """
     return _grid_program(fn, len(arrays), grid_axes, chunk)(*arrays)
 
