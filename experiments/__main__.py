@@ -111,7 +111,6 @@ if __name__ == "__main__":
 
     try:  # before anything imports jax: the CPU backend reads XLA_FLAGS once, when it starts
         allocator.configure()  # may restart this interpreter with glibc's malloc tunables
-        host_devices.pin_cpus()
         host_devices.configure()
     except OntogenyError as e:
         sys.exit(_fail(str(e)))

@@ -78,19 +78,3 @@ def test_training_mesh_falls_back_to_the_devices_that_split_the_batch():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["3", "2", "2", "None", "3", "None"]
     assert proc.stderr.count("does not split over 3 devices") == 3
-
-
-def test_pin_cpus_keeps_to_the_listed_cpus_and_refuses_what_names_none():
-    if not hasattr(os, "sched_setaffinity"):
-        pytest.skip("the platform cannot pin a process")
-    before = os.sched_getaffinity(0)
-    try:
-        assert host_devices.pin_cpus({}) is None
-        one = min(before)
-        assert host_devices.pin_cpus({host_devices.CPUS_ENV: str(one)}) == {one}
-        assert os.sched_getaffinity(0) == {one}
-        for bad in ("x", "1,,2", "99999"):
-            with pytest.raises(OntogenyError, match=f"{host_devices.CPUS_ENV}="):
-                host_devices.pin_cpus({host_devices.CPUS_ENV: bad})
-    finally:
-        os.sched_setaffinity(0, before)

@@ -93,35 +93,6 @@ def test_run_lanes_starts_one_process_a_lane_and_reports_the_studies_left_withou
     assert "b: done" not in shown.out + shown.err
 
 
-def test_lane_cpus_split_the_cpus_without_overlap():
-    from experiments.tools.quickstart import lane_cpus
-
-    assert lane_cpus(2, [0, 1]) == [{0}, {1}]
-    assert lane_cpus(2, [0, 1, 2, 3, 4]) == [{0, 1, 2}, {3, 4}]  # the first lane, the longest, gets the rest
-    assert lane_cpus(3, [4, 5, 6, 7, 8, 9]) == [{4, 5}, {6, 7}, {8, 9}]
-    assert lane_cpus(3, [0, 1]) is None and lane_cpus(1, [0, 1]) is None  # too few CPUs; one lane: no pinning
-
-
-def test_each_lane_runs_on_its_own_cpus(tmp_path):
-    import os
-    import sys
-
-    from experiments.tools.quickstart import lane_cpus, run_lanes
-
-    if lane_cpus(2) is None:
-        pytest.skip("needs two CPUs this process may use")
-    code = ("import json, os, pathlib, sys\n"
-            "from experiments.cli import host_devices\n"
-            "host_devices.pin_cpus()  # as the CLI does first\n"
-            "out = pathlib.Path(sys.argv[1]); n = sys.argv[2]\n"
-            "(out / n).mkdir(exist_ok=True)\n"
-            "(out / n / 'summary.json').write_text(json.dumps(sorted(os.sched_getaffinity(0))))\n")
-    assert run_lanes([["a"], ["b"]], tmp_path, lambda lane: [sys.executable, "-c", code, str(tmp_path), *lane]) == {}
-    a, b = (set(json.loads((tmp_path / n / "summary.json").read_text())) for n in "ab")
-    assert [a, b] == lane_cpus(2) and not a & b
-    assert os.sched_getaffinity(0) >= a | b  # this process keeps every CPU
-
-
 def test_jobs_are_refused_below_one(tmp_path, capsys):
     assert cli(["quickstart", "--jobs", "0", "--out", str(tmp_path / "q")]) == 2
     assert "--jobs 0 must be at least 1" in capsys.readouterr().err

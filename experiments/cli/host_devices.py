@@ -20,7 +20,6 @@ from models.errors import OntogenyError
 
 FLAG = "--xla_force_host_platform_device_count"
 ENV = "ONTOGENY_HOST_DEVICES"
-CPUS_ENV = "ONTOGENY_CPUS"  # comma-separated CPU ids this process keeps to (the quickstart sets it)
 DEFAULT_DEVICES = 1  # [choice] see above; the default asks for min(DEFAULT_DEVICES, usable cores)
 
 
@@ -64,21 +63,3 @@ def configure(environ=None, cores: int | None = None) -> int | None:
     if n is not None:
         environ["XLA_FLAGS"] = f"{environ.get('XLA_FLAGS', '')} {FLAG}={n}".strip()
     return n
-
-
-def pin_cpus(environ=None) -> set[int] | None:
-    """Keep this process to the CPUs that ONTOGENY_CPUS lists (e.g. "0,1"), before jax starts:
-    XLA sizes its thread pool from the CPUs a process may use. Returns them, or None when the
-    variable is unset or the platform cannot pin. The quickstart sets it for each study's process,
-    so the processes beside each other do not fight over the same cores."""
-    environ = os.environ if environ is None else environ
-    value = environ.get(CPUS_ENV, "").strip()
-    if not value or not hasattr(os, "sched_setaffinity"):
-        return None
-    try:
-        cpus = {int(c) for c in value.split(",")}
-        os.sched_setaffinity(0, cpus)
-    except (ValueError, OSError) as e:
-        raise OntogenyError(f"{CPUS_ENV}={value!r} names no CPUs this process may use ({e}); unset it, "
-                            f"or give ids from {sorted(os.sched_getaffinity(0))}") from None
-    return cpus

@@ -8,9 +8,9 @@ Each study writes its own run folder DIR/<study>; DIR/report.html gathers them. 
 command again resumes: finished studies are kept, an interrupted one resumes from its
 checkpoints. A study that fails is reported and the others still run (exit status 1).
 
-`--jobs N` runs the studies in N processes (`lanes`), each on its own CPUs (`lane_cpus`): the
-pretrain run and the studies that reuse it in one, the others dealt over the rest, each process
-logging to DIR/quickstart-lane-K.log while this one shows a bar of finished studies. [choice] Most of a tiny study is small XLA
+`--jobs N` runs the studies in N processes (`lanes`): the pretrain run and the studies that reuse
+it in one, the others dealt over the rest, each process logging to DIR/quickstart-lane-K.log
+while this one shows a bar of finished studies. [choice] Most of a tiny study is small XLA
 programs that keep one core busy, so two processes on two cores finish sooner; the results are
 the same as one process's, each study being computed the same way in either.
 
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from dynamics import distributed
 from models.errors import OntogenyError
 from experiments.bench.timing import CompileMeter
-from experiments.cli import host_devices, registry
+from experiments.cli import registry
 from experiments.cli.config import ArgumentParser, run_into
 from experiments.tools.report import write_report
 
@@ -90,42 +90,17 @@ def lanes(names: list[str], jobs: int) -> list[list[str]]:
     return [lane for lane in out if lane]
 
 
-def lane_cpus(n_lanes: int, available: list[int] | None = None) -> list[set[int]] | None:
-    """Disjoint CPU sets, one a lane (the first lane, the longest, takes any remainder), or None
-    when there are fewer CPUs than lanes or the platform cannot pin a process.
-
-    [choice] Each lane keeps to its own cores: XLA sizes its thread pool from the CPUs a process
-    may use, and two processes whose pools each span both cores of a 2-core machine fight over
-    them. Two tiny pretrain runs side by side took 70.3-70.5 s free and 61.1-61.2 s pinned to a
-    core each (2-core Intel Xeon, AVX-512, 2026-12-07). A process per study, started on the
-    first free core as its inputs became ready, balanced the lanes but cost 10% more CPU time
-    (imports, and programs a lane's process had compiled once built again): 10.0 min for the
-    quickstart against 9.5 with lanes."""
-    if available is None:
-        if not hasattr(os, "sched_getaffinity"):
-            return None
-        available = sorted(os.sched_getaffinity(0))
-    if n_lanes < 2 or len(available) < n_lanes:
-        return None
-    per, extra = divmod(len(available), n_lanes)
-    bounds = [0] + [per * (k + 1) + extra for k in range(n_lanes)]
-    return [set(available[a:b]) for a, b in zip(bounds, bounds[1:])]
-
-
 def run_lanes(plan: list[list[str]], out: Path, command, env: dict | None = None) -> dict[str, str]:
-    """Start `command(lane)` (an argv) for every lane, each on its own CPUs where there are
-    enough (`lane_cpus`, passed as ONTOGENY_CPUS), logging to out/quickstart-lane-K.log (`env` added to this process's
-    environment), show the studies as they finish (their summary.json appears) and wait for all;
-    returns {study: why it failed} for the studies left without a summary."""
+    """Start `command(lane)` (an argv) for every lane, logging to out/quickstart-lane-K.log
+    (`env` added to this process's environment), show the studies as they finish (their
+    summary.json appears) and wait for all; returns {study: why it failed} for the studies left
+    without a summary."""
     names = [n for lane in plan for n in lane]
     summary = lambda n: out / n / "summary.json"
     logs = [open(out / f"quickstart-lane-{k}.log", "w") for k in range(len(plan))]
     env = {**os.environ, **(env or {})}
-    cpus = lane_cpus(len(plan))
-    # each lane pins itself before jax starts (experiments.cli.host_devices.pin_cpus): no fork here
-    lane_env = lambda k: env if cpus is None else {**env, host_devices.CPUS_ENV: ",".join(map(str, sorted(cpus[k])))}
-    procs = [subprocess.Popen(command(lane), stdout=log, stderr=subprocess.STDOUT, env=lane_env(k))
-             for k, (lane, log) in enumerate(zip(plan, logs))]
+    procs = [subprocess.Popen(command(lane), stdout=log, stderr=subprocess.STDOUT, env=env)
+             for lane, log in zip(plan, logs)]
     t0, seen = time.perf_counter(), set()
     bar = tqdm(total=len(names), desc=f"quickstart ({len(plan)} processes)", unit="study", dynamic_ncols=True)
     try:
