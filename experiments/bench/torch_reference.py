@@ -319,7 +319,7 @@ def side_by_side(shapes: dict, flops_per_token, peak_gflops: float, steps: dict,
                      f"{results[f'ratio_2dev_over_1dev_{key}']:.2f}x one device"
                      + (f", {results[f'ratio_vs_torch_{key}_2dev']:.2f}x torch" if have_torch else ""))
         line += (f"; flat AdamW {results[f'tokens_per_s_{key}_faster']:,.0f} tokens/s, "
-                 f"{results[f'ratio_faster_over_plain_{key}']:.2f}x the plain step")
+                 f"{results[f'ratio_faster_over_plain_{key}']:.2f}x the default step")
         faults = results[f"page_faults_per_step_{key}"]
         if faults is not None:
             line += f"; page faults a step {faults:,.0f}"
