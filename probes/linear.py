@@ -205,11 +205,12 @@ def logistic_probe(X_train, y_train, X_test, y_test, n_classes: int = 2, C=1.0, 
     return fit, acc(X_train, y_train), acc(X_test, y_test)
 
 
-def fit_grid(fn, *arrays, grid_axes: int = 2, chunk: int | None = None):
-    """Vmap `fn` over the leading `grid_axes` axes of the first array (e.g. checkpoint, layer);
-    the remaining arrays (labels, ...) are shared. The compiled program is cached per
-    (fn, number of arrays, grid_axes, chunk): calling again with the same `fn` (a module-level
-    function or one `functools.partial` kept by the caller) and the same shapes does not re-trace.
+def fit_grid(fn, *arrays, grid_axes: int = 2, chunk: int | None = None, mapped: int = 1):
+    """Vmap `fn` over the leading `grid_axes` axes of the first `mapped` arrays (e.g. checkpoint,
+    layer); the remaining arrays (labels, ...) are shared. The compiled program is cached per
+    (fn, number of arrays, grid_axes, chunk, mapped): calling again with the same `fn` (a
+    module-level function or one `functools.partial` kept by the caller) and the same shapes does
+    not re-trace.
 
     `chunk`: fit that many grid cells at a time (a `lax.map` over the flattened grid, each step
     vmapped) instead of all at once; results agree to float32 rounding. [choice] Off by default:
@@ -218,22 +219,23 @@ def fit_grid(fn, *arrays, grid_axes: int = 2, chunk: int | None = None):
     the D^2 Hessians dominate (D = 512) (2-core Intel Xeon, AVX-512, 2026-12-07;
     docs/benchmarks/2026-12-07-xeon.md), and an accelerator wants the whole grid.
     """
-    return _grid_program(fn, len(arrays), grid_axes, chunk)(*arrays)
+    return _grid_program(fn, len(arrays), grid_axes, chunk, mapped)(*arrays)
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_program(fn, n_arrays: int, grid_axes: int, chunk: int | None = None):
+def _grid_program(fn, n_arrays: int, grid_axes: int, chunk: int | None = None, mapped: int = 1):
     if chunk is not None:
-        def chunked(first, *rest):
-            flat = first.reshape((-1,) + first.shape[grid_axes:])
-            out = jax.lax.map(lambda x: fn(x, *rest), flat, batch_size=chunk)
-            return jax.tree.map(lambda o: o.reshape(first.shape[:grid_axes] + o.shape[1:]), out)
+        def chunked(*arrays):
+            grid = arrays[0].shape[:grid_axes]
+            flat = tuple(a.reshape((-1,) + a.shape[grid_axes:]) for a in arrays[:mapped])
+            out = jax.lax.map(lambda cell: fn(*cell, *arrays[mapped:]), flat, batch_size=chunk)
+            return jax.tree.map(lambda o: o.reshape(grid + o.shape[1:]), out)
 
         return jax.jit(chunked)
-    mapped = fn
+    mapped_fn = fn
     for _ in range(grid_axes):
-        mapped = jax.vmap(mapped, in_axes=(0,) + (None,) * (n_arrays - 1))
-    return jax.jit(mapped)
+        mapped_fn = jax.vmap(mapped_fn, in_axes=(0,) * mapped + (None,) * (n_arrays - mapped))
+    return jax.jit(mapped_fn)
 
 
 def control_labels(token_ids_N, n_classes: int, seed: int = 0):

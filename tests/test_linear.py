@@ -209,6 +209,10 @@ def test_grid_fit_in_chunks_equals_the_whole_grid_at_once():
     chunked = np.asarray(linear.fit_grid(fit, X_CLND, jnp.asarray(y), chunk=4))
     assert chunked.shape == whole.shape == (3, 3, 7, 2)
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-5)
+    y_CLN = jnp.broadcast_to(jnp.asarray(y), (3, 3, len(y)))  # labels per cell: mapped with the features
+    for chunk in (None, 4):
+        per_cell = np.asarray(linear.fit_grid(fit, X_CLND, y_CLN, chunk=chunk, mapped=2))
+        np.testing.assert_allclose(per_cell, whole, rtol=1e-4, atol=1e-5)
 
 
 def _fit_weights(X_ND, y_N, n_iter):

@@ -56,18 +56,11 @@ def sklearn_logistic_loop(X_CLND, y_CLN, inv_l2: float):
 
 def timed_grid_fit(X_CLND, y_CLN, n_classes: int, inv_l2: float, n_iter: int, sketch: int = 1,
                    chunk: int | None = None):
-    """Every (checkpoint, layer) probe in one compiled call: (fits, compile s, run s after it).
-    `chunk`: that many fits at a time (`probes.linear.fit_grid`'s option), else all at once."""
+    """Every (checkpoint, layer) probe in one compiled call (`probes.linear.fit_grid`, features
+    and labels both per cell; `chunk` fits at a time, else all at once): (fits, compile s, run s
+    after it)."""
     one = lambda X_, y_: linear.fit_logistic(X_, y_, n_classes, inv_l2, n_iter, sketch=sketch)
-    if chunk is None:
-        fit = jax.jit(jax.vmap(jax.vmap(one)))
-    else:
-        def fit(X_, y_):
-            C, L = y_.shape[:2]
-            flat = jax.lax.map(lambda a: one(*a), (X_.reshape(C * L, *X_.shape[2:]), y_.reshape(C * L, -1)),
-                               batch_size=chunk)
-            return jax.tree.map(lambda o: o.reshape(C, L, *o.shape[1:]), flat)
-        fit = jax.jit(fit)
+    fit = lambda X_, y_: linear.fit_grid(one, X_, y_, chunk=chunk, mapped=2)
     Xj, yj = jnp.asarray(X_CLND), jnp.asarray(y_CLN)
     t0 = time.perf_counter()
     jax.block_until_ready(fit(Xj, yj))
